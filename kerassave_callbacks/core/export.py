@@ -1,0 +1,110 @@
+"""`export_saved_model`: one SavedModel with train / eval / serve graphs."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from kerassave_callbacks.core import mode_graphs
+
+
+class SavedModelExistsError(FileExistsError, AssertionError):
+    """The export path already holds files.
+
+    Subclasses `AssertionError` as well, because
+    `tf.keras.experimental.export_saved_model` raised that: callers written
+    against it keep working.
+    """
+
+
+def check_model(model) -> None:
+    """Raises TypeError unless `model` is a `keras.Model`."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"`model` must be a keras.Model. Received: model={model!r} of type "
+            f"{type(model).__name__}."
+        )
+
+
+def check_empty_target(saved_model_path: str) -> None:
+    """Raises SavedModelExistsError if `saved_model_path` holds anything."""
+    if tf.io.gfile.exists(saved_model_path):
+        if not tf.io.gfile.isdir(saved_model_path):
+            raise SavedModelExistsError(
+                f"saved_model_path={saved_model_path!r} is an existing file. "
+                "Pass the path of a new or empty directory."
+            )
+        if tf.io.gfile.listdir(saved_model_path):
+            raise SavedModelExistsError(
+                f"saved_model_path={saved_model_path!r} already exists and is "
+                "not empty. Pass a new directory, or remove the old export "
+                "first (VersionedExporter picks a fresh version directory for "
+                "you)."
+            )
+
+
+def export_saved_model(
+    model: keras.Model,
+    saved_model_path: str,
+    custom_objects: dict | None = None,
+    as_text: bool = False,
+    input_signature=None,
+    serving_only: bool = False,
+    *,
+    target_signature=None,
+) -> None:
+    """Exports a Keras model as a SavedModel with train, eval and serve graphs.
+
+    The SavedModel has one MetaGraph per mode: `serve` (signature
+    `serving_default`) always, and `train` and `eval` (signatures `train` and
+    `eval`) when the model is compiled with an optimizer. Their inputs are the
+    model's inputs plus one `<output_name>_target` per output; their outputs
+    are `loss`, `predictions/<output_name>` and `metrics/<name>/value`. Each
+    call of `train` applies one optimizer step; `eval` never changes weights.
+    All graphs share one variables checkpoint, holding the weights, the
+    optimizer state and the metric state. `assets/saved_model.json` holds
+    `model.to_json()`, so `load_from_saved_model` can rebuild the model.
+
+    Example:
+
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        model.compile(optimizer="adam", loss="mse")
+        export_saved_model(model, "/tmp/my_model")
+        served = tf.saved_model.load("/tmp/my_model", tags=["serve"])
+        served.signatures["serving_default"](tf.zeros([1, 4]))
+
+    Args:
+      model: the `keras.Model` to export. Sequential, functional (one or
+        several inputs and outputs, as lists or dicts) or subclassed.
+      saved_model_path: a new or empty directory (any `tf.io.gfile` path,
+        e.g. `gs://...` or `ram://...`).
+      custom_objects: accepted for compatibility with the original API; the
+        export needs none (the loader takes them). Defaults to None.
+      as_text: write `saved_model.pbtxt` instead of `saved_model.pb`.
+        Defaults to False.
+      input_signature: the model's inputs as `tf.TensorSpec`s (one, or a
+        list/dict of them), needed for a model that is not built. Defaults to
+        None (read from the built model).
+      serving_only: write only the `serve` graph. Defaults to False.
+      target_signature: overrides the target specs of the train/eval graphs:
+        a `tf.TensorSpec`, or a dict of output name -> `tf.TensorSpec`.
+        Defaults to None (the output's shape and dtype; int64 class ids
+        behind a sparse categorical loss).
+
+    Raises:
+      TypeError: `model` is not a `keras.Model`, or a signature holds
+        something other than `tf.TensorSpec`s.
+      ValueError: the model is not built and no `input_signature` was given.
+      SavedModelExistsError: `saved_model_path` is a file or not empty (also
+        an `AssertionError`, as in the original API).
+    """
+    del custom_objects  # The export serializes configs; only loading needs them.
+    check_model(model)
+    check_empty_target(saved_model_path)
+    graphs = mode_graphs.ModeGraphs(
+        model,
+        input_signature=input_signature,
+        serving_only=serving_only,
+        target_signature=target_signature,
+    )
+    graphs.save(saved_model_path, as_text=as_text)

@@ -1,0 +1,248 @@
+"""Traces a Keras model's train / eval / serve graphs and saves them.
+
+TensorFlow 2.21 with Keras 3 has no graph mode for Keras, so the mode graphs
+of the old `tf.keras.experimental.export_saved_model` are rebuilt on TF2
+tracing: each mode is a `tf.function` traced once, saved together with
+`tf.saved_model.save`, and the one MetaGraph that writes is then split into
+one MetaGraph per mode tag, each keeping only its own signature.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+
+import keras
+import tensorflow as tf
+from absl import logging
+from google.protobuf import text_format
+from tensorflow.core.protobuf import saved_model_pb2
+
+from kerassave_callbacks.core import modes, specs
+
+SAVED_MODEL_PB = "saved_model.pb"
+SAVED_MODEL_PBTXT = "saved_model.pbtxt"
+_FINGERPRINT = "fingerprint.pb"
+_SIGNATURE_MAP = "signatures"
+
+# Attribute names of the variable groups on the saved root object; the
+# checkpoint keys are `<group>/<index>/.ATTRIBUTES/VARIABLE_VALUE`.
+MODEL_VARIABLES = "model_variables"
+OPTIMIZER_VARIABLES = "optimizer_variables"
+METRIC_VARIABLES = "metric_variables"
+
+
+def variable_key(group: str, index: int) -> str:
+    """The checkpoint key of variable `index` of `group`."""
+    return f"{group}/{index}/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def _tf_variables(keras_variables) -> list[tf.Variable]:
+    # The underlying tf.Variable, not the Keras wrapper: TF1 session loaders
+    # cannot restore a SavedModel that tracks the wrappers.
+    return [v.value for v in keras_variables]
+
+
+def has_training_graphs(model: keras.Model) -> bool:
+    """True when the model is compiled with an optimizer (train/eval exist)."""
+    return getattr(model, "optimizer", None) is not None and bool(
+        getattr(model, "compiled", False)
+    )
+
+
+class ModeGraphs:
+    """The traced mode functions of one model, ready to be saved many times.
+
+    Tracing happens once, in the constructor; `save` writes the model's
+    current variable values each time it is called.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        *,
+        input_signature=None,
+        serving_only: bool = False,
+        target_signature=None,
+    ):
+        self.model = model
+        self.inputs = specs.input_structure(model, input_signature)
+        self._input_specs = tf.nest.flatten(self.inputs)
+        self.modes = (modes.SERVE,)
+        functions = {modes.SERVE: self._trace_serve()}
+        if not serving_only and has_training_graphs(model):
+            outputs = functions[modes.SERVE].structured_outputs
+            self._targets = specs.target_specs(
+                model,
+                self.output_names,
+                [outputs[n] for n in self.output_names],
+                target_signature,
+            )
+            functions[modes.TRAIN] = self._trace_step(training=True)
+            functions[modes.EVAL] = self._trace_step(training=False)
+            self.modes = (modes.SERVE, modes.TRAIN, modes.EVAL)
+        self.signatures = {m.signature_key: functions[m] for m in self.modes}
+        # Optimizer slots and compiled metrics are created while tracing:
+        # collect what to save only now.
+        self.root = tf.Module()
+        setattr(self.root, MODEL_VARIABLES, _tf_variables(model.variables))
+        if modes.TRAIN in self.modes:
+            setattr(
+                self.root,
+                OPTIMIZER_VARIABLES,
+                _tf_variables(model.optimizer.variables),
+            )
+            setattr(
+                self.root, METRIC_VARIABLES, _tf_variables(model.metrics_variables)
+            )
+
+    def _call_inputs(self, flat_args):
+        return tf.nest.pack_sequence_as(self.inputs, list(flat_args))
+
+    def _named_outputs(self, outputs) -> dict:
+        return dict(zip(self.output_names, tf.nest.flatten(outputs)))
+
+    def _trace_serve(self):
+        self.output_names: list[str] = []
+
+        def serve(*args):
+            outputs = self.model(self._call_inputs(args), training=False)
+            if not self.output_names:
+                self.output_names = specs.output_names(self.model, outputs)
+            return self._named_outputs(outputs)
+
+        fn = tf.function(serve, input_signature=self._input_specs)
+        return fn.get_concrete_function()
+
+    def _pack_targets(self, flat_targets, outputs):
+        if isinstance(outputs, dict):
+            return dict(zip(sorted(outputs), flat_targets))
+        return tf.nest.pack_sequence_as(outputs, list(flat_targets))
+
+    def _trace_step(self, training: bool):
+        model = self.model
+        n_inputs = len(self._input_specs)
+
+        def step(*args):
+            x = self._call_inputs(args[:n_inputs])
+            with tf.GradientTape() as tape:
+                y_pred = model(x, training=training)
+                y = self._pack_targets(args[n_inputs:], y_pred)
+                loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=training)
+                scaled = model.optimizer.scale_loss(loss)
+            if training:
+                weights = model.trainable_variables
+                grads = tape.gradient(scaled, weights)
+                model.optimizer.apply(grads, weights)
+            results = {modes.LOSS_KEY: loss}
+            for name, value in self._named_outputs(y_pred).items():
+                results[modes.PREDICTIONS_PREFIX + name] = value
+            for name, value in model.compute_metrics(x, y, y_pred).items():
+                if name != modes.LOSS_KEY:
+                    key = modes.METRICS_PREFIX + name + modes.METRIC_VALUE_SUFFIX
+                    results[key] = value
+            return results
+
+        fn = tf.function(step, input_signature=self._input_specs + self._targets)
+        return fn.get_concrete_function()
+
+    def save(self, path: str, *, as_text: bool = False) -> None:
+        """Writes a SavedModel of the current variable values to `path`."""
+        tf.saved_model.save(self.root, path, signatures=self.signatures)
+        pb_path = posixpath.join(path, SAVED_MODEL_PB)
+        with tf.io.gfile.GFile(pb_path, "rb") as f:
+            saved = saved_model_pb2.SavedModel.FromString(f.read())
+        split = split_by_mode(saved, self.modes)
+        if as_text:
+            write_file(posixpath.join(path, SAVED_MODEL_PBTXT), to_text(split))
+            tf.io.gfile.remove(pb_path)
+        else:
+            write_file(pb_path, split.SerializeToString())
+        # TF fingerprints the graph it wrote; after the split that
+        # fingerprint no longer describes the file, so it is left out.
+        fingerprint = posixpath.join(path, _FINGERPRINT)
+        if tf.io.gfile.exists(fingerprint):
+            tf.io.gfile.remove(fingerprint)
+        self._write_keras_assets(path)
+
+    def _write_keras_assets(self, path: str) -> None:
+        assets = posixpath.join(path, "assets")
+        tf.io.gfile.makedirs(assets)
+        model_json = model_to_json(self.model)
+        if model_json is not None:
+            write_file(posixpath.join(assets, modes.MODEL_JSON), model_json)
+        if modes.TRAIN in self.modes:
+            compile_json = compile_config_to_json(self.model)
+            if compile_json is not None:
+                write_file(posixpath.join(assets, modes.COMPILE_JSON), compile_json)
+
+
+def model_to_json(model: keras.Model) -> str | None:
+    """`model.to_json()`, or None with a warning when the model has no config."""
+    try:
+        return model.to_json()
+    except NotImplementedError as e:
+        logging.warning(
+            "Model %r has no get_config(), so the export holds no "
+            "assets/%s and load_from_saved_model cannot rebuild it "
+            "(tf.saved_model.load still can): %s",
+            model.name,
+            modes.MODEL_JSON,
+            e,
+        )
+        return None
+
+
+def compile_config_to_json(model: keras.Model) -> str | None:
+    """The model's compile config as JSON, or None with a warning."""
+    try:
+        return json.dumps(model.get_compile_config())
+    except (TypeError, ValueError, NotImplementedError) as e:
+        logging.warning(
+            "The compile config of model %r cannot be serialized, so the "
+            "loader will not recompile it: %s",
+            model.name,
+            e,
+        )
+        return None
+
+
+def split_by_mode(saved: saved_model_pb2.SavedModel, mode_list) -> (
+    saved_model_pb2.SavedModel
+):
+    """One MetaGraph per mode, each with only that mode's signature."""
+    (base,) = saved.meta_graphs
+    out = saved_model_pb2.SavedModel(
+        saved_model_schema_version=saved.saved_model_schema_version
+    )
+    for mode in mode_list:
+        meta = out.meta_graphs.add()
+        meta.CopyFrom(base)
+        del meta.meta_info_def.tags[:]
+        meta.meta_info_def.tags.append(mode.tag)
+        for key in list(meta.signature_def):
+            # Keys with a double underscore (the init op) serve every mode.
+            if key != mode.signature_key and not key.startswith("__"):
+                del meta.signature_def[key]
+        meta.signature_def[mode.signature_key].method_name = mode.method_name
+        _keep_signatures(meta.object_graph_def, {mode.signature_key})
+    return out
+
+
+def _keep_signatures(object_graph, keep: set[str]) -> None:
+    """Drops other modes' functions from the object graph's signature map."""
+    for child in object_graph.nodes[0].children:
+        if child.local_name == _SIGNATURE_MAP:
+            signature_map = object_graph.nodes[child.node_id]
+            kept = [c for c in signature_map.children if c.local_name in keep]
+            del signature_map.children[:]
+            signature_map.children.extend(kept)
+
+
+def to_text(saved: saved_model_pb2.SavedModel) -> bytes:
+    return text_format.MessageToString(saved).encode("utf-8")
+
+
+def write_file(path: str, data: bytes | str) -> None:
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)

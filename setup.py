@@ -1,0 +1,25 @@
+"""Packaging for kerassave_callbacks."""
+
+import setuptools
+
+setuptools.setup(
+    name="kerassave_callbacks",
+    version="0.1.0",
+    description=(
+        "Versioned, crash-safe SavedModel exports with train/eval/serve graphs "
+        "for Keras models served by TensorFlow Serving."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["kerassave_callbacks*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.16",
+        "tensorboard",
+        "absl-py",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "ruff"],
+        "examples": ["scikit-learn"],
+    },
+)
