@@ -9,7 +9,6 @@ one MetaGraph per mode tag, each keeping only its own signature.
 
 from __future__ import annotations
 
-import json
 import posixpath
 
 import keras
@@ -24,6 +23,7 @@ SAVED_MODEL_PB = "saved_model.pb"
 SAVED_MODEL_PBTXT = "saved_model.pbtxt"
 _FINGERPRINT = "fingerprint.pb"
 _SIGNATURE_MAP = "signatures"
+_OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 
 # Attribute names of the variable groups on the saved root object; the
 # checkpoint keys are `<group>/<index>/.ATTRIBUTES/VARIABLE_VALUE`.
@@ -82,6 +82,9 @@ class ModeGraphs:
             functions[modes.EVAL] = self._trace_step(training=False)
             self.modes = (modes.SERVE, modes.TRAIN, modes.EVAL)
         self.signatures = {m.signature_key: functions[m] for m in self.modes}
+        self._object_graph = None  # Set with the graph bytes on the first save.
+        # Keras 3 puts the build and compile configs in the JSON too.
+        self._model_json = model_to_json(model)
         # Optimizer slots and compiled metrics are created while tracing:
         # collect what to save only now.
         self.root = tf.Module()
@@ -92,15 +95,13 @@ class ModeGraphs:
                 OPTIMIZER_VARIABLES,
                 _tf_variables(model.optimizer.variables),
             )
-            setattr(
-                self.root, METRIC_VARIABLES, _tf_variables(model.metrics_variables)
-            )
+            setattr(self.root, METRIC_VARIABLES, _tf_variables(model.metrics_variables))
 
     def _call_inputs(self, flat_args):
         return tf.nest.pack_sequence_as(self.inputs, list(flat_args))
 
     def _named_outputs(self, outputs) -> dict:
-        return dict(zip(self.output_names, tf.nest.flatten(outputs)))
+        return dict(zip(self.output_names, tf.nest.flatten(outputs), strict=True))
 
     def _trace_serve(self):
         self.output_names: list[str] = []
@@ -116,7 +117,7 @@ class ModeGraphs:
 
     def _pack_targets(self, flat_targets, outputs):
         if isinstance(outputs, dict):
-            return dict(zip(sorted(outputs), flat_targets))
+            return dict(zip(sorted(outputs), flat_targets, strict=True))
         return tf.nest.pack_sequence_as(outputs, list(flat_targets))
 
     def _trace_step(self, training: bool):
@@ -146,35 +147,84 @@ class ModeGraphs:
         fn = tf.function(step, input_signature=self._input_specs + self._targets)
         return fn.get_concrete_function()
 
+    def _saved_variables(self) -> list[tuple[str, tf.Variable]]:
+        """(checkpoint key, variable) of every variable the export holds."""
+        return [
+            (variable_key(group, i), v)
+            for group in (MODEL_VARIABLES, OPTIMIZER_VARIABLES, METRIC_VARIABLES)
+            for i, v in enumerate(getattr(self.root, group, []))
+        ]
+
+    def snapshot(self) -> list[tf.Tensor]:
+        """The values to save, read now: later training does not change them.
+
+        Metric variables are saved at their reset state (zeros), so metrics
+        of a loaded eval or train graph stream from zero within one session,
+        as TF1 streaming metrics did.
+        """
+        metric_ids = {id(v) for v in getattr(self.root, METRIC_VARIABLES, [])}
+        return [
+            tf.zeros_like(v) if id(v) in metric_ids else v.read_value()
+            for _, v in self._saved_variables()
+        ]
+
     def save(self, path: str, *, as_text: bool = False) -> None:
         """Writes a SavedModel of the current variable values to `path`."""
+        self.write(path, self.snapshot(), as_text=as_text)
+
+    def write(self, path: str, values: list[tf.Tensor], *, as_text: bool) -> None:
+        """Writes a SavedModel holding `values` (from `snapshot`) to `path`.
+
+        The graphs are serialized by `tf.saved_model.save` on the first call
+        only; later calls write the cached graph bytes and the variables.
+        """
+        if self._object_graph is None:
+            self._serialize_graphs(path)
+        else:
+            tf.io.gfile.makedirs(posixpath.join(path, "variables"))
+        name = SAVED_MODEL_PBTXT if as_text else SAVED_MODEL_PB
+        data = to_text(self._saved_model) if as_text else self._saved_model_bytes
+        write_file(posixpath.join(path, name), data)
+        keys = [key for key, _ in self._saved_variables()]
+        tf.raw_ops.SaveV2(
+            prefix=posixpath.join(path, "variables", "variables"),
+            tensor_names=keys + [_OBJECT_GRAPH_KEY],
+            shape_and_slices=[""] * (len(keys) + 1),
+            tensors=values + [self._object_graph],
+        )
+        self._write_keras_assets(path)
+
+    def _serialize_graphs(self, path: str) -> None:
         tf.saved_model.save(self.root, path, signatures=self.signatures)
         pb_path = posixpath.join(path, SAVED_MODEL_PB)
         with tf.io.gfile.GFile(pb_path, "rb") as f:
             saved = saved_model_pb2.SavedModel.FromString(f.read())
-        split = split_by_mode(saved, self.modes)
-        if as_text:
-            write_file(posixpath.join(path, SAVED_MODEL_PBTXT), to_text(split))
-            tf.io.gfile.remove(pb_path)
-        else:
-            write_file(pb_path, split.SerializeToString())
+        self._saved_model = split_by_mode(saved, self.modes)
+        self._saved_model_bytes = self._saved_model.SerializeToString()
+        tf.io.gfile.remove(pb_path)
         # TF fingerprints the graph it wrote; after the split that
         # fingerprint no longer describes the file, so it is left out.
         fingerprint = posixpath.join(path, _FINGERPRINT)
         if tf.io.gfile.exists(fingerprint):
             tf.io.gfile.remove(fingerprint)
-        self._write_keras_assets(path)
+        reader = tf.compat.v1.train.NewCheckpointReader(
+            posixpath.join(path, "variables", "variables")
+        )
+        expected = {key for key, _ in self._saved_variables()} | {_OBJECT_GRAPH_KEY}
+        written = set(reader.get_variable_to_shape_map())
+        if written != expected:
+            raise RuntimeError(
+                "tf.saved_model.save wrote unexpected checkpoint keys "
+                f"{sorted(written ^ expected)}; please report this with your "
+                "TensorFlow version."
+            )
+        self._object_graph = tf.constant(reader.get_tensor(_OBJECT_GRAPH_KEY))
 
     def _write_keras_assets(self, path: str) -> None:
         assets = posixpath.join(path, "assets")
         tf.io.gfile.makedirs(assets)
-        model_json = model_to_json(self.model)
-        if model_json is not None:
-            write_file(posixpath.join(assets, modes.MODEL_JSON), model_json)
-        if modes.TRAIN in self.modes:
-            compile_json = compile_config_to_json(self.model)
-            if compile_json is not None:
-                write_file(posixpath.join(assets, modes.COMPILE_JSON), compile_json)
+        if self._model_json is not None:
+            write_file(posixpath.join(assets, modes.MODEL_JSON), self._model_json)
 
 
 def model_to_json(model: keras.Model) -> str | None:
@@ -193,23 +243,9 @@ def model_to_json(model: keras.Model) -> str | None:
         return None
 
 
-def compile_config_to_json(model: keras.Model) -> str | None:
-    """The model's compile config as JSON, or None with a warning."""
-    try:
-        return json.dumps(model.get_compile_config())
-    except (TypeError, ValueError, NotImplementedError) as e:
-        logging.warning(
-            "The compile config of model %r cannot be serialized, so the "
-            "loader will not recompile it: %s",
-            model.name,
-            e,
-        )
-        return None
-
-
-def split_by_mode(saved: saved_model_pb2.SavedModel, mode_list) -> (
-    saved_model_pb2.SavedModel
-):
+def split_by_mode(
+    saved: saved_model_pb2.SavedModel, mode_list
+) -> saved_model_pb2.SavedModel:
     """One MetaGraph per mode, each with only that mode's signature."""
     (base,) = saved.meta_graphs
     out = saved_model_pb2.SavedModel(

@@ -40,6 +40,5 @@ METRICS_PREFIX = "metrics/"
 METRIC_VALUE_SUFFIX = "/value"
 TARGET_SUFFIX = "_target"
 
-# Files of the Keras side of an export, under `assets/`.
+# The Keras side of an export: `model.to_json()` under `assets/`.
 MODEL_JSON = "saved_model.json"
-COMPILE_JSON = "keras_compile_config.json"

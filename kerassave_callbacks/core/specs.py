@@ -88,10 +88,11 @@ def _named(structure):
         keys = None
     names = _unique(names)
     named = [
-        tf.TensorSpec(s.shape, s.dtype, name=n) for s, n in zip(leaves, names)
+        tf.TensorSpec(s.shape, s.dtype, name=n)
+        for s, n in zip(leaves, names, strict=True)
     ]
     if keys is not None:
-        return dict(zip(keys, named))
+        return dict(zip(keys, named, strict=True))
     return tf.nest.pack_sequence_as(structure, named)
 
 
@@ -165,7 +166,7 @@ def target_specs(
             f"not have. Expected keys among {names}."
         )
     specs = []
-    for i, (name, out) in enumerate(zip(names, outputs)):
+    for i, (name, out) in enumerate(zip(names, outputs, strict=True)):
         spec = override.get(name)
         if spec is None:
             if _is_sparse(_loss_for(model.loss, name, i, len(names))):

@@ -1,0 +1,30 @@
+"""Reading exports back the way users and servers do."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+
+def serve_tf2(path: str, feeds: dict) -> dict:
+    """Runs `serving_default` of the `serve` graph via tf.saved_model.load."""
+    loaded = tf.saved_model.load(path, tags=["serve"])
+    fn = loaded.signatures["serving_default"]
+    return {
+        k: v.numpy()
+        for k, v in fn(**{k: tf.constant(v) for k, v in feeds.items()}).items()
+    }
+
+
+def run_tf1(path: str, tag: str, signature_key: str, feeds: dict, runs: int = 1):
+    """Loads one MetaGraph in a TF1 session and runs a signature `runs` times."""
+    with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+        meta = tf.compat.v1.saved_model.load(sess, [tag], path)
+        sig = meta.signature_def[signature_key]
+        feed = {sig.inputs[k].name: v for k, v in feeds.items()}
+        fetch = {k: t.name for k, t in sig.outputs.items()}
+        return [sess.run(fetch, feed) for _ in range(runs)]
+
+
+def assert_close(a, b, atol=1e-5):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=atol, rtol=1e-5)
