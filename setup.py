@@ -4,7 +4,7 @@ import setuptools
 
 setuptools.setup(
     name="kerassave_callbacks",
-    version="0.1.0",
+    version="0.1.0",  # Keep in step with kerassave_callbacks/_version.py.
     description=(
         "Versioned, crash-safe SavedModel exports with train/eval/serve graphs "
         "for Keras models served by TensorFlow Serving."

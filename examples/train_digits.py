@@ -1,6 +1,6 @@
 """Trains a small classifier on scikit-learn's bundled digits and exports it.
 
-    python examples/train_digits.py --epochs=3
+python examples/train_digits.py --epochs=3
 """
 
 from __future__ import annotations

@@ -147,6 +147,11 @@ class ModeGraphs:
         fn = tf.function(step, input_signature=self._input_specs + self._targets)
         return fn.get_concrete_function()
 
+    @property
+    def serialized(self) -> bool:
+        """True once the graphs were serialized (by the first save)."""
+        return self._object_graph is not None
+
     def _saved_variables(self) -> list[tuple[str, tf.Variable]]:
         """(checkpoint key, variable) of every variable the export holds."""
         return [
@@ -178,7 +183,7 @@ class ModeGraphs:
         The graphs are serialized by `tf.saved_model.save` on the first call
         only; later calls write the cached graph bytes and the variables.
         """
-        if self._object_graph is None:
+        if not self.serialized:
             self._serialize_graphs(path)
         else:
             tf.io.gfile.makedirs(posixpath.join(path, "variables"))

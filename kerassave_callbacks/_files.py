@@ -1,0 +1,177 @@
+"""File operations of the exporter, all through `tf.io.gfile`.
+
+Version directories are integer-named; a version is written under a
+temporary sibling whose name TF Serving ignores and committed when complete.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import re
+import socket
+import uuid
+
+import tensorflow as tf
+from absl import logging
+
+TEMP_PREFIX = "temp-"
+# temp-<unix seconds>-<host>-<pid>-<random>: never all digits.
+_TEMP_RE = re.compile(r"^temp-(\d+)-(.+)-(\d+)-([0-9a-f]{8})$")
+# Schemes whose directory rename is atomic. Elsewhere (gs://, s3://, ram://)
+# a rename copies file by file, so a version is committed by a copy that
+# writes saved_model.pb last.
+_RENAME_SCHEMES = ("", "file", "hdfs")
+# A temporary of another host, or an incomplete version on a copy-commit
+# file system, is taken as abandoned once it is this old.
+STALE_SECONDS = 3600.0
+GRAPH_FILES = ("saved_model.pb", "saved_model.pbtxt")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def temp_name(now: float) -> str:
+    """A fresh temporary name, carrying who writes it and since when."""
+    return f"{TEMP_PREFIX}{int(now)}-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def parse_temp_name(name: str) -> tuple[int, str, int] | None:
+    """(created, host, pid) of a temporary name, or None for other names."""
+    match = _TEMP_RE.match(name)
+    if not match:
+        return None
+    return int(match.group(1)), match.group(2), int(match.group(3))
+
+
+def version_name(name: str) -> int | None:
+    """The version of an integer-named entry (`"123"` or `"123/"`), else None."""
+    name = name.rstrip("/")
+    if name.isascii() and name.isdigit():
+        return int(name)
+    return None
+
+
+def scheme(path: str) -> str:
+    return path.split("://", 1)[0] if "://" in path else ""
+
+
+def renames_atomically(path: str) -> bool:
+    return scheme(path) in _RENAME_SCHEMES
+
+
+def is_local(path: str) -> bool:
+    return scheme(path) in ("", "file")
+
+
+def _local(path: str) -> str:
+    return path[len("file://") :] if path.startswith("file://") else path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def temp_is_abandoned(name: str, now: float) -> bool:
+    """True for a temporary whose writer is gone (or silent for an hour)."""
+    parsed = parse_temp_name(name)
+    if parsed is None:
+        return False
+    created, host, pid = parsed
+    if host == _host():
+        return not _pid_alive(pid)
+    return now - created > STALE_SECONDS
+
+
+def has_graph(path: str) -> bool:
+    return any(tf.io.gfile.exists(posixpath.join(path, f)) for f in GRAPH_FILES)
+
+
+def remove_tree(path: str) -> None:
+    """Removes a directory; one that is already gone is logged, not raised."""
+    try:
+        tf.io.gfile.rmtree(path)
+    except tf.errors.NotFoundError:
+        logging.info("%s was already removed", path)
+
+
+def fsync_tree(path: str) -> None:
+    """Flushes every file and directory under a local path to the disk."""
+    root = _local(path)
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(dirpath)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit(temp: str, final: str) -> None:
+    """Moves a complete version from `temp` to `final`.
+
+    Raises:
+      FileExistsError: `final` exists already (another writer took it).
+    """
+    if renames_atomically(final):
+        try:
+            tf.io.gfile.rename(temp, final, overwrite=False)
+        except tf.errors.AlreadyExistsError as e:
+            raise FileExistsError(errno.EEXIST, "version exists", final) from e
+        except tf.errors.FailedPreconditionError as e:  # rename(2): ENOTEMPTY
+            raise FileExistsError(errno.EEXIST, "version exists", final) from e
+        if is_local(final):
+            _fsync_dir(posixpath.dirname(_local(final)) or ".")
+        return
+    if tf.io.gfile.exists(final):
+        raise FileExistsError(errno.EEXIST, "version exists", final)
+    _copy_graph_last(temp, final)
+    remove_tree(temp)
+
+
+def list_files(root: str) -> list[str]:
+    """Paths of the files under `root`, relative to it."""
+    files = []
+    for dirpath, _, filenames in tf.io.gfile.walk(root):
+        rel = posixpath.relpath(dirpath, root) if dirpath != root else ""
+        for name in filenames:
+            path = posixpath.join(rel, name) if rel else name
+            # ram:// lists "assets/.extra" for "assets.extra/...": skip names
+            # that are not there.
+            if tf.io.gfile.exists(posixpath.join(root, path)):
+                files.append(path)
+    return files
+
+
+def _copy_graph_last(src: str, dst: str) -> None:
+    files = list_files(src)
+    # The graph file last: TF Serving loads nothing without it.
+    files.sort(key=lambda f: f in GRAPH_FILES)
+    for rel in files:
+        target = posixpath.join(dst, rel)
+        tf.io.gfile.makedirs(posixpath.dirname(target))
+        tf.io.gfile.copy(posixpath.join(src, rel), target, overwrite=False)
+
+
+def dir_size(path: str) -> int:
+    """The bytes of the files under `path`."""
+    return sum(
+        tf.io.gfile.stat(posixpath.join(path, f)).length for f in list_files(path)
+    )

@@ -1,0 +1,109 @@
+"""Which versions to keep: a pure function, no file system.
+
+The exporter lists the versions on disk with their `export_info.json`, asks
+`versions_to_delete`, and deletes what it returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable
+
+from absl import logging
+
+MODES = ("min", "max", "auto")
+_MAX_HINTS = ("acc", "auc", "precision", "recall", "f1", "fmeasure")
+
+
+@dataclasses.dataclass(frozen=True)
+class Version:
+    """What retention knows of one version on disk.
+
+    Attributes:
+      version: the integer name of the version directory.
+      created: unix time the version was written (from export_info.json).
+      metric: the monitored metric's value, or None when it was not logged.
+    """
+
+    version: int
+    created: float
+    metric: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """What to keep.
+
+    Attributes:
+      keep: the newest `keep` versions; None keeps all.
+      keep_best: also the best `keep_best` by the monitored metric; None for
+        none. NaN and missing values are never best.
+      mode: "min" or "max": which metric values are better.
+      keep_every_n_hours: also one version per this many hours (the oldest,
+        then each one at least this long after the last one so kept), as
+        `tf.train.CheckpointManager` does; None for none.
+    """
+
+    keep: int | None = 5
+    keep_best: int | None = None
+    mode: str = "min"
+    keep_every_n_hours: float | None = None
+
+
+def resolve_mode(mode: str, monitor: str | None) -> str:
+    """ "min" or "max" for `mode`, guessing from the monitor name for "auto"."""
+    if mode != "auto":
+        return mode
+    name = (monitor or "").lower()
+    return "max" if any(hint in name for hint in _MAX_HINTS) else "min"
+
+
+def _best(versions: list[Version], count: int, mode: str) -> set[int]:
+    scored = [v for v in versions if v.metric is not None and not math.isnan(v.metric)]
+    sign = -1.0 if mode == "max" else 1.0
+    # Ties go to the newer version.
+    scored.sort(key=lambda v: (sign * v.metric, -v.version))
+    return {v.version for v in scored[:count]}
+
+
+def _every_n_hours(versions: list[Version], hours: float) -> set[int]:
+    kept: set[int] = set()
+    anchor = None
+    for v in sorted(versions, key=lambda v: (v.created, v.version)):
+        if anchor is None or v.created - anchor >= hours * 3600.0:
+            kept.add(v.version)
+            anchor = v.created
+    return kept
+
+
+def versions_to_keep(versions: Iterable[Version], policy: Policy) -> set[int]:
+    """The versions `policy` keeps, by integer name."""
+    versions = list(versions)
+    if policy.keep is None:
+        return {v.version for v in versions}
+    newest = sorted((v.version for v in versions), reverse=True)[: policy.keep]
+    kept = set(newest)
+    if policy.keep_best:
+        kept |= _best(versions, policy.keep_best, policy.mode)
+    if policy.keep_every_n_hours:
+        kept |= _every_n_hours(versions, policy.keep_every_n_hours)
+    return kept
+
+
+def versions_to_delete(
+    versions: Iterable[Version], policy: Policy, protected: Iterable[int] = ()
+) -> list[int]:
+    """The versions to delete, oldest first; never one in `protected`.
+
+    Example:
+
+        versions = [Version(1, created=0.0), Version(2, 1.0), Version(3, 2.0)]
+        versions_to_delete(versions, Policy(keep=2), protected=[3])  # [1]
+    """
+    versions = list(versions)
+    kept = versions_to_keep(versions, policy) | set(protected)
+    doomed = sorted(v.version for v in versions if v.version not in kept)
+    for version in doomed:
+        logging.vlog(1, "Retention removes version %d (policy %s)", version, policy)
+    return doomed
