@@ -103,6 +103,29 @@ def remove_tree(path: str) -> None:
         logging.info("%s was already removed", path)
 
 
+def remove_version(path: str, now: float) -> None:
+    """Deletes a version so that no half-deleted version is ever visible.
+
+    Where renames are atomic the version first leaves its integer name (a
+    crash then leaves an abandoned temporary, which cleanup removes);
+    elsewhere its graph file goes first, so TF Serving stops seeing it.
+    """
+    if renames_atomically(path):
+        doomed = posixpath.join(posixpath.dirname(path), temp_name(now))
+        try:
+            tf.io.gfile.rename(path, doomed)
+        except tf.errors.NotFoundError:
+            logging.info("%s was already removed", path)
+            return
+        remove_tree(doomed)
+        return
+    for name in GRAPH_FILES:
+        graph = posixpath.join(path, name)
+        if tf.io.gfile.exists(graph):
+            tf.io.gfile.remove(graph)
+    remove_tree(path)
+
+
 def fsync_tree(path: str) -> None:
     """Flushes every file and directory under a local path to the disk."""
     root = _local(path)

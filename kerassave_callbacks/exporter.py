@@ -386,13 +386,13 @@ class VersionedExporter:
             pending.result()
 
     def _write(self, graphs, values, info: dict, started: float) -> ExportRecord:
-        tf.io.gfile.makedirs(self.export_dir)
         temp = posixpath.join(self.export_dir, _files.temp_name(self._clock()))
         try:
+            tf.io.gfile.makedirs(self.export_dir)
             graphs.write(temp, values, as_text=self.as_text)
             path = self._commit(temp, info)
         except Exception as e:
-            if tf.io.gfile.exists(temp):
+            if tf.io.gfile.isdir(temp):
                 _files.remove_tree(temp)
             raise ExportError(
                 f"Export of version {info['version']} to {self.export_dir!r} "
@@ -462,7 +462,7 @@ class VersionedExporter:
             )
         doomed = retention.versions_to_delete(known, self.policy, [just_written])
         for version in doomed:
-            _files.remove_tree(self._path(version))
+            _files.remove_version(self._path(version), self._clock())
             self._infos.pop(version, None)
         return doomed
 
