@@ -4,6 +4,7 @@ Public API: everything else in this package is private.
 """
 
 from kerassave_callbacks._version import __version__
+from kerassave_callbacks.callbacks import SavedModelExporter
 from kerassave_callbacks.core import (
     SavedModelExistsError,
     export_saved_model,
@@ -15,6 +16,7 @@ __all__ = [
     "ExportError",
     "ExportRecord",
     "SavedModelExistsError",
+    "SavedModelExporter",
     "VersionedExporter",
     "__version__",
     "export_saved_model",

@@ -77,7 +77,7 @@ def check_mode(mode) -> None:
         )
 
 
-def _check_hours(value) -> None:
+def check_hours(value) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -119,6 +119,27 @@ def check_export_dir(export_dir) -> str:
                 f"on {ancestor!r}. Pass a directory you can write to."
             )
     return export_dir
+
+
+def check_arguments(
+    export_dir, keep, keep_best, monitor, mode, keep_every_n_hours
+) -> str:
+    """Validates the exporter's arguments; returns `export_dir` as a str.
+
+    Raises:
+      TypeError, ValueError: a bad argument, named in the message.
+      PermissionError: `export_dir` cannot be written.
+    """
+    check_count("keep", keep, allow_none=True)
+    check_count("keep_best", keep_best, allow_none=True)
+    check_mode(mode)
+    check_hours(keep_every_n_hours)
+    if keep_best is not None and not monitor:
+        raise ValueError(
+            f"`keep_best={keep_best}` needs `monitor`, the metric to rank "
+            "versions by. Pass e.g. monitor='val_loss'."
+        )
+    return check_export_dir(export_dir)
 
 
 def _model_key(model: keras.Model) -> tuple:
@@ -214,16 +235,9 @@ class VersionedExporter:
         on_commit: Callable[[ExportRecord], None] | None = None,
         clock: Callable[[], float] = time.time,
     ):
-        check_count("keep", keep, allow_none=True)
-        check_count("keep_best", keep_best, allow_none=True)
-        check_mode(mode)
-        _check_hours(keep_every_n_hours)
-        if keep_best is not None and not monitor:
-            raise ValueError(
-                f"`keep_best={keep_best}` needs `monitor`, the metric to rank "
-                "versions by. Pass e.g. monitor='val_loss'."
-            )
-        self.export_dir = check_export_dir(export_dir)
+        self.export_dir = check_arguments(
+            export_dir, keep, keep_best, monitor, mode, keep_every_n_hours
+        )
         self.monitor = monitor
         self.policy = retention.Policy(
             keep=keep,
@@ -436,6 +450,18 @@ class VersionedExporter:
             f"{_COMMIT_ATTEMPTS} attempts."
         )
 
+    def best_value(self) -> float | None:
+        """The best `monitor` value recorded by the versions on disk, or None.
+
+        Example:
+
+            VersionedExporter("/tmp/exports", monitor="val_loss").best_value()
+        """
+        values = [v.metric for v in self._known_versions() if v.metric is not None]
+        if not values:
+            return None
+        return max(values) if self.policy.mode == "max" else min(values)
+
     # Retention.
 
     def _info(self, version: int) -> dict:
@@ -448,7 +474,7 @@ class VersionedExporter:
                 self._infos[version] = {}
         return self._infos[version]
 
-    def _apply_retention(self, just_written: int) -> list[int]:
+    def _known_versions(self) -> list[retention.Version]:
         known = []
         for version in self.versions():
             info = self._info(version)
@@ -460,6 +486,10 @@ class VersionedExporter:
                     metric=_finite_or_none(metric),
                 )
             )
+        return known
+
+    def _apply_retention(self, just_written: int) -> list[int]:
+        known = self._known_versions()
         doomed = retention.versions_to_delete(known, self.policy, [just_written])
         for version in doomed:
             _files.remove_version(self._path(version), self._clock())

@@ -71,7 +71,7 @@ class ModeGraphs:
         self.modes = (modes.SERVE,)
         functions = {modes.SERVE: self._trace_serve()}
         if not serving_only and has_training_graphs(model):
-            outputs = functions[modes.SERVE].structured_outputs
+            outputs = functions[modes.SERVE].get_concrete_function().structured_outputs
             self._targets = specs.target_specs(
                 model,
                 self.output_names,
@@ -112,8 +112,7 @@ class ModeGraphs:
                 self.output_names = specs.output_names(self.model, outputs)
             return self._named_outputs(outputs)
 
-        fn = tf.function(serve, input_signature=self._input_specs)
-        return fn.get_concrete_function()
+        return _traced(tf.function(serve, input_signature=self._input_specs))
 
     def _pack_targets(self, flat_targets, outputs):
         if isinstance(outputs, dict):
@@ -144,8 +143,8 @@ class ModeGraphs:
                     results[key] = value
             return results
 
-        fn = tf.function(step, input_signature=self._input_specs + self._targets)
-        return fn.get_concrete_function()
+        signature = self._input_specs + self._targets
+        return _traced(tf.function(step, input_signature=signature))
 
     @property
     def serialized(self) -> bool:
@@ -230,6 +229,17 @@ class ModeGraphs:
         tf.io.gfile.makedirs(assets)
         if self._model_json is not None:
             write_file(posixpath.join(assets, modes.MODEL_JSON), self._model_json)
+
+
+def _traced(fn):
+    """Traces `fn` now (creating lazy optimizer and metric variables).
+
+    The `tf.function` itself, not its concrete function, is what gets saved:
+    `tf.saved_model.save` cannot save a concrete function that captured
+    distributed (e.g. MirroredStrategy) variables.
+    """
+    fn.get_concrete_function()
+    return fn
 
 
 def model_to_json(model: keras.Model) -> str | None:

@@ -1,0 +1,348 @@
+"""SavedModelExporter in model.fit: when it exports, what it keeps, events."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import keras
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+from kerassave_callbacks import ExportError, SavedModelExporter
+
+from conftest import classifier, classifier_data
+from helpers import assert_close, serve_tf2
+
+
+class Scripted(keras.callbacks.Callback):
+    """Puts scripted values into the epoch logs (before the exporter runs)."""
+
+    def __init__(self, key, values):
+        super().__init__()
+        self.key, self.values = key, values
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs[self.key] = self.values[epoch]
+
+
+def _infos(export_dir) -> list[dict]:
+    infos = []
+    for name in sorted(os.listdir(export_dir)):
+        path = os.path.join(export_dir, name, "assets.extra", "export_info.json")
+        with open(path) as f:
+            infos.append(json.load(f))
+    return infos
+
+
+def _fit(callbacks, epochs=3, model=None, **kwargs):
+    x, y = classifier_data()
+    model = model or classifier()
+    model.fit(
+        x, y, epochs=epochs, batch_size=8, verbose=0, callbacks=callbacks, **kwargs
+    )
+    return model
+
+
+def test_keeps_the_newest_n_after_more_epochs_with_epoch_and_step(tmp_path):
+    model = _fit([SavedModelExporter(str(tmp_path), keep=2)], epochs=5)
+    infos = _infos(tmp_path)
+    assert [(i["epoch"], i["step"]) for i in infos] == [(3, 16), (4, 20)]
+    assert set(infos[-1]["metrics"]) == {"loss", "accuracy"}
+    x, _ = classifier_data()
+    latest = os.path.join(tmp_path, str(infos[-1]["version"]))
+    assert_close(serve_tf2(latest, {"features": x})["logits"], model(x))
+
+
+def test_tf_data_with_validation_data_records_validation_metrics(tmp_path):
+    x, y = classifier_data()
+    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    val = tf.data.Dataset.from_tensor_slices((x[:8], y[:8])).batch(8)
+    model = classifier()
+    model.fit(
+        train,
+        validation_data=val,
+        epochs=2,
+        verbose=0,
+        callbacks=[SavedModelExporter(str(tmp_path), monitor="val_loss")],
+    )
+    infos = _infos(tmp_path)
+    assert [i["epoch"] for i in infos] == [0, 1]
+    assert infos[1]["metrics"]["val_loss"] == pytest.approx(
+        model.evaluate(val, verbose=0, return_dict=True)["loss"], rel=1e-5
+    )
+
+
+def test_keep_best_by_a_scripted_metric(tmp_path):
+    scores = [0.5, 0.9, 0.1, 0.7, 0.8, 0.6]
+    callbacks = [
+        Scripted("score", scores),
+        SavedModelExporter(
+            str(tmp_path), keep=1, keep_best=2, monitor="score", mode="max"
+        ),
+    ]
+    _fit(callbacks, epochs=6)
+    assert [i["epoch"] for i in _infos(tmp_path)] == [1, 4, 5]
+
+
+def test_save_best_only_exports_only_improvements(tmp_path):
+    losses = [0.5, 0.7, 0.3, 0.4, 0.2]
+    callbacks = [
+        Scripted("my_loss", losses),
+        SavedModelExporter(
+            str(tmp_path), keep=None, monitor="my_loss", save_best_only=True
+        ),
+    ]
+    _fit(callbacks, epochs=5)
+    assert [i["epoch"] for i in _infos(tmp_path)] == [0, 2, 4]
+
+
+def test_save_best_only_remembers_the_best_across_fits(tmp_path):
+    def run(values):
+        exporter = SavedModelExporter(
+            str(tmp_path), keep=None, monitor="my_loss", save_best_only=True
+        )
+        _fit([Scripted("my_loss", values), exporter], epochs=len(values))
+
+    run([0.3])
+    run([0.4, 0.2])
+    assert [i["metrics"]["my_loss"] for i in _infos(tmp_path)] == [0.3, 0.2]
+
+
+def test_every_n_epochs_and_a_final_export_at_train_end(tmp_path):
+    _fit([SavedModelExporter(str(tmp_path), keep=None, every_n_epochs=2)], epochs=5)
+    assert [i["epoch"] for i in _infos(tmp_path)] == [1, 3, 4]
+
+
+def test_no_second_export_when_the_last_epoch_was_exported(tmp_path):
+    _fit([SavedModelExporter(str(tmp_path), keep=None)], epochs=2)
+    assert [i["step"] for i in _infos(tmp_path)] == [4, 8]
+
+
+def test_export_on_train_end_can_be_turned_off(tmp_path):
+    exporter = SavedModelExporter(
+        str(tmp_path / "exports"), every_n_epochs=3, export_on_train_end=False
+    )
+    _fit([exporter], epochs=2)
+    assert not (tmp_path / "exports").exists()
+
+
+def test_every_n_steps_exports_mid_epoch_without_duplicates(tmp_path):
+    exporter = SavedModelExporter(str(tmp_path), keep=None, every_n_steps=3)
+    _fit([exporter], epochs=2)  # 4 batches an epoch.
+    assert [(i["epoch"], i["step"]) for i in _infos(tmp_path)] == [
+        (0, 3),
+        (0, 4),
+        (1, 6),
+        (1, 8),
+    ]
+
+
+def test_no_batch_hook_unless_every_n_steps(tmp_path):
+    assert "on_train_batch_end" not in vars(SavedModelExporter(str(tmp_path)))
+    with_steps = SavedModelExporter(str(tmp_path), every_n_steps=2)
+    assert "on_train_batch_end" in vars(with_steps)
+
+
+def test_missing_monitor_warns_once_naming_the_keys(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        _fit([SavedModelExporter(str(tmp_path), monitor="val_acc")], epochs=3)
+    warnings = [r.getMessage() for r in caplog.records if "val_acc" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "['accuracy', 'loss']" in warnings[0]
+    assert len(os.listdir(tmp_path)) == 3  # Exports go on without the metric.
+
+
+def _events(log_dir) -> event_accumulator.EventAccumulator:
+    acc = event_accumulator.EventAccumulator(
+        str(log_dir), size_guidance={event_accumulator.TENSORS: 0}
+    )
+    acc.Reload()
+    return acc
+
+
+def test_events_record_each_export_at_the_optimizer_step(tmp_path):
+    export_dir = tmp_path / "exports"
+    exporter = SavedModelExporter(
+        str(export_dir), keep=1, log_dir=str(tmp_path / "logs"), monitor="loss"
+    )
+    _fit([exporter], epochs=3)
+    acc = _events(tmp_path / "logs" / "export")
+
+    assert sorted(acc.Tags()["tensors"]) == [
+        "export/duration_seconds",
+        "export/event",
+        "export/size_bytes",
+        "export/version",
+        "export/versions_kept",
+    ]
+    assert [e.step for e in acc.Tensors("export/version")] == [4, 8, 12]
+    (version,) = (int(n) for n in os.listdir(export_dir))
+    assert tf.make_ndarray(acc.Tensors("export/version")[-1].tensor_proto) == version
+    assert [
+        tf.make_ndarray(e.tensor_proto) for e in acc.Tensors("export/versions_kept")
+    ] == [1, 1, 1]
+    text = tf.make_ndarray(acc.Tensors("export/event")[-1].tensor_proto).item().decode()
+    assert f"Exported version {version} to {export_dir / str(version)}" in text
+    assert "epoch 2; loss=" in text and "removed versions [" in text
+
+
+def test_no_event_file_before_the_first_export(tmp_path):
+    exporter = SavedModelExporter(
+        str(tmp_path / "exports"),
+        every_n_epochs=5,
+        export_on_train_end=False,
+        log_dir=str(tmp_path / "logs"),
+    )
+    _fit([exporter], epochs=2)
+    assert not (tmp_path / "logs").exists()
+
+
+def test_events_beside_keras_tensorboard_in_one_log_dir(tmp_path):
+    logs = tmp_path / "logs"
+    callbacks = [
+        keras.callbacks.TensorBoard(str(logs)),
+        SavedModelExporter(str(tmp_path / "exports"), log_dir=str(logs)),
+    ]
+    _fit(callbacks, epochs=2)
+    assert sorted(os.listdir(logs)) == ["export", "train"]
+    assert len(_events(logs / "export").Tensors("export/version")) == 2
+    assert "epoch_loss" in _events(logs / "train").Tags()["tensors"]
+
+
+class BreakExportDir(keras.callbacks.Callback):
+    """Turns export_dir into a file once training runs: exports then fail."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
+            tf.io.gfile.rmtree(str(self.path))
+            self.path.write_text("not a directory")
+
+
+def test_on_error_raise_stops_fit_with_a_clear_error(tmp_path):
+    export_dir = tmp_path / "exports"
+    callbacks = [BreakExportDir(export_dir), SavedModelExporter(str(export_dir))]
+    with pytest.raises(ExportError, match="No version directory was left"):
+        _fit(callbacks, epochs=3)
+
+
+def test_on_error_warn_logs_records_and_trains_on(tmp_path, caplog):
+    export_dir = tmp_path / "exports"
+    exporter = SavedModelExporter(
+        str(export_dir), on_error="warn", log_dir=str(tmp_path / "logs")
+    )
+    with caplog.at_level(logging.WARNING):
+        model = _fit([BreakExportDir(export_dir), exporter], epochs=3)
+
+    assert int(model.optimizer.iterations) == 12  # All three epochs ran.
+    assert "Export failed; training goes on" in caplog.text
+    acc = _events(tmp_path / "logs" / "export")
+    assert [e.step for e in acc.Tensors("export/error")] == [8, 12, 12]
+    assert [e.step for e in acc.Tensors("export/version")] == [4]
+
+
+def test_async_export_in_fit_commits_every_version(tmp_path):
+    model = _fit([SavedModelExporter(str(tmp_path), keep=None, async_export=True)])
+    infos = _infos(tmp_path)
+    assert [i["epoch"] for i in infos] == [0, 1, 2]
+    x, _ = classifier_data()
+    latest = os.path.join(tmp_path, str(infos[-1]["version"]))
+    assert_close(serve_tf2(latest, {"features": x})["logits"], model(x))
+
+
+def test_resume_continues_versions_and_retention_beside_backup_and_restore(tmp_path):
+    export_dir = str(tmp_path / "exports")
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    model = _fit([backup, SavedModelExporter(export_dir, keep=2)], epochs=3)
+    first = sorted(os.listdir(export_dir))
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    _fit([backup, SavedModelExporter(export_dir, keep=2)], epochs=5, model=model)
+    second = sorted(os.listdir(export_dir))
+
+    assert len(first) == len(second) == 2
+    assert min(int(v) for v in second) > max(int(v) for v in first)
+    assert [i["epoch"] for i in _infos(export_dir)] == [3, 4]
+
+
+def test_verbose_prints_one_line_per_export(tmp_path, capsys):
+    _fit([SavedModelExporter(str(tmp_path), keep=1, verbose=1)], epochs=2)
+    out = capsys.readouterr().out.splitlines()
+    lines = [line for line in out if "Exported version" in line]
+    assert len(lines) == 2
+    assert "removed versions [" in lines[1] and " in " in lines[1]
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, fragment",
+    [
+        ({"every_n_epochs": 0}, ValueError, "every_n_epochs=0"),
+        ({"every_n_epochs": 1.5}, TypeError, "every_n_epochs=1.5"),
+        ({"every_n_steps": -2}, ValueError, "every_n_steps=-2"),
+        ({"mode": "best"}, ValueError, "mode='best'"),
+        ({"save_best_only": True}, ValueError, "`save_best_only=True` needs `monitor`"),
+        ({"keep_best": 1}, ValueError, "`keep_best=1` needs `monitor`"),
+        ({"keep": 0}, ValueError, "keep=0"),
+        ({"on_error": "ignore"}, ValueError, "on_error='ignore'"),
+        ({"verbose": 2}, ValueError, "verbose=2"),
+    ],
+    ids=lambda v: str(v) if not isinstance(v, type) else v.__name__,
+)
+def test_bad_arguments_are_refused_at_construction(kwargs, error, fragment, tmp_path):
+    with pytest.raises(error, match=fragment.replace("[", r"\[")):
+        SavedModelExporter(str(tmp_path / "exports"), **kwargs)
+    assert not (tmp_path / "exports").exists()
+
+
+MIRRORED = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+(cpu,) = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from kerassave_callbacks import SavedModelExporter, load_from_saved_model
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    model = keras.Sequential([keras.Input((4,), name="x"), keras.layers.Dense(3)])
+    model.compile(optimizer="adam", loss="mse")
+x = np.random.rand(32, 4).astype("float32")
+y = np.random.rand(32, 3).astype("float32")
+model.fit(x, y, epochs=2, batch_size=8, verbose=0,
+          callbacks=[SavedModelExporter(sys.argv[1], keep=None)])
+versions = sorted(int(v) for v in tf.io.gfile.listdir(sys.argv[1]))
+path = f"{sys.argv[1]}/{versions[-1]}"
+served = tf.saved_model.load(path, tags=["serve"]).signatures["serving_default"]
+(served_y,) = served(x=tf.constant(x)).values()
+expected = model.predict(x, verbose=0)
+loaded_y = load_from_saved_model(path).predict(x, verbose=0)
+print(json.dumps({
+    "replicas": strategy.num_replicas_in_sync,
+    "versions": len(versions),
+    "serve_error": float(np.abs(served_y.numpy() - expected).max()),
+    "loader_error": float(np.abs(loaded_y - expected).max()),
+}))
+"""
+
+
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-c", MIRRORED, str(tmp_path / "exports")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    assert result["versions"] == 2
+    assert result["serve_error"] < 1e-5
+    assert result["loader_error"] < 1e-5
