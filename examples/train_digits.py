@@ -1,68 +1,65 @@
-"""Trains a small classifier on scikit-learn's bundled digits and exports it.
+"""Trains a digits classifier and exports versions while it trains.
 
-python examples/train_digits.py --epochs=3
+The main job of the README: with no flags it trains for a few epochs on
+scikit-learn's bundled digits, writes versions under ./exports (the newest
+3 kept, plus the best by val_accuracy) and export events for TensorBoard
+under ./logs.
+
+    python examples/train_digits.py
+    python examples/train_digits.py --epochs=20 --export_dir=/models/digits \
+        --exports_to_keep=5 --export_async
+    python examples/train_digits.py --helpfull   # every --export_* flag
 """
 
 from __future__ import annotations
 
 import os
-
-from absl import app, flags, logging
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import digits  # noqa: E402
+import keras  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from kerassave_callbacks import define_export_flags, exporter_from_flags  # noqa: E402
 
 _EPOCHS = flags.DEFINE_integer("epochs", 5, "Epochs to train.", lower_bound=1)
-_EXPORT_DIR = flags.DEFINE_string(
-    "export_dir", "exports/digits", "Where the SavedModel is written."
-)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Batch size.", lower_bound=1)
+
+define_export_flags()
+flags.FLAGS.set_default("export_log_dir", "logs")
+flags.FLAGS.set_default("exports_to_keep", 3)
+flags.FLAGS.set_default("export_monitor", "val_accuracy")
+flags.FLAGS.set_default("export_keep_best", 1)
 
 
-def load_digits():
-    """The 8x8 digits images (bundled with scikit-learn), split 80/20."""
-    from sklearn.datasets import load_digits as sk_load_digits
-
-    x, y = sk_load_digits(return_X_y=True)
-    x = (x / 16.0).astype("float32")
-    split = int(len(x) * 0.8)
-    return (x[:split], y[:split]), (x[split:], y[split:])
-
-
-def build_model():
-    import keras
-
-    model = keras.Sequential(
-        [
-            keras.Input((64,), name="pixels"),
-            keras.layers.Dense(64, activation="relu", name="hidden"),
-            keras.layers.Dense(10, name="logits"),
-        ],
-        name="digits",
+def train(flag_values: flags.FlagValues = flags.FLAGS) -> list[int]:
+    """Trains with the flags' settings; returns the versions kept."""
+    (x, y), validation = digits.load_digits()
+    model = digits.build_model()
+    exporter = exporter_from_flags(flag_values, verbose=1)
+    callbacks = [exporter]
+    if flag_values.export_log_dir:
+        callbacks.append(keras.callbacks.TensorBoard(flag_values.export_log_dir))
+    model.fit(
+        x,
+        y,
+        epochs=flag_values.epochs,
+        batch_size=flag_values.batch_size,
+        validation_data=validation,
+        callbacks=callbacks,
+        verbose=2,
     )
-    model.compile(
-        optimizer="adam",
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
-
-
-def train(epochs: int, export_dir: str) -> str:
-    from kerassave_callbacks import export_saved_model
-
-    (x, y), (x_val, y_val) = load_digits()
-    model = build_model()
-    model.fit(x, y, epochs=epochs, validation_data=(x_val, y_val), verbose=2)
-    import time
-
-    path = os.path.join(export_dir, str(int(time.time())))
-    export_saved_model(model, path)
-    logging.info("Exported to %s", path)
-    return path
+    versions = exporter.exporter.versions()
+    logging.info("Versions in %s: %s", flag_values.export_dir, versions)
+    return versions
 
 
 def main(argv):
     del argv
-    train(_EPOCHS.value, _EXPORT_DIR.value)
+    train()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from kerassave_callbacks.core import (
     load_from_saved_model,
 )
 from kerassave_callbacks.exporter import ExportError, ExportRecord, VersionedExporter
+from kerassave_callbacks.flags import define_export_flags, exporter_from_flags
 
 __all__ = [
     "ExportError",
@@ -19,6 +20,8 @@ __all__ = [
     "SavedModelExporter",
     "VersionedExporter",
     "__version__",
+    "define_export_flags",
     "export_saved_model",
+    "exporter_from_flags",
     "load_from_saved_model",
 ]

@@ -80,10 +80,13 @@ def _flat_predictions(model, x) -> dict:
     out = model.predict(x, verbose=0)
     if isinstance(out, dict):
         return out
+    names = getattr(model, "output_names", None)
+    if isinstance(model, keras.Sequential):
+        names = [model.layers[-1].name]
+    names = names or ["output_0"]  # Subclassed models name no outputs.
     if isinstance(out, (list, tuple)):
-        return dict(zip(model.output_names, out, strict=True))
-    names = getattr(model, "output_names", None) or ["output_0"]
-    return {names[0] if len(names) == 1 else "output_0": out}
+        return dict(zip(names, out, strict=True))
+    return {names[0]: out}
 
 
 @pytest.mark.parametrize("make", MODELS.values(), ids=MODELS.keys())
@@ -113,6 +116,18 @@ def test_compiled_model_has_three_tagged_graphs_each_with_its_signature(tmp_path
     ]:
         loaded = tf.saved_model.load(path, tags=[tag])
         assert [k for k in loaded.signatures if not k.startswith("__")] == [key]
+
+
+def test_sequential_outputs_are_named_after_the_last_layer(tmp_path):
+    model = keras.Sequential(
+        [keras.Input((4,), name="x"), keras.layers.Dense(3, name="y")]
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    path = str(tmp_path / "export")
+    export_saved_model(model, path)
+    train = tf.saved_model.load(path, tags=["train"]).signatures["train"]
+    assert sorted(serve_tf2(path, {"x": X4})) == ["y"]
+    assert sorted(train.structured_input_signature[1]) == ["x", "y_target"]
 
 
 def test_train_and_eval_signature_names_and_methods(tmp_path):

@@ -102,10 +102,9 @@ def output_names(model: keras.Model, outputs) -> list[str]:
     if isinstance(outputs, Mapping):
         names = [_clean(str(k)) for k in sorted(outputs)]
     else:
-        try:
-            keras_names = list(model.output_names or [])
-        except (AttributeError, ValueError):
-            keras_names = []
+        keras_names = list(getattr(model, "output_names", None) or [])
+        if not keras_names and isinstance(model, keras.Sequential) and model.layers:
+            keras_names = [model.layers[-1].name]  # Sequential has no output_names.
         if len(keras_names) == len(flat):
             names = [_clean(n) for n in keras_names]
         else:

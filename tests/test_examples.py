@@ -1,0 +1,99 @@
+"""The example binaries, run as subprocesses the way a user runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+
+from kerassave_callbacks import VersionedExporter
+from kerassave_callbacks.flags import EXPORT_FLAG_NAMES
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
+
+
+def _run(script, *args, cwd, check=True):
+    out = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, script), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """train_digits.py with no export flags, in a fresh working directory."""
+    cwd = tmp_path_factory.mktemp("job")
+    _run("train_digits.py", "--epochs=3", "--export_keep_best=0", cwd=cwd)
+    return cwd
+
+
+def test_train_digits_writes_versions_and_events_under_the_cwd(trained):
+    versions = VersionedExporter(str(trained / "exports")).versions()
+    acc = event_accumulator.EventAccumulator(
+        str(trained / "logs" / "export"),
+        size_guidance={event_accumulator.TENSORS: 0},
+    )
+    acc.Reload()
+
+    assert len(versions) == 3  # Three epochs; the newest 3 are kept.
+    assert [int(e.step) for e in acc.Tensors("export/version")] == [45, 90, 135]
+    assert sorted(os.listdir(trained)) == ["exports", "logs"]
+
+
+def test_exports_to_keep_flag_applies(tmp_path):
+    _run(
+        "train_digits.py",
+        "--epochs=3",
+        f"--export_dir={tmp_path / 'models'}",
+        "--exports_to_keep=1",
+        "--export_keep_best=0",
+        "--export_log_dir=",
+        cwd=tmp_path,
+    )
+    assert len(VersionedExporter(str(tmp_path / "models")).versions()) == 1
+    assert sorted(os.listdir(tmp_path)) == ["models"]
+
+
+def test_serve_latest_predicts_with_the_serve_graph(trained):
+    out = _run("serve_latest.py", "--samples=4", cwd=trained).stdout
+    newest = max(VersionedExporter(str(trained / "exports")).versions())
+    lines = out.splitlines()
+    assert lines[0] == f"version: exports/{newest}"
+    assert len([line for line in lines if line.startswith("predicted ")]) == 4
+
+
+def test_continue_training_lowers_the_eval_loss(trained):
+    out = _run("continue_training.py", "--steps=30", cwd=trained).stdout
+    values = [
+        float(line.rsplit(":", 1)[1]) for line in out.splitlines() if "loss" in line
+    ]
+    before, after = values
+    assert after < before
+
+
+def test_helpfull_lists_the_export_flags(tmp_path):
+    # absl prints the help to stdout and exits with status 1.
+    out = _run("train_digits.py", "--helpfull", cwd=tmp_path, check=False).stdout
+    assert "--epochs" in out
+    for name in EXPORT_FLAG_NAMES:
+        assert f"--{name}" in out or f"--[no]{name}" in out
+
+
+def test_a_bad_flag_exits_non_zero_naming_it_and_deletes_nothing(tmp_path):
+    old = tmp_path / "exports" / "123"
+    old.mkdir(parents=True)
+    (old / "saved_model.pb").write_bytes(b"")
+    out = _run("train_digits.py", "--exports_to_keep=-3", cwd=tmp_path, check=False)
+    assert out.returncode != 0
+    assert "--exports_to_keep" in out.stderr
+    assert sorted(os.listdir(tmp_path / "exports")) == ["123"]
+    assert not (tmp_path / "logs").exists()
