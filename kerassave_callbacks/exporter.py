@@ -434,10 +434,11 @@ class VersionedExporter:
         return record
 
     def _commit(self, temp: str, info: dict) -> str:
+        info_path = posixpath.join(temp, EXPORT_INFO)
+        _write_json(info_path, info)
+        if _files.is_local(temp):
+            _files.fsync_tree(temp)
         for _ in range(_COMMIT_ATTEMPTS):
-            _write_json(posixpath.join(temp, EXPORT_INFO), info)
-            if _files.is_local(temp):
-                _files.fsync_tree(temp)
             final = self._path(info["version"])
             try:
                 _files.commit(temp, final)
@@ -445,6 +446,9 @@ class VersionedExporter:
             except FileExistsError:
                 # Another writer took this version: take the next one.
                 info["version"] = self._next_version()
+                _write_json(info_path, info)
+                if _files.is_local(temp):
+                    _files.fsync_tree(posixpath.dirname(info_path))
         raise FileExistsError(
             f"Could not find a free version name in {self.export_dir!r} after "
             f"{_COMMIT_ATTEMPTS} attempts."
