@@ -25,7 +25,15 @@ _COMMIT_ATTEMPTS = 20
 
 
 class ExportError(RuntimeError):
-    """An export failed; no version directory was left for it."""
+    """An export failed; no version directory was left for it.
+
+    Example:
+
+        try:
+            exporter.export(model)
+        except ExportError as e:
+            logging.warning("No export this time: %s", e)
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +48,13 @@ class ExportRecord:
       size_bytes: the bytes of the version directory.
       removed: the versions retention deleted after it.
       kept: the versions on disk after retention.
+
+    Example:
+
+        def on_commit(record: ExportRecord):
+            print(record.version, record.size_bytes, record.removed)
+
+        VersionedExporter("/tmp/exports", on_commit=on_commit).export(model)
     """
 
     version: int
@@ -295,6 +310,10 @@ class VersionedExporter:
         stores an integer directory without `saved_model.pb` (a copy cut
         short) is removed an hour after its version time. Nothing else is
         touched. Runs when the exporter is made.
+
+        Example:
+
+            VersionedExporter("/tmp/exports").cleanup()  # [] when all is clean
         """
         now = self._clock()
         removed = []
@@ -391,6 +410,11 @@ class VersionedExporter:
 
     def wait(self) -> None:
         """Blocks until the pending async export is committed.
+
+        Example:
+
+            exporter.export(model)  # async_export=True: returns at once
+            exporter.wait()         # the version is on disk now
 
         Raises:
           ExportError: that export failed.

@@ -26,5 +26,19 @@ def run_tf1(path: str, tag: str, signature_key: str, feeds: dict, runs: int = 1)
         return [sess.run(fetch, feed) for _ in range(runs)]
 
 
+def trained_export(tmp_path):
+    """Fits the classifier for two epochs and exports it: (model, path, x, y)."""
+    from kerassave_callbacks import export_saved_model
+
+    from conftest import classifier, classifier_data
+
+    x, y = classifier_data()
+    model = classifier()
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    path = str(tmp_path / "export")
+    export_saved_model(model, path)
+    return model, path, x, y
+
+
 def assert_close(a, b, atol=1e-5):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=atol, rtol=1e-5)

@@ -22,7 +22,7 @@ from conftest import (
     classifier_data,
     two_tower,
 )
-from helpers import assert_close, run_tf1, serve_tf2
+from helpers import assert_close, run_tf1, serve_tf2, trained_export
 
 RNG = np.random.default_rng(1)
 X4 = RNG.normal(size=(5, 4)).astype("float32")
@@ -269,11 +269,7 @@ def test_serving_only_writes_only_the_serve_graph(tmp_path):
 
 
 def test_one_checkpoint_holds_weights_optimizer_and_metric_state(tmp_path):
-    x, y = classifier_data()
-    model = classifier()
-    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
-    path = str(tmp_path / "export")
-    export_saved_model(model, path)
+    model, _, _, _ = trained_export(tmp_path)
     reader = tf.train.load_checkpoint(str(tmp_path / "export/variables/variables"))
     keys = [k for k in reader.get_variable_to_shape_map() if "VARIABLE_VALUE" in k]
 

@@ -10,27 +10,18 @@ import tensorflow as tf
 from kerassave_callbacks import export_saved_model, load_from_saved_model
 
 from conftest import ConfigurableDoubler, classifier, classifier_data
-from helpers import assert_close
-
-
-def _trained_export(tmp_path):
-    x, y = classifier_data()
-    model = classifier()
-    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
-    path = str(tmp_path / "export")
-    export_saved_model(model, path)
-    return model, path, x, y
+from helpers import assert_close, trained_export
 
 
 def test_loaded_model_predicts_like_the_original(tmp_path):
-    model, path, x, _ = _trained_export(tmp_path)
+    model, path, x, _ = trained_export(tmp_path)
     loaded = load_from_saved_model(path)
     assert isinstance(loaded, keras.Model)
     assert_close(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
 def test_loaded_model_resumes_training_with_the_optimizer_state(tmp_path):
-    model, path, x, y = _trained_export(tmp_path)
+    model, path, x, y = trained_export(tmp_path)
     loaded = load_from_saved_model(path)
 
     assert int(loaded.optimizer.iterations) == 8
@@ -43,7 +34,7 @@ def test_loaded_model_resumes_training_with_the_optimizer_state(tmp_path):
 
 
 def test_compile_false_returns_an_uncompiled_model(tmp_path):
-    _, path, _, _ = _trained_export(tmp_path)
+    _, path, _, _ = trained_export(tmp_path)
     assert (
         getattr(load_from_saved_model(path, compile=False), "optimizer", None) is None
     )
@@ -105,7 +96,7 @@ def test_a_path_without_an_export_is_a_clear_error(tmp_path):
 
 
 def test_an_export_without_json_points_to_tf_saved_model_load(tmp_path):
-    _, path, _, _ = _trained_export(tmp_path)
+    _, path, _, _ = trained_export(tmp_path)
     tf.io.gfile.remove(path + "/assets/saved_model.json")
     with pytest.raises(
         ValueError, match=r"has no assets/saved_model.json.*tf\.saved_model\.load"

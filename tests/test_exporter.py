@@ -300,3 +300,35 @@ def test_a_write_that_fails_half_way_leaves_no_version(tmp_path):
     assert "File too large" in result["error"] or "too large" in result["error"].lower()
     assert len(VersionedExporter(str(tmp_path)).versions()) == 1
     assert [n for n in os.listdir(tmp_path) if n.startswith("temp-")] == []
+
+
+def test_as_text_and_serving_only_pass_through_to_the_export(tmp_path):
+    exporter = VersionedExporter(
+        str(tmp_path), serving_only=True, as_text=True, clock=Clock()
+    )
+    model = classifier()
+    path = exporter.export(model)
+    x, _ = classifier_data()
+
+    assert sorted(os.listdir(path)) == [
+        "assets",
+        "assets.extra",
+        "saved_model.pbtxt",
+        "variables",
+    ]
+    assert exporter.versions() == [T0]
+    assert_close(serve_tf2(path, {"features": x})["logits"], model(x))
+    with pytest.raises(ValueError, match="one MetaGraph with tags"):
+        tf.saved_model.load(path, tags=["train"])
+
+
+def test_input_signature_passes_through_for_an_unbuilt_model(tmp_path):
+    exporter = VersionedExporter(
+        str(tmp_path),
+        input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")],
+        clock=Clock(),
+    )
+    model = keras.Sequential([keras.layers.Dense(2, name="y")])
+    path = exporter.export(model)
+    ones = np.ones((1, 4), "float32")
+    assert_close(serve_tf2(path, {"x": ones})["y"], model(ones))

@@ -14,6 +14,13 @@ class SavedModelExistsError(FileExistsError, AssertionError):
     Subclasses `AssertionError` as well, because
     `tf.keras.experimental.export_saved_model` raised that: callers written
     against it keep working.
+
+    Example:
+
+        try:
+            export_saved_model(model, "/tmp/my_model")
+        except SavedModelExistsError:
+            export_saved_model(model, "/tmp/my_model_2")
     """
 
 
