@@ -259,6 +259,8 @@ class SavedModelExporter(keras.callbacks.Callback):
         if step is not None and step == self._last_step:
             return  # Nothing trained since the last export.
         self._last_step = step
+        # A failed async export surfaces here; with "warn" this one goes on.
+        self._guard(self.exporter.wait, step)
         exported = self._guard(
             lambda: self.exporter.export(
                 self.model, epoch=epoch, step=step, metrics=metrics

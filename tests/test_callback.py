@@ -215,16 +215,19 @@ def test_events_beside_keras_tensorboard_in_one_log_dir(tmp_path):
 
 
 class BreakExportDir(keras.callbacks.Callback):
-    """Turns export_dir into a file once training runs: exports then fail."""
+    """Turns export_dir into a file at epoch 1 (exports then fail), and back
+    into a directory at `mend_at`."""
 
-    def __init__(self, path):
+    def __init__(self, path, mend_at=None):
         super().__init__()
-        self.path = path
+        self.path, self.mend_at = path, mend_at
 
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == 1:
             tf.io.gfile.rmtree(str(self.path))
             self.path.write_text("not a directory")
+        if epoch == self.mend_at:
+            self.path.unlink()
 
 
 def test_on_error_raise_stops_fit_with_a_clear_error(tmp_path):
@@ -247,6 +250,22 @@ def test_on_error_warn_logs_records_and_trains_on(tmp_path, caplog):
     acc = _events(tmp_path / "logs" / "export")
     assert [e.step for e in acc.Tensors("export/error")] == [8, 12, 12]
     assert [e.step for e in acc.Tensors("export/version")] == [4]
+
+
+def test_async_failure_with_warn_does_not_skip_the_next_export(tmp_path, caplog):
+    export_dir = tmp_path / "exports"
+    exporter = SavedModelExporter(
+        str(export_dir),
+        keep=None,
+        async_export=True,
+        on_error="warn",
+        export_on_train_end=False,
+    )
+    with caplog.at_level(logging.WARNING):
+        _fit([BreakExportDir(export_dir, mend_at=2), exporter], epochs=3)
+
+    assert caplog.text.count("Export failed; training goes on") == 1
+    assert [i["epoch"] for i in _infos(export_dir)] == [2]
 
 
 def test_async_export_in_fit_commits_every_version(tmp_path):
