@@ -101,14 +101,18 @@ def remove_tree(path: str) -> None:
         tf.io.gfile.rmtree(path)
     except tf.errors.NotFoundError:
         logging.info("%s was already removed", path)
+    except tf.errors.OpError as e:
+        logging.warning("Could not remove %s (cleanup retries later): %s", path, e)
 
 
-def remove_version(path: str, now: float) -> None:
-    """Deletes a version so that no half-deleted version is ever visible.
+def retire_version(path: str, now: float) -> str | None:
+    """Takes a version out of sight at once; returns what is left to delete.
 
-    Where renames are atomic the version first leaves its integer name (a
-    crash then leaves an abandoned temporary, which cleanup removes);
-    elsewhere its graph file goes first, so TF Serving stops seeing it.
+    Where renames are atomic the version leaves its integer name for a
+    temporary one (a crash then leaves an abandoned temporary, which cleanup
+    removes); elsewhere its graph file goes first, so TF Serving stops
+    seeing it. Either way no half-deleted version is ever visible. Returns
+    the directory to remove with `remove_tree`, or None if it was gone.
     """
     if renames_atomically(path):
         doomed = posixpath.join(posixpath.dirname(path), temp_name(now))
@@ -116,14 +120,13 @@ def remove_version(path: str, now: float) -> None:
             tf.io.gfile.rename(path, doomed)
         except tf.errors.NotFoundError:
             logging.info("%s was already removed", path)
-            return
-        remove_tree(doomed)
-        return
+            return None
+        return doomed
     for name in GRAPH_FILES:
         graph = posixpath.join(path, name)
         if tf.io.gfile.exists(graph):
             tf.io.gfile.remove(graph)
-    remove_tree(path)
+    return path
 
 
 def fsync_tree(path: str) -> None:

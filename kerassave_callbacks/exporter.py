@@ -276,6 +276,11 @@ class VersionedExporter:
         self._infos: dict[int, dict] = {}
         self._pending: concurrent.futures.Future | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        # Retired versions are deleted off the export's critical path.
+        self._deleter = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="kerassave-delete"
+        )
+        self._deletions: list[concurrent.futures.Future] = []
         self.cleanup()
 
     # Listing and cleanup.
@@ -409,7 +414,8 @@ class VersionedExporter:
         return write().path
 
     def wait(self) -> None:
-        """Blocks until the pending async export is committed.
+        """Blocks until the pending async export is committed, and retention's
+        deletions are done.
 
         Example:
 
@@ -420,8 +426,12 @@ class VersionedExporter:
           ExportError: that export failed.
         """
         pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
+        try:
+            if pending is not None:
+                pending.result()
+        finally:
+            deletions, self._deletions = self._deletions, []
+            concurrent.futures.wait(deletions)
 
     def _write(self, graphs, values, info: dict, started: float) -> ExportRecord:
         temp = posixpath.join(self.export_dir, _files.temp_name(self._clock()))
@@ -520,7 +530,12 @@ class VersionedExporter:
         known = self._known_versions()
         doomed = retention.versions_to_delete(known, self.policy, [just_written])
         for version in doomed:
-            _files.remove_version(self._path(version), self._clock())
+            retired = _files.retire_version(self._path(version), self._clock())
+            if retired is not None:
+                self._deletions = [f for f in self._deletions if not f.done()]
+                self._deletions.append(
+                    self._deleter.submit(_files.remove_tree, retired)
+                )
             self._infos.pop(version, None)
         return doomed
 

@@ -86,7 +86,8 @@ def test_keep_n_deletes_only_old_version_directories(tmp_path):
     model = classifier()
     for _ in range(5):
         exporter.export(model)
-    assert exporter.versions() == [T0 + 3, T0 + 4]
+    assert exporter.versions() == [T0 + 3, T0 + 4]  # Retired at once ...
+    exporter.wait()  # ... and deleted in the background.
     assert _dir_names(tmp_path) == sorted(
         ["12abc", "notes.txt", "tmp", str(T0 + 3), str(T0 + 4)]
     )
@@ -129,6 +130,7 @@ def test_export_to_ram_filesystem_keeps_and_loads():
     for _ in range(3):
         path = exporter.export(model)
     assert exporter.versions() == [T0 + 1, T0 + 2]
+    exporter.wait()
     assert sorted(tf.io.gfile.listdir(base)) == [str(T0 + 1), str(T0 + 2)]
     assert_close(serve_tf2(path, {"features": x})["logits"], model(x))
 

@@ -68,6 +68,7 @@ class ModeGraphs:
         self.model = model
         self.inputs = specs.input_structure(model, input_signature)
         self._input_specs = tf.nest.flatten(self.inputs)
+        self.output_names: list[str] = []  # Known once `serve` is traced.
         self.modes = (modes.SERVE,)
         functions = {modes.SERVE: self._trace_serve()}
         if not serving_only and has_training_graphs(model):
@@ -104,8 +105,6 @@ class ModeGraphs:
         return dict(zip(self.output_names, tf.nest.flatten(outputs), strict=True))
 
     def _trace_serve(self):
-        self.output_names: list[str] = []
-
         def serve(*args):
             outputs = self.model(self._call_inputs(args), training=False)
             if not self.output_names:
