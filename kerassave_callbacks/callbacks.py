@@ -168,6 +168,7 @@ class SavedModelExporter(keras.callbacks.Callback):
         self._best: float | None = None
         self._last_step: int | None = None
         self._batches = 0
+        self._epoch: int | None = None
         self._warned_missing = False
         if every_n_steps is not None:
             # Keras calls batch hooks of every callback; define ours only
@@ -178,6 +179,7 @@ class SavedModelExporter(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._batches = 0
+        self._epoch = None
         self._last_step = None
         if not _is_chief(self.model):
             self.exporter = None
@@ -198,7 +200,7 @@ class SavedModelExporter(keras.callbacks.Callback):
     def _on_train_batch_end(self, batch, logs=None):
         self._batches += 1
         if self._batches % self.every_n_steps == 0:
-            self._export(self._epoch, _scalar_logs(logs))
+            self._maybe_export(self._epoch, _scalar_logs(logs))
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -208,7 +210,7 @@ class SavedModelExporter(keras.callbacks.Callback):
             return
         try:
             if self.export_on_train_end:
-                self._export(getattr(self, "_epoch", None), _scalar_logs(logs))
+                self._export(self._epoch, _scalar_logs(logs))
             self._guard(self.exporter.wait)
         finally:
             if self._events is not None:
@@ -233,13 +235,14 @@ class SavedModelExporter(keras.callbacks.Callback):
             return None
         return metrics[self.monitor]
 
-    def _maybe_export(self, epoch: int, metrics: dict) -> None:
+    def _maybe_export(self, epoch: int | None, metrics: dict) -> None:
+        """Exports unless `save_best_only` and the monitor did not improve."""
         value = self._monitored(metrics)
         if self.save_best_only:
             if not _improved(value, self._best, self.mode):
                 if self.verbose:
                     self._say(
-                        f"Epoch {epoch + 1}: {self.monitor} did not improve from "
+                        f"Epoch {epoch}: {self.monitor} did not improve from "
                         f"{self._best}; no export."
                     )
                 return
