@@ -47,9 +47,13 @@ def parse_temp_name(name: str) -> tuple[int, str, int] | None:
 
 
 def version_name(name: str) -> int | None:
-    """The version of an integer-named entry (`"123"` or `"123/"`), else None."""
+    """The version of an integer-named entry (`"123"` or `"123/"`), else None.
+
+    Only canonical decimals count: "0123" is no version (its path would not
+    be `str(123)`), so nothing here ever touches it.
+    """
     name = name.rstrip("/")
-    if name.isascii() and name.isdigit():
+    if name.isascii() and name.isdigit() and name == str(int(name)):
         return int(name)
     return None
 

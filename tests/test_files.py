@@ -1,0 +1,61 @@
+"""Names of versions and temporaries: pure functions, tested as tables."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from kerassave_callbacks import _files
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("1700000000", 1700000000),
+        ("1700000000/", 1700000000),
+        ("0", 0),
+        ("0123", None),
+        ("12abc", None),
+        ("-5", None),
+        ("١٢٣", None),  # Arabic-Indic digits: isdigit() but not a TF Serving version.
+        ("temp-1700000000-host-1-0123abcd", None),
+        ("", None),
+    ],
+)
+def test_version_name(name, expected):
+    assert _files.version_name(name) == expected
+
+
+def test_temp_name_round_trips_and_is_never_a_version():
+    name = _files.temp_name(1700000000.7)
+    created, host, pid = _files.parse_temp_name(name)
+    assert (created, pid) == (1700000000, os.getpid())
+    assert host and "-" not in host  # Hyphens separate the fields.
+    assert _files.version_name(name) is None
+    assert name.startswith(_files.TEMP_PREFIX)
+
+
+@pytest.mark.parametrize(
+    "name", ["temp-notes", "temp-1-host-x-0123abcd", "tmp-1-host-2-0123abcd", "123"]
+)
+def test_other_names_are_not_temporaries(name):
+    assert _files.parse_temp_name(name) is None
+    assert not _files.temp_is_abandoned(name, now=1e12)
+
+
+@pytest.mark.parametrize(
+    "path, atomic, local",
+    [
+        ("/models/x", True, True),
+        ("relative/x", True, True),
+        ("file:///models/x", True, True),
+        ("hdfs://nn/models", True, False),
+        ("gs://bucket/models", False, False),
+        ("s3://bucket/models", False, False),
+        ("ram://models", False, False),
+    ],
+)
+def test_commit_strategy_by_scheme(path, atomic, local):
+    assert _files.renames_atomically(path) is atomic
+    assert _files.is_local(path) is local
