@@ -28,10 +28,6 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
-def _is_unbuilt_sequential(model: keras.Model) -> bool:
-    return isinstance(model, keras.Sequential) and not model.built
-
-
 def input_structure(model: keras.Model, input_signature=None):
     """The structure `model(...)` is called with, as named `tf.TensorSpec`s.
 
@@ -50,7 +46,7 @@ def input_structure(model: keras.Model, input_signature=None):
       TypeError: `input_signature` holds something other than `TensorSpec`s.
     """
     if input_signature is None:
-        if _is_unbuilt_sequential(model) or not model.built:
+        if not model.built:
             raise ValueError(
                 f"Cannot export model {model.name!r}: it is not built and no "
                 "`input_signature` was given. Build it first (call it on data, "
@@ -112,7 +108,7 @@ def output_names(model: keras.Model, outputs) -> list[str]:
     return _unique(names)
 
 
-def _loss_for(loss, name: str, index: int, count: int):
+def _loss_for(loss, name: str, index: int):
     """The loss the compiled model applies to output `name` (or None)."""
     if isinstance(loss, Mapping):
         return loss.get(name)
@@ -168,7 +164,7 @@ def target_specs(
     for i, (name, out) in enumerate(zip(names, outputs, strict=True)):
         spec = override.get(name)
         if spec is None:
-            if _is_sparse(_loss_for(model.loss, name, i, len(names))):
+            if _is_sparse(_loss_for(model.loss, name, i)):
                 spec = tf.TensorSpec(out.shape[:-1], tf.int64)
             else:
                 spec = tf.TensorSpec(out.shape, out.dtype)
