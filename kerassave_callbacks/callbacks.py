@@ -125,16 +125,8 @@ class SavedModelExporter(keras.callbacks.Callback):
                 "`save_best_only=True` needs `monitor`, the metric that must "
                 "improve. Pass e.g. monitor='val_loss'."
             )
-        if on_error not in ON_ERROR:
-            raise ValueError(
-                f"Invalid value for argument `on_error`. Received: "
-                f"on_error={on_error!r}. Expected one of {list(ON_ERROR)}."
-            )
-        if verbose not in (0, 1, True, False):
-            raise ValueError(
-                f"Invalid value for argument `verbose`. Received: verbose="
-                f"{verbose!r}. Expected 0 or 1."
-            )
+        exporter_lib.check_choice("on_error", on_error, ON_ERROR)
+        exporter_lib.check_choice("verbose", verbose, (0, 1))
         self._exporter_args = dict(
             export_dir=export_dir,
             keep=keep,

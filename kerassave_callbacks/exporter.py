@@ -84,11 +84,12 @@ def check_count(name: str, value, *, allow_none: bool) -> None:
         )
 
 
-def check_mode(mode) -> None:
-    if mode not in retention.MODES:
+def check_choice(name: str, value, choices) -> None:
+    """Raises ValueError unless `value` is one of `choices`."""
+    if value not in choices:
         raise ValueError(
-            f"Invalid value for argument `mode`. Received: mode={mode!r}. "
-            f"Expected one of {list(retention.MODES)}."
+            f"Invalid value for argument `{name}`. Received: {name}={value!r}. "
+            f"Expected one of {list(choices)}."
         )
 
 
@@ -147,7 +148,7 @@ def check_arguments(
     """
     check_count("keep", keep, allow_none=True)
     check_count("keep_best", keep_best, allow_none=True)
-    check_mode(mode)
+    check_choice("mode", mode, retention.MODES)
     check_hours(keep_every_n_hours)
     if keep_best is not None and not monitor:
         raise ValueError(
