@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
+
 import numpy as np
 import tensorflow as tf
+
+
+def saved_model_cli() -> list[str]:
+    """The command that runs TensorFlow's saved_model_cli."""
+    cli = shutil.which("saved_model_cli")
+    return (
+        [cli]
+        if cli
+        else [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
+    )
 
 
 def serve_tf2(path: str, feeds: dict) -> dict:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -22,7 +20,13 @@ from conftest import (
     classifier_data,
     two_tower,
 )
-from helpers import assert_close, run_tf1, serve_tf2, trained_export
+from helpers import (
+    assert_close,
+    run_tf1,
+    saved_model_cli,
+    serve_tf2,
+    trained_export,
+)
 
 RNG = np.random.default_rng(1)
 X4 = RNG.normal(size=(5, 4)).astype("float32")
@@ -312,15 +316,9 @@ def test_subclassed_model_with_get_config_saves_json(tmp_path):
 def test_saved_model_cli_lists_the_three_tag_sets(tmp_path):
     path = str(tmp_path / "export")
     export_saved_model(classifier(), path)
-    cli = shutil.which("saved_model_cli")
-    cmd = (
-        [cli]
-        if cli
-        else [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
-    )
 
     out = subprocess.run(
-        cmd + ["show", "--dir", path, "--all"],
+        saved_model_cli() + ["show", "--dir", path, "--all"],
         capture_output=True,
         text=True,
         check=True,
@@ -344,3 +342,32 @@ def test_export_to_ram_filesystem():
     export_saved_model(model, path)
     assert tf.io.gfile.exists(path + "/saved_model.pb")
     assert_close(serve_tf2(path, {"features": X4})["logits"], model(X4))
+
+
+def test_saved_model_cli_runs_the_serve_signature(tmp_path):
+    model = classifier()
+    path = str(tmp_path / "export")
+    export_saved_model(model, path)
+    outputs = tmp_path / "outputs"
+    np.save(tmp_path / "features.npy", np.ones((2, 4), "float32"))
+
+    subprocess.run(
+        saved_model_cli()
+        + [
+            "run",
+            "--dir",
+            path,
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--inputs",
+            f"features={tmp_path / 'features.npy'}",
+            "--outdir",
+            str(outputs),
+        ],
+        capture_output=True,
+        check=True,
+    )
+
+    assert_close(np.load(outputs / "logits.npy"), model(np.ones((2, 4), "float32")))
