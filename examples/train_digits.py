@@ -52,7 +52,7 @@ def train(flag_values: flags.FlagValues = flags.FLAGS) -> list[int]:
         callbacks=callbacks,
         verbose=2,
     )
-    versions = exporter.exporter.versions()
+    versions = exporter.versions()
     logging.info("Versions in %s: %s", flag_values.export_dir, versions)
     return versions
 

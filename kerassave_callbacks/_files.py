@@ -95,6 +95,23 @@ def temp_is_abandoned(name: str, now: float) -> bool:
     return now - created > STALE_SECONDS
 
 
+def entries(export_dir: str) -> list[str]:
+    """The names in `export_dir` (none when it does not exist)."""
+    if not tf.io.gfile.isdir(export_dir):
+        return []
+    return [name.rstrip("/") for name in tf.io.gfile.listdir(export_dir)]
+
+
+def complete_versions(export_dir: str) -> list[int]:
+    """The integer versions under `export_dir` that hold a graph, oldest first."""
+    found = []
+    for name in entries(export_dir):
+        version = version_name(name)
+        if version is not None and has_graph(posixpath.join(export_dir, name)):
+            found.append(version)
+    return sorted(found)
+
+
 def has_graph(path: str) -> bool:
     return any(tf.io.gfile.exists(posixpath.join(path, f)) for f in GRAPH_FILES)
 

@@ -9,9 +9,9 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from kerassave_callbacks import _files, retention
 from kerassave_callbacks import events as events_lib
 from kerassave_callbacks import exporter as exporter_lib
-from kerassave_callbacks import retention
 
 ON_ERROR = ("raise", "warn")
 
@@ -59,7 +59,7 @@ class SavedModelExporter(keras.callbacks.Callback):
                                       monitor="val_loss", keep_best=1,
                                       log_dir="/tmp/logs")
         model.fit(x, y, validation_split=0.2, epochs=10, callbacks=[exporter])
-        newest = max(exporter.exporter.versions())
+        newest = max(exporter.versions())
         tf.saved_model.load(f"/tmp/exports/{newest}", tags=["serve"])
 
     Args:
@@ -166,6 +166,16 @@ class SavedModelExporter(keras.callbacks.Callback):
             # Keras calls batch hooks of every callback; define ours only
             # when asked, so that no per-batch work happens otherwise.
             self.on_train_batch_end = self._on_train_batch_end
+
+    def versions(self) -> list[int]:
+        """The complete versions in `export_dir`, oldest first.
+
+        Example:
+
+            model.fit(x, y, epochs=3, callbacks=[exporter])
+            newest = max(exporter.versions())
+        """
+        return _files.complete_versions(self.export_dir)
 
     # Keras hooks.
 

@@ -286,11 +286,6 @@ class VersionedExporter:
 
     # Listing and cleanup.
 
-    def _entries(self) -> list[str]:
-        if not tf.io.gfile.isdir(self.export_dir):
-            return []
-        return [name.rstrip("/") for name in tf.io.gfile.listdir(self.export_dir)]
-
     def versions(self) -> list[int]:
         """The complete versions on disk, oldest first.
 
@@ -298,12 +293,7 @@ class VersionedExporter:
 
             VersionedExporter("/tmp/exports").versions()  # [1764070001, ...]
         """
-        found = []
-        for name in self._entries():
-            version = _files.version_name(name)
-            if version is not None and _files.has_graph(self._path(version)):
-                found.append(version)
-        return sorted(found)
+        return _files.complete_versions(self.export_dir)
 
     def _path(self, version: int) -> str:
         return posixpath.join(self.export_dir, str(version))
@@ -324,7 +314,7 @@ class VersionedExporter:
         now = self._clock()
         removed = []
         copies = not _files.renames_atomically(self.export_dir)
-        for name in self._entries():
+        for name in _files.entries(self.export_dir):
             path = posixpath.join(self.export_dir, name)
             version = _files.version_name(name)
             if _files.temp_is_abandoned(name, now) or (

@@ -49,8 +49,10 @@ def _fit(callbacks, epochs=3, model=None, **kwargs):
 
 
 def test_keeps_the_newest_n_after_more_epochs_with_epoch_and_step(tmp_path):
-    model = _fit([SavedModelExporter(str(tmp_path), keep=2)], epochs=5)
+    exporter = SavedModelExporter(str(tmp_path), keep=2)
+    model = _fit([exporter], epochs=5)
     infos = _infos(tmp_path)
+    assert exporter.versions() == [i["version"] for i in infos]
     assert [(i["epoch"], i["step"]) for i in infos] == [(3, 16), (4, 20)]
     assert set(infos[-1]["metrics"]) == {"loss", "accuracy"}
     x, _ = classifier_data()
