@@ -371,3 +371,16 @@ def test_saved_model_cli_runs_the_serve_signature(tmp_path):
     )
 
     assert_close(np.load(outputs / "logits.npy"), model(np.ones((2, 4), "float32")))
+
+
+def test_tflite_converter_reads_the_serve_graph(tmp_path):
+    model = classifier()
+    path = str(tmp_path / "export")
+    export_saved_model(model, path)
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        path, signature_keys=["serving_default"], tags={"serve"}
+    )
+    interpreter = tf.lite.Interpreter(model_content=converter.convert())
+    runner = interpreter.get_signature_runner("serving_default")
+
+    assert_close(runner(features=X4)["logits"], model(X4))
