@@ -31,8 +31,6 @@ TRAIN = Mode("train", "train", "train", "tensorflow/supervised/training")
 EVAL = Mode("test", "eval", "eval", "tensorflow/supervised/eval")
 SERVE = Mode("predict", "serve", "serving_default", "tensorflow/serving/predict")
 
-ALL_MODES = (TRAIN, EVAL, SERVE)
-
 # Names of the signature outputs of the train and eval graphs.
 LOSS_KEY = "loss"
 PREDICTIONS_PREFIX = "predictions/"
