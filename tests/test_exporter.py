@@ -334,3 +334,28 @@ def test_input_signature_passes_through_for_an_unbuilt_model(tmp_path):
     path = exporter.export(model)
     ones = np.ones((1, 4), "float32")
     assert_close(serve_tf2(path, {"x": ones})["y"], model(ones))
+
+
+def test_on_commit_reports_each_export(tmp_path):
+    records = []
+    exporter = VersionedExporter(
+        str(tmp_path), keep=1, on_commit=records.append, clock=Clock()
+    )
+    model = classifier()
+    exporter.export(model, epoch=0)
+    path = exporter.export(model, epoch=1)
+    exporter.wait()
+
+    on_disk = sum(
+        os.path.getsize(os.path.join(root, name))
+        for root, _, names in os.walk(path)
+        for name in names
+    )
+    assert [(r.version, r.removed, r.kept) for r in records] == [
+        (T0, [], [T0]),
+        (T0 + 1, [T0], [T0 + 1]),
+    ]
+    assert records[1].path == path
+    assert records[1].size_bytes == on_disk
+    assert records[1].info["epoch"] == 1
+    assert records[1].duration_seconds > 0
