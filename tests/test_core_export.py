@@ -384,3 +384,27 @@ def test_tflite_converter_reads_the_serve_graph(tmp_path):
     runner = interpreter.get_signature_runner("serving_default")
 
     assert_close(runner(features=X4)["logits"], model(X4))
+
+
+def test_batchnorm_and_dropout_train_and_eval_modes(tmp_path):
+    inputs = keras.Input((4,), name="x")
+    hidden = keras.layers.BatchNormalization(name="bn")(inputs)
+    hidden = keras.layers.Dropout(0.5, name="drop")(hidden)
+    outputs = keras.layers.Dense(1, name="y")(hidden)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer="sgd", loss="mse")
+    path = str(tmp_path / "export")
+    export_saved_model(model, path)
+    feeds = {"x": X4 * 10.0 + 3.0, "y_target": np.zeros((5, 1), "float32")}
+
+    evals = run_tf1(path, "eval", "eval", feeds, runs=2)
+    (trained,) = run_tf1(path, "train", "train", feeds, runs=1)
+    served = serve_tf2(path, {"x": feeds["x"]})
+
+    # Eval is deterministic (no dropout, frozen BN statistics) and equals
+    # Keras' inference on the exported weights.
+    assert_close(evals[0]["predictions/y"], evals[1]["predictions/y"])
+    assert_close(evals[0]["predictions/y"], model(feeds["x"], training=False))
+    assert_close(served["y"], model(feeds["x"], training=False))
+    # Training mode normalises with the batch statistics instead.
+    assert not np.allclose(trained["predictions/y"], evals[0]["predictions/y"])
