@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 
 from kerassave_callbacks import export_saved_model
 
@@ -408,3 +409,22 @@ def test_batchnorm_and_dropout_train_and_eval_modes(tmp_path):
     assert_close(served["y"], model(feeds["x"], training=False))
     # Training mode normalises with the batch statistics instead.
     assert not np.allclose(trained["predictions/y"], evals[0]["predictions/y"])
+
+
+def test_each_graph_carries_only_its_own_functions(tmp_path):
+    path = tmp_path / "export"
+    export_saved_model(classifier(), str(path))
+    saved = saved_model_pb2.SavedModel.FromString(
+        (path / "saved_model.pb").read_bytes()
+    )
+
+    functions = {
+        meta.meta_info_def.tags[0]: " ".join(
+            f.signature.name for f in meta.graph_def.library.function
+        )
+        for meta in saved.meta_graphs
+    }
+
+    assert "serve" in functions["serve"] and "step" not in functions["serve"]
+    assert "step" in functions["train"] and "serve" not in functions["train"]
+    assert "step" in functions["eval"] and "serve" not in functions["eval"]

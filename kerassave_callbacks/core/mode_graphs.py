@@ -22,7 +22,6 @@ from kerassave_callbacks.core import modes, specs
 SAVED_MODEL_PB = "saved_model.pb"
 SAVED_MODEL_PBTXT = "saved_model.pbtxt"
 _FINGERPRINT = "fingerprint.pb"
-_SIGNATURE_MAP = "signatures"
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 
 # Attribute names of the variable groups on the saved root object; the
@@ -275,18 +274,77 @@ def split_by_mode(
             if key != mode.signature_key and not key.startswith("__"):
                 del meta.signature_def[key]
         meta.signature_def[mode.signature_key].method_name = mode.method_name
-        _keep_signatures(meta.object_graph_def, {mode.signature_key})
+        if len(mode_list) > 1:
+            _prune_graph(meta)
     return out
 
 
-def _keep_signatures(object_graph, keep: set[str]) -> None:
-    """Drops other modes' functions from the object graph's signature map."""
-    for child in object_graph.nodes[0].children:
-        if child.local_name == _SIGNATURE_MAP:
-            signature_map = object_graph.nodes[child.node_id]
-            kept = [c for c in signature_map.children if c.local_name in keep]
-            del signature_map.children[:]
-            signature_map.children.extend(kept)
+def _tensor_node(name: str) -> str:
+    return name.split(":")[0].lstrip("^")
+
+
+def _prune_graph(meta) -> None:
+    """Keeps only the nodes and functions this MetaGraph's signatures, saver
+    and init op need: the serve graph then carries no training functions.
+
+    Only for exports with several MetaGraphs, which every loader reads
+    through the graph (TF2 too, via its v1 loader). Their object graph,
+    which would name the functions pruned away, is dropped.
+    """
+    needed = [
+        _tensor_node(t.name)
+        for sig in meta.signature_def.values()
+        for t in list(sig.inputs.values()) + list(sig.outputs.values())
+    ]
+    saver = meta.saver_def
+    needed += [
+        _tensor_node(n)
+        for n in (
+            saver.filename_tensor_name,
+            saver.save_tensor_name,
+            saver.restore_op_name,
+        )
+        if n
+    ]
+    for collection in meta.collection_def.values():
+        needed += [_tensor_node(n) for n in collection.node_list.value]
+    graph = tf.compat.v1.graph_util.extract_sub_graph(meta.graph_def, needed)
+    library = graph.library
+    functions = {f.signature.name: f for f in library.function}
+    # Custom gradients are found through the op type, not a function attr:
+    # keep every registered one.
+    custom_gradients = [g.gradient_func for g in library.registered_gradients]
+    used = _functions_used(graph.node, custom_gradients, functions)
+    kept = [f for f in library.function if f.signature.name in used]
+    del library.function[:]
+    library.function.extend(kept)
+    gradients = [g for g in library.gradient if g.function_name in used]
+    del library.gradient[:]
+    library.gradient.extend(gradients)
+    meta.graph_def.CopyFrom(graph)
+    meta.ClearField("object_graph_def")
+
+
+def _functions_used(nodes, names: list[str], functions: dict) -> set[str]:
+    """Names of the library functions that `nodes` call, and `names`, with
+    all they call in turn."""
+    used: set[str] = set()
+    pending = list(names)
+    stack = list(nodes)
+    while stack or pending:
+        if stack:
+            node = stack.pop()
+            pending.append(node.op)
+            for attr in node.attr.values():
+                if attr.HasField("func"):
+                    pending.append(attr.func.name)
+                pending.extend(f.name for f in attr.list.func)
+        while pending:
+            name = pending.pop()
+            if name in functions and name not in used:
+                used.add(name)
+                stack.extend(functions[name].node_def)
+    return used
 
 
 def to_text(saved: saved_model_pb2.SavedModel) -> bytes:
