@@ -83,6 +83,7 @@ class ModeGraphs:
             self.modes = (modes.SERVE, modes.TRAIN, modes.EVAL)
         self.signatures = {m.signature_key: functions[m] for m in self.modes}
         self._object_graph = None  # Set with the graph bytes on the first save.
+        self._graph_files: dict[bool, bytes] = {}  # as_text -> file contents
         # Keras 3 puts the build and compile configs in the JSON too.
         self._model_json = model_to_json(model)
         # Optimizer slots and compiled metrics are created while tracing:
@@ -185,8 +186,13 @@ class ModeGraphs:
         else:
             tf.io.gfile.makedirs(posixpath.join(path, "variables"))
         name = SAVED_MODEL_PBTXT if as_text else SAVED_MODEL_PB
-        data = to_text(self._saved_model) if as_text else self._saved_model_bytes
-        write_file(posixpath.join(path, name), data)
+        if as_text not in self._graph_files:
+            self._graph_files[as_text] = (
+                to_text(self._saved_model)
+                if as_text
+                else self._saved_model.SerializeToString()
+            )
+        write_file(posixpath.join(path, name), self._graph_files[as_text])
         keys = [key for key, _ in self._saved_variables()]
         tf.raw_ops.SaveV2(
             prefix=posixpath.join(path, "variables", "variables"),
@@ -202,7 +208,6 @@ class ModeGraphs:
         with tf.io.gfile.GFile(pb_path, "rb") as f:
             saved = saved_model_pb2.SavedModel.FromString(f.read())
         self._saved_model = split_by_mode(saved, self.modes)
-        self._saved_model_bytes = self._saved_model.SerializeToString()
         tf.io.gfile.remove(pb_path)
         # TF fingerprints the graph it wrote; after the split that
         # fingerprint no longer describes the file, so it is left out.
