@@ -78,6 +78,8 @@ class ModeGraphs:
                 [outputs[n] for n in self.output_names],
                 target_signature,
             )
+            _check_not_in_strategy_scope(model)
+            _build_optimizer(model)
             functions[modes.TRAIN] = self._trace_step(training=True)
             functions[modes.EVAL] = self._trace_step(training=False)
             self.modes = (modes.SERVE, modes.TRAIN, modes.EVAL)
@@ -232,6 +234,36 @@ class ModeGraphs:
         tf.io.gfile.makedirs(assets)
         if self._model_json is not None:
             write_file(posixpath.join(assets, modes.MODEL_JSON), self._model_json)
+
+
+def _check_not_in_strategy_scope(model: keras.Model) -> None:
+    """The train graph cannot be traced inside `strategy.scope()`.
+
+    There Keras' optimizer wants a replica context; outside the scope the
+    model keeps its distributed variables and traces fine.
+    """
+    if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
+        raise ValueError(
+            f"Cannot export the train and eval graphs of model {model.name!r} "
+            "inside `strategy.scope()`. Export outside the `with "
+            "strategy.scope():` block (the model keeps its distributed "
+            "variables), or pass serving_only=True."
+        )
+
+
+def _build_optimizer(model: keras.Model) -> None:
+    """Creates the optimizer's slots before tracing, in the model's strategy.
+
+    Under a distribution strategy they cannot be created inside a traced
+    function, nor outside the strategy's scope.
+    """
+    if model.optimizer.built:
+        return
+    strategy = (
+        getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    )
+    with strategy.scope():
+        model.optimizer.build(model.trainable_variables)
 
 
 def _traced(fn):
