@@ -438,7 +438,7 @@ class VersionedExporter:
                 f"failed: {e}. No version directory was left for it."
             ) from e
         self._infos[info["version"]] = info
-        removed = self._apply_retention(info["version"])
+        removed, kept = self._apply_retention(info["version"])
         record = ExportRecord(
             version=info["version"],
             path=path,
@@ -446,7 +446,7 @@ class VersionedExporter:
             duration_seconds=time.monotonic() - started,
             size_bytes=_files.dir_size(path),
             removed=removed,
-            kept=self.versions(),
+            kept=kept,
         )
         logging.info(
             "Exported version %d to %s in %.2fs",
@@ -517,7 +517,8 @@ class VersionedExporter:
             )
         return known
 
-    def _apply_retention(self, just_written: int) -> list[int]:
+    def _apply_retention(self, just_written: int) -> tuple[list[int], list[int]]:
+        """Retires what the policy drops; returns (removed, kept) versions."""
         known = self._known_versions()
         doomed = retention.versions_to_delete(known, self.policy, [just_written])
         for version in doomed:
@@ -528,7 +529,8 @@ class VersionedExporter:
                     self._deleter.submit(_files.remove_tree, retired)
                 )
             self._infos.pop(version, None)
-        return doomed
+        gone = set(doomed)
+        return doomed, sorted(v.version for v in known if v.version not in gone)
 
 
 def _write_json(path: str, value) -> None:

@@ -99,6 +99,13 @@ class ModeGraphs:
                 _tf_variables(model.optimizer.variables),
             )
             setattr(self.root, METRIC_VARIABLES, _tf_variables(model.metrics_variables))
+        # (checkpoint key, variable) of every variable the export holds.
+        self._variables = [
+            (variable_key(group, i), v)
+            for group in (MODEL_VARIABLES, OPTIMIZER_VARIABLES, METRIC_VARIABLES)
+            for i, v in enumerate(getattr(self.root, group, []))
+        ]
+        self._keys = [key for key, _ in self._variables] + [_OBJECT_GRAPH_KEY]
 
     def _call_inputs(self, flat_args):
         return tf.nest.pack_sequence_as(self.inputs, list(flat_args))
@@ -152,14 +159,6 @@ class ModeGraphs:
         """True once the graphs were serialized (by the first save)."""
         return self._object_graph is not None
 
-    def _saved_variables(self) -> list[tuple[str, tf.Variable]]:
-        """(checkpoint key, variable) of every variable the export holds."""
-        return [
-            (variable_key(group, i), v)
-            for group in (MODEL_VARIABLES, OPTIMIZER_VARIABLES, METRIC_VARIABLES)
-            for i, v in enumerate(getattr(self.root, group, []))
-        ]
-
     def snapshot(self) -> list[tf.Tensor]:
         """The values to save, read now: later training does not change them.
 
@@ -170,7 +169,7 @@ class ModeGraphs:
         metric_ids = {id(v) for v in getattr(self.root, METRIC_VARIABLES, [])}
         return [
             tf.zeros_like(v) if id(v) in metric_ids else v.read_value()
-            for _, v in self._saved_variables()
+            for _, v in self._variables
         ]
 
     def save(self, path: str, *, as_text: bool = False) -> None:
@@ -195,11 +194,10 @@ class ModeGraphs:
                 else self._saved_model.SerializeToString()
             )
         write_file(posixpath.join(path, name), self._graph_files[as_text])
-        keys = [key for key, _ in self._saved_variables()]
         tf.raw_ops.SaveV2(
             prefix=posixpath.join(path, "variables", "variables"),
-            tensor_names=keys + [_OBJECT_GRAPH_KEY],
-            shape_and_slices=[""] * (len(keys) + 1),
+            tensor_names=self._keys,
+            shape_and_slices=[""] * len(self._keys),
             tensors=values + [self._object_graph],
         )
         self._write_keras_assets(path)
@@ -219,7 +217,7 @@ class ModeGraphs:
         reader = tf.compat.v1.train.NewCheckpointReader(
             posixpath.join(path, "variables", "variables")
         )
-        expected = {key for key, _ in self._saved_variables()} | {_OBJECT_GRAPH_KEY}
+        expected = set(self._keys)
         written = set(reader.get_variable_to_shape_map())
         if written != expected:
             raise RuntimeError(
