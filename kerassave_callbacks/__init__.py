@@ -10,12 +10,18 @@ from kerassave_callbacks.core import (
     export_saved_model,
     load_from_saved_model,
 )
-from kerassave_callbacks.exporter import ExportError, ExportRecord, VersionedExporter
+from kerassave_callbacks.exporter import (
+    ExportError,
+    ExportRecord,
+    PendingExport,
+    VersionedExporter,
+)
 from kerassave_callbacks.flags import define_export_flags, exporter_from_flags
 
 __all__ = [
     "ExportError",
     "ExportRecord",
+    "PendingExport",
     "SavedModelExistsError",
     "SavedModelExporter",
     "VersionedExporter",

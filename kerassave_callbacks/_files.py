@@ -10,6 +10,7 @@ import errno
 import os
 import posixpath
 import re
+import shutil
 import socket
 import uuid
 
@@ -74,6 +75,15 @@ def _local(path: str) -> str:
     return path[len("file://") :] if path.startswith("file://") else path
 
 
+def is_link(path: str) -> bool:
+    """True for a symbolic link (only local file systems have them).
+
+    A link in `export_dir` is the user's: a version linked in is served and
+    numbered like any other, but nothing here deletes it or through it.
+    """
+    return is_local(path) and os.path.islink(_local(path))
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -117,12 +127,24 @@ def has_graph(path: str) -> bool:
 
 
 def remove_tree(path: str) -> None:
-    """Removes a directory; one that is already gone is logged, not raised."""
+    """Removes a directory; one that is already gone is logged, not raised.
+
+    Never follows a symbolic link: a link given here is left alone, and a
+    link inside the tree is removed as a link, its target untouched.
+    """
+    if is_link(path):
+        logging.warning("Not removing %s: it is a symbolic link.", path)
+        return
     try:
-        tf.io.gfile.rmtree(path)
-    except tf.errors.NotFoundError:
+        if is_local(path):
+            # shutil.rmtree unlinks links; gfile's rmtree would descend into
+            # a linked directory and empty it.
+            shutil.rmtree(_local(path))
+        else:
+            tf.io.gfile.rmtree(path)
+    except (FileNotFoundError, tf.errors.NotFoundError):
         logging.info("%s was already removed", path)
-    except tf.errors.OpError as e:
+    except (OSError, tf.errors.OpError) as e:
         logging.warning("Could not remove %s (cleanup retries later): %s", path, e)
 
 
@@ -134,7 +156,12 @@ def retire_version(path: str, now: float) -> str | None:
     removes); elsewhere its graph file goes first, so TF Serving stops
     seeing it. Either way no half-deleted version is ever visible. Returns
     the directory to remove with `remove_tree`, or None if it was gone.
+
+    Raises:
+      ValueError: `path` is a symbolic link (the caller must not retire it).
     """
+    if is_link(path):
+        raise ValueError(f"{path} is a symbolic link; links are never retired.")
     if renames_atomically(path):
         doomed = posixpath.join(posixpath.dirname(path), temp_name(now))
         try:

@@ -34,6 +34,17 @@ def _improved(value: float | None, best: float | None, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
+def _uncommitted(failure: exporter_lib.ExportError | None) -> bool:
+    """True for a failure that left no version (one worth retrying)."""
+    return failure is not None and failure.committed is None
+
+
+def _swaps_in_ema_weights(model: keras.Model) -> bool:
+    """True when `fit` ends by moving the optimizer's EMA into the weights."""
+    optimizer = getattr(model, "optimizer", None)
+    return bool(getattr(optimizer, "use_ema", False))
+
+
 def _is_chief(model: keras.Model) -> bool:
     """True where this worker should write (always, outside multi-worker)."""
     strategy = (
@@ -66,7 +77,10 @@ class SavedModelExporter(keras.callbacks.Callback):
       export_dir: the base directory TF Serving polls (`--model_base_path`).
       keep: the newest versions to keep; None keeps all. Defaults to 5.
       every_n_epochs: export after every n-th epoch. Defaults to 1.
-      every_n_steps: also export every n batches. Defaults to None.
+      every_n_steps: also export every n training steps (batches), counted
+        as `keras.callbacks.ModelCheckpoint` counts `save_freq`: with
+        `steps_per_execution` above 1 the export comes at the first batch
+        hook at or past each n steps. Defaults to None.
       export_on_train_end: export when training ends if the model trained
         since the last export (not with `save_best_only`). Defaults to True.
       monitor: a key of the epoch logs, e.g. "val_loss", for `keep_best` and
@@ -89,6 +103,19 @@ class SavedModelExporter(keras.callbacks.Callback):
       on_error: "raise" stops `fit` on a failed export; "warn" logs it,
         records `export/error` and trains on. Defaults to "raise".
       verbose: 1 prints a line per export. Defaults to 0.
+
+    With `on_error="warn"` nothing an export does stops training: a model
+    whose graphs cannot be traced, a failed write, a failed retention pass
+    or a failing TensorBoard writer is logged, recorded as `export/error` at
+    the step of the export it belongs to (as soon as the events can be
+    written again), and the next export goes on; a failure after the commit
+    never removes the committed version. A failed last export is tried once
+    more at the end of training.
+
+    The callback keeps its exporter (and the traced graphs) across `fit`
+    calls; `close()`, or leaving a `with` block, waits for pending exports
+    and stops the exporter's threads. Its hooks run in the training thread;
+    `versions()` may be called from any thread.
 
     Raises:
       TypeError, ValueError: a bad argument, named in the message.
@@ -118,8 +145,10 @@ class SavedModelExporter(keras.callbacks.Callback):
         verbose: int = 0,
     ):
         super().__init__()
-        exporter_lib.check_count("every_n_epochs", every_n_epochs, allow_none=False)
-        exporter_lib.check_count("every_n_steps", every_n_steps, allow_none=True)
+        exporter_lib.check_count("every_n_epochs", every_n_epochs)
+        exporter_lib.check_count(
+            "every_n_steps", every_n_steps, "turns step exports off"
+        )
         if save_best_only and not monitor:
             raise ValueError(
                 "`save_best_only=True` needs `monitor`, the metric that must "
@@ -159,9 +188,11 @@ class SavedModelExporter(keras.callbacks.Callback):
         self._events: events_lib.ExportEvents | None = None
         self._best: float | None = None
         self._last_step: int | None = None
-        self._batches = 0
+        self._steps_since_export = 0
+        self._last_batch_seen = -1
         self._epoch: int | None = None
         self._warned_missing = False
+        self._closed = False
         if every_n_steps is not None:
             # Keras calls batch hooks of every callback; define ours only
             # when asked, so that no per-batch work happens otherwise.
@@ -177,10 +208,47 @@ class SavedModelExporter(keras.callbacks.Callback):
         """
         return _files.complete_versions(self.export_dir)
 
+    def close(self) -> None:
+        """Waits for pending exports, stops the exporter's threads, closes
+        the event writer. A closed callback refuses to train again.
+
+        Example:
+
+            with SavedModelExporter("/tmp/exports", async_export=True) as cb:
+                model.fit(x, y, epochs=3, callbacks=[cb])
+
+        Raises:
+          ExportError: the pending async export failed (with `on_error`
+            "raise").
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.exporter is not None:
+                self._guard(self.exporter.close)
+        finally:
+            self.exporter = None
+            if self._events is not None:
+                self._events.close()
+                self._events = None
+
+    def __enter__(self) -> SavedModelExporter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
     # Keras hooks.
 
     def on_train_begin(self, logs=None):
-        self._batches = 0
+        if self._closed:
+            raise RuntimeError(
+                f"This SavedModelExporter of {self.export_dir!r} is closed. "
+                "Make a new one to export from another fit."
+            )
+        self._steps_since_export = 0
+        self._last_batch_seen = -1
         self._epoch = None
         self._last_step = None
         if not _is_chief(self.model):
@@ -200,8 +268,15 @@ class SavedModelExporter(keras.callbacks.Callback):
             self._maybe_export(epoch, _scalar_logs(logs))
 
     def _on_train_batch_end(self, batch, logs=None):
-        self._batches += 1
-        if self._batches % self.every_n_steps == 0:
+        # As ModelCheckpoint counts save_freq: `batch` is the index of the
+        # last step the hook covers, so steps_per_execution > 1 counts right.
+        if batch <= self._last_batch_seen:  # A new epoch started.
+            self._steps_since_export += batch + 1
+        else:
+            self._steps_since_export += batch - self._last_batch_seen
+        self._last_batch_seen = batch
+        if self._steps_since_export >= self.every_n_steps:
+            self._steps_since_export = 0
             self._maybe_export(self._epoch, _scalar_logs(logs))
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -211,6 +286,11 @@ class SavedModelExporter(keras.callbacks.Callback):
         if self.exporter is None:
             return
         try:
+            if _uncommitted(self._guard(self.exporter.wait)):
+                self._last_step = None  # The last async export failed: retry.
+            if _swaps_in_ema_weights(self.model):
+                # fit() has just put the moving averages into the weights.
+                self._last_step = None
             if self.export_on_train_end:
                 self._export(self._epoch, _scalar_logs(logs))
             self._guard(self.exporter.wait)
@@ -265,32 +345,46 @@ class SavedModelExporter(keras.callbacks.Callback):
             return  # Nothing trained since the last export.
         self._last_step = step
         # A failed async export surfaces here; with "warn" this one goes on.
-        self._guard(self.exporter.wait, step)
-        exported = self._guard(
+        self._guard(self.exporter.wait)
+        failure = self._guard(
             lambda: self.exporter.export(
                 self.model, epoch=epoch, step=step, metrics=metrics
-            ),
-            step,
+            )
         )
-        if not exported:
+        if _uncommitted(failure):
             self._last_step = None  # The export at train end tries again.
 
-    def _guard(self, fn, step: int | None = None) -> bool:
-        """Runs an export; a failure raises or warns as `on_error` says.
+    def _guard(self, fn) -> exporter_lib.ExportError | None:
+        """Runs an export step; a failure raises or warns as `on_error` says.
+
+        The failure is recorded as `export/error` at the step of the export
+        it belongs to (an async export fails after the next one started).
 
         Returns:
-          False when the export failed and `on_error` is "warn".
+          The error when it failed and `on_error` is "warn", else None.
         """
         try:
             fn()
         except exporter_lib.ExportError as e:
-            if self._events is not None:
-                self._events.error(str(e), step if step is not None else 0)
+            step = (e.info or {}).get("step")
+            self._record_error(str(e), step if step is not None else 0)
             if self.on_error == "raise":
                 raise
             logging.warning("Export failed; training goes on: %s", e)
-            return False
-        return True
+            return e
+        return None
+
+    def _record_error(self, message: str, step: int) -> None:
+        if self._events is None:
+            return
+        try:
+            self._events.error(message, step)
+        except Exception as e:  # The writer itself may be what failed.
+            logging.warning(
+                "Could not write export/error to TensorBoard yet (kept for "
+                "the next event): %s",
+                e,
+            )
 
     def _on_commit(self, record: exporter_lib.ExportRecord) -> None:
         if self._events is not None:

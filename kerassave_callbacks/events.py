@@ -4,7 +4,9 @@ Tags (a contract with dashboards and with the tests):
 scalars `export/duration_seconds`, `export/size_bytes`, `export/versions_kept`,
 `export/version`; text `export/event` for each export and `export/error` for
 a failed one. The writer is made at the first event (no event file before),
-flushed after each, and closed at the end of training.
+flushed after each, and closed at the end of training. An event that cannot
+be written (the log directory is unwritable for a while) is kept and written
+at its own step by the next write that succeeds.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ VERSION = "export/version"
 EVENT = "export/event"
 ERROR = "export/error"
 RUN = "export"
+# Events kept while the writer fails; the oldest are dropped beyond this.
+_MAX_BACKLOG = 100
 
 
 def describe(record, monitor: str | None = None) -> str:
@@ -49,24 +53,29 @@ class ExportEvents:
         self.log_dir = posixpath.join(str(log_dir), RUN)
         self._writer = None
         self._lock = threading.Lock()  # Records come from the export thread too.
+        self._backlog: list[tuple[int, dict, dict]] = []  # Not written yet.
 
     def _write(self, step: int, scalars: dict, texts: dict) -> None:
+        """Writes one event, after any that failed before.
+
+        Raises:
+          tf.errors.OpError: the writer failed; the event stays in the
+            backlog for the next write.
+        """
         with self._lock:
-            if self._writer is None:
-                self._writer = tf.summary.create_file_writer(self.log_dir)
-            with self._writer.as_default():
-                for tag, value in scalars.items():
-                    # float64: tf.summary.scalar's float32 would round versions
-                    # (about 1.8e9) to a multiple of 128.
-                    tf.summary.write(
-                        tag,
-                        tf.constant(value, tf.float64),
-                        step=step,
-                        metadata=scalar_metadata.create_summary_metadata(tag, ""),
-                    )
-                for tag, value in texts.items():
-                    tf.summary.text(tag, value, step=step)
-            self._writer.flush()
+            self._backlog = self._backlog[-_MAX_BACKLOG + 1 :]
+            self._backlog.append((step, scalars, texts))
+            try:
+                if self._writer is None:
+                    self._writer = tf.summary.create_file_writer(self.log_dir)
+                with self._writer.as_default():
+                    while self._backlog:
+                        _write_event(*self._backlog[0])
+                        self._backlog.pop(0)
+                self._writer.flush()
+            except Exception:
+                self._writer = None  # Made anew by the next write.
+                raise
 
     def record(self, record, step: int, monitor: str | None = None) -> None:
         """Writes the scalars and the text line of one committed export."""
@@ -86,7 +95,22 @@ class ExportEvents:
         self._write(step, {}, {ERROR: message})
 
     def close(self) -> None:
+        """Closes the writer; events that could not be written are dropped."""
         with self._lock:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+
+
+def _write_event(step: int, scalars: dict, texts: dict) -> None:
+    for tag, value in scalars.items():
+        # float64: tf.summary.scalar's float32 would round versions (about
+        # 1.8e9) to a multiple of 128.
+        tf.summary.write(
+            tag,
+            tf.constant(value, tf.float64),
+            step=step,
+            metadata=scalar_metadata.create_summary_metadata(tag, ""),
+        )
+    for tag, value in texts.items():
+        tf.summary.text(tag, value, step=step)

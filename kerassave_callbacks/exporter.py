@@ -25,7 +25,17 @@ _COMMIT_ATTEMPTS = 20
 
 
 class ExportError(RuntimeError):
-    """An export failed; no version directory was left for it.
+    """An export failed.
+
+    Unless `committed` is set, no version directory was left for it. A failure
+    after the commit (retention, an `on_commit` callback) never undoes the
+    commit: `committed` names the version that stays.
+
+    Attributes:
+      info: the export info of the failed export (`epoch`, `step`,
+        `metrics`; `version` once one was allocated), or None.
+      committed: the path of the version committed before the failure, or
+        None when nothing was committed.
 
     Example:
 
@@ -34,6 +44,13 @@ class ExportError(RuntimeError):
         except ExportError as e:
             logging.warning("No export this time: %s", e)
     """
+
+    def __init__(
+        self, message: str, *, info: dict | None = None, committed: str | None = None
+    ):
+        super().__init__(message)
+        self.info = info
+        self.committed = committed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,18 +83,22 @@ class ExportRecord:
     kept: list[int]
 
 
-def check_count(name: str, value, *, allow_none: bool) -> None:
-    """Validates a positive-integer argument such as `keep`."""
-    if value is None and allow_none:
+def check_count(name: str, value, none_means: str | None = None) -> None:
+    """Validates a positive-integer argument such as `keep`.
+
+    `none_means` says what None does for this argument; without it, None is
+    refused.
+    """
+    if value is None and none_means:
         return
     if isinstance(value, bool) or not isinstance(value, int):
-        expected = "a positive integer or None" if allow_none else "a positive integer"
+        expected = "a positive integer or None" if none_means else "a positive integer"
         raise TypeError(
             f"Invalid value for argument `{name}`. Received: {name}={value!r} "
             f"of type {type(value).__name__}. Expected {expected}."
         )
     if value < 1:
-        hint = " (None keeps every version)" if allow_none else ""
+        hint = f" (None {none_means})" if none_means else ""
         raise ValueError(
             f"Invalid value for argument `{name}`. Received: {name}={value}. "
             f"Expected an integer >= 1{hint}."
@@ -114,7 +135,21 @@ def check_export_dir(export_dir) -> str:
         raise TypeError(
             f"`export_dir` must be a path. Received: export_dir={export_dir!r}."
         )
-    export_dir = os.fspath(export_dir).rstrip("/") or "/"
+    export_dir = os.fspath(export_dir)
+    if not export_dir.strip():
+        raise ValueError(
+            f"export_dir={export_dir!r} is empty. Pass the directory the "
+            "versions go to, e.g. export_dir='exports'."
+        )
+    _, _, rest = export_dir.rpartition("://")
+    local_root = _files.is_local(export_dir) and os.path.abspath(rest) == "/"
+    if not rest.strip("/") or local_root:
+        raise ValueError(
+            f"export_dir={export_dir!r} is the root of a file system; retention "
+            "there would delete integer-named directories that are not "
+            "versions. Pass a directory of its own, e.g. '/models/my_model'."
+        )
+    export_dir = export_dir.rstrip("/")
     if tf.io.gfile.exists(export_dir) and not tf.io.gfile.isdir(export_dir):
         raise ValueError(
             f"export_dir={export_dir!r} is an existing file. Pass a directory "
@@ -146,8 +181,8 @@ def check_arguments(
       TypeError, ValueError: a bad argument, named in the message.
       PermissionError: `export_dir` cannot be written.
     """
-    check_count("keep", keep, allow_none=True)
-    check_count("keep_best", keep_best, allow_none=True)
+    check_count("keep", keep, "keeps every version")
+    check_count("keep_best", keep_best, "keeps no best versions")
     check_choice("mode", mode, retention.MODES)
     check_hours(keep_every_n_hours)
     if keep_best is not None and not monitor:
@@ -170,6 +205,20 @@ def _model_key(model: keras.Model) -> tuple:
         tuple(id(v) for v in model.metrics_variables),
         bool(getattr(model, "compiled", False)),
     )
+
+
+def _failing_layer(error: BaseException, model: keras.Model) -> str | None:
+    """The name of the innermost layer whose code raised `error`, if any."""
+    found = None
+    while error is not None and found is None:
+        tb = error.__traceback__
+        while tb is not None:
+            owner = tb.tb_frame.f_locals.get("self")
+            if isinstance(owner, keras.layers.Layer) and owner is not model:
+                found = owner.name
+            tb = tb.tb_next
+        error = error.__cause__ or error.__context__
+    return found
 
 
 def _finite_or_none(value) -> float | None:
@@ -195,6 +244,17 @@ class VersionedExporter:
     version directories. Graphs are traced and serialized once per model;
     later exports write only the variables.
 
+    Symbolic links in `export_dir` belong to the user: an integer-named link
+    (a pinned model linked in) is served by TF Serving and counts when the
+    next version number is chosen, but retention never deletes it, nor
+    anything through it, and it does not count towards `keep`.
+
+    Threads: `export()`, `wait()` and `close()` are meant for one thread (the
+    training loop); `versions()` and `best_value()` only read and may be
+    called from any thread. `on_commit` runs in the thread that writes.
+    `close()` (or leaving a `with` block) waits for pending work and stops
+    the exporter's threads; a closed exporter refuses to export.
+
     Example:
 
         exporter = VersionedExporter("/tmp/exports", keep=3)
@@ -202,6 +262,10 @@ class VersionedExporter:
             model.fit(x, y, epochs=1)
             exporter.export(model, epoch=epoch)
         exporter.versions()  # the three newest, e.g. [1764070003, ...]
+
+        with VersionedExporter("/tmp/exports", async_export=True) as exporter:
+            pending = exporter.export(model)
+        pending.result().version  # committed when the block was left
 
     Args:
       export_dir: the base directory TF Serving polls (`--model_base_path`);
@@ -276,13 +340,46 @@ class VersionedExporter:
         self._last_version = 0
         self._infos: dict[int, dict] = {}
         self._pending: concurrent.futures.Future | None = None
+        # Both made at first use: the writer of async exports, and the
+        # deleter that removes retired versions off the export's critical path.
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        # Retired versions are deleted off the export's critical path.
-        self._deleter = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="kerassave-delete"
-        )
+        self._deleter: concurrent.futures.ThreadPoolExecutor | None = None
         self._deletions: list[concurrent.futures.Future] = []
+        self._closed = False
         self.cleanup()
+
+    # Lifecycle.
+
+    def close(self) -> None:
+        """Waits for pending work, then stops the exporter's threads.
+
+        Calling it again does nothing. After it, `export()` raises.
+
+        Example:
+
+            exporter = VersionedExporter("/tmp/exports", async_export=True)
+            exporter.export(model)
+            exporter.close()  # the version is committed, the threads are gone
+
+        Raises:
+          ExportError: the pending async export failed.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.wait()
+        finally:
+            for pool in (self._executor, self._deleter):
+                if pool is not None:
+                    pool.shutdown(wait=True)
+            self._executor = self._deleter = None
+
+    def __enter__(self) -> VersionedExporter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     # Listing and cleanup.
 
@@ -317,6 +414,8 @@ class VersionedExporter:
         for name in _files.entries(self.export_dir):
             path = posixpath.join(self.export_dir, name)
             version = _files.version_name(name)
+            if _files.is_link(path):
+                continue  # The user's: never removed, nor what it points to.
             if _files.temp_is_abandoned(name, now) or (
                 copies
                 and version is not None
@@ -351,8 +450,8 @@ class VersionedExporter:
         epoch: int | None = None,
         step: int | None = None,
         metrics: dict | None = None,
-    ) -> str:
-        """Exports `model` as a new version; returns the version's path.
+    ) -> str | PendingExport:
+        """Exports `model` as a new version.
 
         Example:
 
@@ -368,32 +467,50 @@ class VersionedExporter:
             Defaults to None.
 
         Returns:
-          The path of the version directory (with `async_export`, the path
-          it is being committed to).
+          The path of the committed version directory; with `async_export`
+          (after the first, synchronous export of a model) a
+          `PendingExport`, whose `result()` is the `ExportRecord` of the
+          version it commits, whatever number it ends up with.
 
         Raises:
           ExportError: the export (or, with `async_export`, the previous
-            one) failed; no version directory was left for it.
+            one) failed, tracing the model's graphs included.
+          RuntimeError: the exporter was closed.
         """
         started = time.monotonic()
         core_export.check_model(model)
+        if self._closed:
+            raise RuntimeError(
+                f"This VersionedExporter of {self.export_dir!r} is closed. Make "
+                "a new one to export again."
+            )
         self.wait()
-        graphs = self._graphs_for(model)
-        first = not graphs.serialized
-        values = graphs.snapshot()
-        version = self._next_version()
         info = {
-            "version": version,
+            "version": None,
             "epoch": epoch,
             "step": step,
             "metrics": {str(k): _finite_or_none(v) for k, v in (metrics or {}).items()},
-            "created": self._clock(),
+            "created": None,
             "library": {
                 "kerassave_callbacks": __version__,
                 "tensorflow": tf.__version__,
                 "keras": keras.__version__,
             },
         }
+        try:
+            graphs = self._graphs_for(model)
+            values = graphs.snapshot()
+        except Exception as e:
+            layer = _failing_layer(e, model)
+            where = f" (in layer {layer!r})" if layer else ""
+            raise ExportError(
+                f"Could not build the graphs of model {model.name!r}{where}: "
+                f"{type(e).__name__}: {e} Nothing was written.",
+                info=info,
+            ) from e
+        first = not graphs.serialized
+        info["version"] = self._next_version()
+        info["created"] = self._clock()
         write = lambda: self._write(graphs, values, info, started)  # noqa: E731
         if self.async_export and not first:
             if self._executor is None:
@@ -401,8 +518,19 @@ class VersionedExporter:
                     1, thread_name_prefix="kerassave-export"
                 )
             self._pending = self._executor.submit(write)
-            return self._path(version)
+            return PendingExport(self._pending)
         return write().path
+
+    @property
+    def pending(self) -> PendingExport | None:
+        """The async export in flight (or ended but not yet waited for).
+
+        Example:
+
+            exporter.export(model)  # async_export=True
+            exporter.pending.result().version
+        """
+        return PendingExport(self._pending) if self._pending is not None else None
 
     def wait(self) -> None:
         """Blocks until the pending async export is committed, and retention's
@@ -435,10 +563,13 @@ class VersionedExporter:
                 _files.remove_tree(temp)
             raise ExportError(
                 f"Export of version {info['version']} to {self.export_dir!r} "
-                f"failed: {e}. No version directory was left for it."
+                f"failed: {e}. No version directory was left for it.",
+                info=info,
             ) from e
+        # The version is committed: what fails from here on is reported, but
+        # never undoes it.
         self._infos[info["version"]] = info
-        removed, kept = self._apply_retention(info["version"])
+        removed, kept, failures = self._apply_retention(info["version"])
         record = ExportRecord(
             version=info["version"],
             path=path,
@@ -448,14 +579,25 @@ class VersionedExporter:
             removed=removed,
             kept=kept,
         )
-        logging.info(
+        logging.vlog(
+            1,
             "Exported version %d to %s in %.2fs",
             record.version,
             path,
             record.duration_seconds,
         )
         if self.on_commit is not None:
-            self.on_commit(record)
+            try:
+                self.on_commit(record)
+            except Exception as e:
+                failures.append(e)
+        if failures:
+            raise ExportError(
+                f"Version {record.version} was committed to {path}, but then "
+                + "; ".join(f"{type(e).__name__}: {e}" for e in failures),
+                info=info,
+                committed=path,
+            ) from failures[0]
         return record
 
     def _commit(self, temp: str, info: dict) -> str:
@@ -504,33 +646,96 @@ class VersionedExporter:
         return self._infos[version]
 
     def _known_versions(self) -> list[retention.Version]:
+        """What retention knows of the complete versions (links are pinned)."""
         known = []
         for version in self.versions():
+            if _files.is_link(self._path(version)):
+                known.append(retention.Version(version, float(version), pinned=True))
+                continue
             info = self._info(version)
             metric = (info.get("metrics") or {}).get(self.monitor)
             known.append(
                 retention.Version(
                     version,
-                    created=float(info.get("created") or version),
+                    created=_finite_or_none(info.get("created")) or float(version),
                     metric=_finite_or_none(metric),
                 )
             )
         return known
 
-    def _apply_retention(self, just_written: int) -> tuple[list[int], list[int]]:
-        """Retires what the policy drops; returns (removed, kept) versions."""
+    def _apply_retention(
+        self, just_written: int
+    ) -> tuple[list[int], list[int], list[Exception]]:
+        """Retires what the policy drops.
+
+        Returns:
+          The versions removed, the versions kept, and the
+          errors of versions that could not be retired (they stay, and
+          count as kept).
+        """
         known = self._known_versions()
         doomed = retention.versions_to_delete(known, self.policy, [just_written])
+        removed, failures = [], []
         for version in doomed:
-            retired = _files.retire_version(self._path(version), self._clock())
+            path = self._path(version)
+            try:
+                retired = _files.retire_version(path, self._clock())
+            except (OSError, ValueError, tf.errors.OpError) as e:
+                failures.append(
+                    ExportError(f"retention could not remove version {path}: {e}")
+                )
+                continue
             if retired is not None:
+                if self._deleter is None:
+                    self._deleter = concurrent.futures.ThreadPoolExecutor(
+                        1, thread_name_prefix="kerassave-delete"
+                    )
                 self._deletions = [f for f in self._deletions if not f.done()]
                 self._deletions.append(
                     self._deleter.submit(_files.remove_tree, retired)
                 )
             self._infos.pop(version, None)
-        gone = set(doomed)
-        return doomed, sorted(v.version for v in known if v.version not in gone)
+            removed.append(version)
+        kept = sorted(v.version for v in known if v.version not in removed)
+        return removed, kept, failures
+
+
+class PendingExport:
+    """An async export in flight; `result()` waits for it to be committed.
+
+    The version number is final only at the commit (another writer may take
+    the one chosen first), so the path is known from `result()` on.
+
+    Example:
+
+        pending = exporter.export(model)  # async_export=True
+        record = pending.result()         # blocks until committed
+        tf.saved_model.load(record.path, tags=["serve"])
+    """
+
+    def __init__(self, future: concurrent.futures.Future):
+        self._future = future
+
+    def done(self) -> bool:
+        """True once the export was committed or failed."""
+        return self._future.done()
+
+    def result(self, timeout: float | None = None) -> ExportRecord:
+        """The `ExportRecord` of the committed version.
+
+        Raises:
+          ExportError: the export failed.
+          TimeoutError: it did not end within `timeout` seconds.
+        """
+        return self._future.result(timeout)
+
+    @property
+    def path(self) -> str:
+        """The committed version's directory (waits for the commit)."""
+        return self.result().path
+
+    def __fspath__(self) -> str:
+        return self.path
 
 
 def _write_json(path: str, value) -> None:

@@ -24,11 +24,14 @@ class Version:
       version: the integer name of the version directory.
       created: unix time the version was written (from export_info.json).
       metric: the monitored metric's value, or None when it was not logged.
+      pinned: never deleted and not counted by the policy (a symbolic link
+        the user put in `export_dir`).
     """
 
     version: int
     created: float
     metric: float | None = None
+    pinned: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,12 +81,14 @@ def _every_n_hours(versions: list[Version], hours: float) -> set[int]:
 
 
 def versions_to_keep(versions: Iterable[Version], policy: Policy) -> set[int]:
-    """The versions `policy` keeps, by integer name."""
+    """The versions `policy` keeps, by integer name (pinned ones always)."""
     versions = list(versions)
+    pinned = {v.version for v in versions if v.pinned}
+    versions = [v for v in versions if not v.pinned]
     if policy.keep is None:
-        return {v.version for v in versions}
+        return pinned | {v.version for v in versions}
     newest = sorted((v.version for v in versions), reverse=True)[: policy.keep]
-    kept = set(newest)
+    kept = pinned | set(newest)
     if policy.keep_best:
         kept |= _best(versions, policy.keep_best, policy.mode)
     if policy.keep_every_n_hours:

@@ -29,11 +29,34 @@ def _run(script, *args, cwd, check=True):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """train_digits.py with no export flags, in a fresh working directory."""
+def training_run(tmp_path_factory):
+    """train_digits.py with no export flags, in a fresh working directory:
+    (its working directory, what it printed)."""
     cwd = tmp_path_factory.mktemp("job")
-    _run("train_digits.py", "--epochs=3", "--export_keep_best=0", cwd=cwd)
-    return cwd
+    out = _run("train_digits.py", "--epochs=3", "--export_keep_best=0", cwd=cwd)
+    return cwd, out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(training_run):
+    return training_run[0]
+
+
+def test_one_line_per_export_and_nothing_from_tensorflow_that_we_cause(
+    training_run,
+):
+    _, output = training_run
+    lines = output.splitlines()
+    assert len([line for line in lines if "Exported version" in line]) == 3
+    for noise in (
+        "signature_serialization",
+        "functional_saver",
+        "fingerprint",
+        "Assets written to",
+        "is deprecated",
+        "temp-",
+    ):
+        assert noise not in output, noise
 
 
 def test_train_digits_writes_versions_and_events_under_the_cwd(trained):

@@ -17,7 +17,7 @@ from absl import logging
 from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 
-from kerassave_callbacks.core import modes, specs
+from kerassave_callbacks.core import _tf_logs, modes, specs
 
 SAVED_MODEL_PB = "saved_model.pb"
 SAVED_MODEL_PBTXT = "saved_model.pbtxt"
@@ -69,20 +69,8 @@ class ModeGraphs:
         self._input_specs = tf.nest.flatten(self.inputs)
         self.output_names: list[str] = []  # Known once `serve` is traced.
         self.modes = (modes.SERVE,)
-        functions = {modes.SERVE: self._trace_serve()}
-        if not serving_only and has_training_graphs(model):
-            outputs = functions[modes.SERVE].get_concrete_function().structured_outputs
-            self._targets = specs.target_specs(
-                model,
-                self.output_names,
-                [outputs[n] for n in self.output_names],
-                target_signature,
-            )
-            _check_not_in_strategy_scope(model)
-            _build_optimizer(model)
-            functions[modes.TRAIN] = self._trace_step(training=True)
-            functions[modes.EVAL] = self._trace_step(training=False)
-            self.modes = (modes.SERVE, modes.TRAIN, modes.EVAL)
+        with _tf_logs.quiet():
+            functions = self._trace(serving_only, target_signature)
         self.signatures = {m.signature_key: functions[m] for m in self.modes}
         self._object_graph = None  # Set with the graph bytes on the first save.
         self._graph_files: dict[bool, bytes] = {}  # as_text -> file contents
@@ -106,6 +94,25 @@ class ModeGraphs:
             for i, v in enumerate(getattr(self.root, group, []))
         ]
         self._keys = [key for key, _ in self._variables] + [_OBJECT_GRAPH_KEY]
+
+    def _trace(self, serving_only: bool, target_signature) -> dict:
+        """Traces the mode functions; sets `self.modes`."""
+        model = self.model
+        functions = {modes.SERVE: self._trace_serve()}
+        if not serving_only and has_training_graphs(model):
+            outputs = functions[modes.SERVE].get_concrete_function().structured_outputs
+            self._targets = specs.target_specs(
+                model,
+                self.output_names,
+                [outputs[n] for n in self.output_names],
+                target_signature,
+            )
+            _check_not_in_strategy_scope(model)
+            _build_optimizer(model)
+            functions[modes.TRAIN] = self._trace_step(training=True)
+            functions[modes.EVAL] = self._trace_step(training=False)
+            self.modes = (modes.SERVE, modes.TRAIN, modes.EVAL)
+        return functions
 
     def _call_inputs(self, flat_args):
         return tf.nest.pack_sequence_as(self.inputs, list(flat_args))
@@ -203,7 +210,8 @@ class ModeGraphs:
         self._write_keras_assets(path)
 
     def _serialize_graphs(self, path: str) -> None:
-        tf.saved_model.save(self.root, path, signatures=self.signatures)
+        with _tf_logs.quiet():
+            tf.saved_model.save(self.root, path, signatures=self.signatures)
         pb_path = posixpath.join(path, SAVED_MODEL_PB)
         with tf.io.gfile.GFile(pb_path, "rb") as f:
             saved = saved_model_pb2.SavedModel.FromString(f.read())
@@ -343,7 +351,7 @@ def _prune_graph(meta) -> None:
     ]
     for collection in meta.collection_def.values():
         needed += [_tensor_node(n) for n in collection.node_list.value]
-    graph = tf.compat.v1.graph_util.extract_sub_graph(meta.graph_def, needed)
+    graph = _sub_graph(meta.graph_def, needed)
     library = graph.library
     functions = {f.signature.name: f for f in library.function}
     # Custom gradients are found through the op type, not a function attr:
@@ -358,6 +366,28 @@ def _prune_graph(meta) -> None:
     library.gradient.extend(gradients)
     meta.graph_def.CopyFrom(graph)
     meta.ClearField("object_graph_def")
+
+
+def _sub_graph(graph_def, needed: list[str]):
+    """The nodes of `graph_def` that `needed` reach through their inputs.
+
+    What the deprecated `tf.compat.v1.graph_util.extract_sub_graph` did,
+    keeping the nodes in their original order.
+    """
+    by_name = {node.name: node for node in graph_def.node}
+    kept: set[str] = set()
+    stack = [name for name in needed if name in by_name]
+    while stack:
+        name = stack.pop()
+        if name in kept:
+            continue
+        kept.add(name)
+        stack.extend(_tensor_node(i) for i in by_name[name].input)
+    out = type(graph_def)()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    out.node.extend(node for node in graph_def.node if node.name in kept)
+    return out
 
 
 def _functions_used(nodes, names: list[str], functions: dict) -> set[str]:
