@@ -3,6 +3,7 @@
 python export_worker.py loop EXPORT_DIR COUNT   # COUNT exports (0: forever)
 python export_worker.py crash EXPORT_DIR KEEP   # big exports until killed
 python export_worker.py fsize EXPORT_DIR LIMIT  # export under RLIMIT_FSIZE
+python export_worker.py fsize_one PATH LIMIT    # export_saved_model, the same
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-from kerassave_callbacks import ExportError, VersionedExporter  # noqa: E402
+from kerassave_callbacks import (  # noqa: E402
+    ExportError,
+    VersionedExporter,
+    export_saved_model,
+)
 
 
 def _model(width: int) -> keras.Model:
@@ -50,12 +55,16 @@ def crash(export_dir: str, keep: int) -> None:
         print(exporter.export(model), flush=True)
 
 
+def _full_disk(limit: int) -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
 def fsize(export_dir: str, limit: int) -> None:
     exporter = VersionedExporter(export_dir, keep=None)
     model = _model(256)
     exporter.export(model)  # Fits under no limit; the second one will not.
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill.
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    _full_disk(limit)
     try:
         exporter.export(model)
         result = {"error": None}
@@ -64,7 +73,18 @@ def fsize(export_dir: str, limit: int) -> None:
     print(json.dumps(result), flush=True)
 
 
+def fsize_one(path: str, limit: int) -> None:
+    model = _model(256)
+    _full_disk(limit)
+    try:
+        export_saved_model(model, path)
+        result = {"error": None}
+    except Exception as e:
+        result = {"error": f"{type(e).__name__}: {e}"}
+    print(json.dumps(result), flush=True)
+
+
 if __name__ == "__main__":
-    {"loop": loop, "crash": crash, "fsize": fsize}[sys.argv[1]](
+    {"loop": loop, "crash": crash, "fsize": fsize, "fsize_one": fsize_one}[sys.argv[1]](
         sys.argv[2], int(sys.argv[3])
     )

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import posixpath
+import time
+
 import keras
 import tensorflow as tf
 
+from kerassave_callbacks import _files
 from kerassave_callbacks.core import mode_graphs
 
 
@@ -72,6 +76,14 @@ def export_saved_model(
     optimizer state and the metric state. `assets/saved_model.json` holds
     `model.to_json()`, so `load_from_saved_model` can rebuild the model.
 
+    The export is written to a temporary sibling of `saved_model_path` and
+    renamed into place when complete (on object stores, copied with the
+    graph file last): a failure, a full disk say, leaves nothing at the path.
+
+    A model compiled with no loss gets only the serve graph, with a warning.
+    A model that overrides `train_step` or `test_step` is refused unless
+    `serving_only=True`: the train and eval graphs run Keras' own steps.
+
     Example:
 
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
@@ -101,12 +113,19 @@ def export_saved_model(
     Raises:
       TypeError: `model` is not a `keras.Model`, or a signature holds
         something other than `tf.TensorSpec`s.
-      ValueError: the model is not built and no `input_signature` was given.
+      ValueError: the model is not built and no `input_signature` was given,
+        or it overrides `train_step`/`test_step` and `serving_only` is off.
       SavedModelExistsError: `saved_model_path` is a file or not empty (also
         an `AssertionError`, as in the original API).
     """
     del custom_objects  # The export serializes configs; only loading needs them.
     check_model(model)
+    if not str(saved_model_path).strip():
+        raise ValueError(
+            f"saved_model_path={saved_model_path!r} is empty. Pass the directory "
+            "to write the SavedModel to, e.g. '/tmp/my_model'."
+        )
+    saved_model_path = str(saved_model_path).rstrip("/")
     check_empty_target(saved_model_path)
     graphs = mode_graphs.ModeGraphs(
         model,
@@ -114,4 +133,21 @@ def export_saved_model(
         serving_only=serving_only,
         target_signature=target_signature,
     )
-    graphs.save(saved_model_path, as_text=as_text)
+    temp = posixpath.join(
+        posixpath.dirname(saved_model_path), _files.temp_name(time.time())
+    )
+    try:
+        graphs.save(temp, as_text=as_text)
+        if _files.is_local(temp):
+            _files.fsync_tree(temp)
+        if tf.io.gfile.isdir(saved_model_path):
+            tf.io.gfile.rmtree(saved_model_path)  # Empty: checked above.
+        _files.commit(temp, saved_model_path)
+    except FileExistsError as e:
+        raise SavedModelExistsError(
+            f"saved_model_path={saved_model_path!r} was created by someone else "
+            "while this export was written. Pass a new directory."
+        ) from e
+    finally:
+        if tf.io.gfile.exists(temp):
+            _files.remove_tree(temp)

@@ -7,10 +7,17 @@ import posixpath
 
 import keras
 import tensorflow as tf
-from google.protobuf import text_format
+from google.protobuf import message, text_format
 from tensorflow.core.protobuf import saved_model_pb2
 
-from kerassave_callbacks.core import mode_graphs, modes
+from kerassave_callbacks.core import _keras_internal, mode_graphs, modes
+
+
+def _damaged(saved_model_path: str, what: str) -> ValueError:
+    return ValueError(
+        f"The export at {saved_model_path!r} is damaged: {what}. Nothing was "
+        "loaded. Export the model again, or load another version."
+    )
 
 
 def read_saved_model(saved_model_path: str) -> saved_model_pb2.SavedModel:
@@ -18,16 +25,19 @@ def read_saved_model(saved_model_path: str) -> saved_model_pb2.SavedModel:
 
     Raises:
       FileNotFoundError: the directory holds no SavedModel.
+      ValueError: the graph file is empty, cut short or not a SavedModel.
     """
     pb = posixpath.join(saved_model_path, mode_graphs.SAVED_MODEL_PB)
     pbtxt = posixpath.join(saved_model_path, mode_graphs.SAVED_MODEL_PBTXT)
     saved = saved_model_pb2.SavedModel()
     if tf.io.gfile.exists(pb):
-        with tf.io.gfile.GFile(pb, "rb") as f:
-            saved.ParseFromString(f.read())
+        name = mode_graphs.SAVED_MODEL_PB
+        parse = lambda data: saved.ParseFromString(data)  # noqa: E731
+        path = pb
     elif tf.io.gfile.exists(pbtxt):
-        with tf.io.gfile.GFile(pbtxt, "r") as f:
-            text_format.Parse(f.read(), saved)
+        name = mode_graphs.SAVED_MODEL_PBTXT
+        parse = lambda data: text_format.Parse(data.decode("utf-8"), saved)  # noqa: E731
+        path = pbtxt
     else:
         raise FileNotFoundError(
             f"No SavedModel at saved_model_path={saved_model_path!r}: it holds "
@@ -36,12 +46,57 @@ def read_saved_model(saved_model_path: str) -> saved_model_pb2.SavedModel:
             "(for a VersionedExporter's export_dir, one of its version "
             "directories)."
         )
+    with tf.io.gfile.GFile(path, "rb") as f:
+        data = f.read()
+    try:
+        parse(data)
+    except (message.DecodeError, text_format.ParseError, UnicodeDecodeError) as e:
+        raise _damaged(
+            saved_model_path, f"{name} ({len(data)} bytes) cannot be parsed: {e}"
+        ) from e
+    if not saved.meta_graphs:
+        raise _damaged(saved_model_path, f"{name} ({len(data)} bytes) holds no graph")
     return saved
 
 
-def _read_json(path: str):
-    with tf.io.gfile.GFile(path, "r") as f:
-        return json.loads(f.read())
+def _read_json(saved_model_path: str, path: str):
+    try:
+        with tf.io.gfile.GFile(path, "r") as f:
+            return json.loads(f.read())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _damaged(saved_model_path, f"{path} is not valid JSON: {e}") from e
+
+
+def _open_checkpoint(saved_model_path: str):
+    # Not tf.train.load_checkpoint: it takes ram:// prefixes for directories.
+    prefix = posixpath.join(saved_model_path, "variables", "variables")
+    try:
+        return tf.compat.v1.train.NewCheckpointReader(prefix)
+    except (tf.errors.OpError, ValueError) as e:
+        raise _damaged(
+            saved_model_path,
+            f"its variables ({prefix}.index and data) cannot be read: {e}",
+        ) from e
+
+
+def _read_all(reader, saved_model_path: str) -> dict:
+    """Every value of the checkpoint, key -> array.
+
+    All are read, those the loader does not use too, so that a cut-short
+    file (which TF Serving's restore would choke on) is refused here.
+    """
+    try:
+        return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()}
+    except Exception as e:  # IndexError, DataLossError...: a cut-short file.
+        raise _damaged(
+            saved_model_path, f"the values in its variables cannot be read: {e}"
+        ) from e
+
+
+def _group(values: dict, group: str) -> list:
+    """The values of one variable group, in index order."""
+    count = sum(1 for k in values if k.startswith(group + "/"))
+    return [values[mode_graphs.variable_key(group, i)] for i in range(count)]
 
 
 def _lambda_layers(config) -> list[str]:
@@ -62,18 +117,26 @@ def _has_train_graph(saved: saved_model_pb2.SavedModel) -> bool:
     return any(modes.TRAIN.tag in m.meta_info_def.tags for m in saved.meta_graphs)
 
 
-def _restore(reader, group: str, variables, saved_model_path: str) -> None:
-    keys = reader.get_variable_to_shape_map()
-    count = sum(1 for k in keys if k.startswith(group + "/"))
-    if count != len(variables):
+def _restore(values: list, group: str, variables, what: str, path: str) -> None:
+    if len(values) != len(variables):
         raise ValueError(
-            f"The export at {saved_model_path!r} holds {count} {group} but the "
-            f"rebuilt model has {len(variables)}: the model config and its "
-            "weights do not match. Pass the custom_objects the model was "
-            "built with, or load it with tf.saved_model.load."
+            f"The export at {path!r} holds {len(values)} {group} but {what} has "
+            f"{len(variables)}, so they cannot be restored. This happens when "
+            "the model is rebuilt differently from how it was exported (custom "
+            "layers or optimizers need their custom_objects). Load it with "
+            "compile=False to skip the optimizer state, or read its graphs "
+            "with tf.saved_model.load."
         )
-    for i, variable in enumerate(variables):
-        variable.assign(reader.get_tensor(mode_graphs.variable_key(group, i)))
+    for i, (variable, value) in enumerate(zip(variables, values, strict=True)):
+        if tuple(variable.shape) != tuple(value.shape):
+            raise ValueError(
+                f"The export at {path!r} holds {group}[{i}] of shape "
+                f"{tuple(value.shape)} but {what} has {variable.path} of shape "
+                f"{tuple(variable.shape)}: the model was rebuilt differently "
+                "from how it was exported."
+            )
+    for variable, value in zip(variables, values, strict=True):
+        variable.assign(value)
 
 
 def load_from_saved_model(
@@ -104,53 +167,85 @@ def load_from_saved_model(
       compile: recompile and restore the optimizer state when the export
         has them. Defaults to True.
       safe_mode: refuse to rebuild Lambda layers, whose Python code would run
-        on load; pass False only for exports you trust. Defaults to True.
+        on load; pass False only for exports you trust. As in
+        `keras.saving.load_model`, `keras.config.enable_unsafe_deserialization()`
+        turns it off too. Defaults to True.
 
     Returns:
       The rebuilt `keras.Model`.
 
     Raises:
       FileNotFoundError: `saved_model_path` holds no SavedModel.
-      ValueError: the export has no `assets/saved_model.json` (use
+      ValueError: the export is damaged (an empty, cut-short or garbage
+        graph file, unreadable variables or JSON), is not an export of this
+        library or has no `assets/saved_model.json` (use
         `tf.saved_model.load`), holds a Lambda layer and `safe_mode` is on,
-        or its weights do not fit the rebuilt model.
+        or its weights do not fit the rebuilt model. Every file is read and
+        checked before the model is built: no half-restored model is ever
+        returned.
     """
     saved = read_saved_model(saved_model_path)
-    assets = posixpath.join(saved_model_path, "assets")
-    json_path = posixpath.join(assets, modes.MODEL_JSON)
+    reader = _open_checkpoint(saved_model_path)
+    keys = reader.get_variable_to_shape_map()
+    json_path = posixpath.join(saved_model_path, "assets", modes.MODEL_JSON)
     if not tf.io.gfile.exists(json_path):
+        if any(k.startswith(mode_graphs.MODEL_VARIABLES + "/") for k in keys):
+            why = "the model had no get_config(), so its Keras model cannot be rebuilt"
+        else:
+            why = (
+                "it is not an export of kerassave_callbacks (a SavedModel "
+                "written by tf.saved_model.save or Keras' model.export(), say)"
+            )
         raise ValueError(
-            f"The export at {saved_model_path!r} has no assets/{modes.MODEL_JSON}"
-            " (the model had no get_config()), so its Keras model cannot be "
-            "rebuilt. Load its graphs with tf.saved_model.load(path, "
-            "tags=['serve'])."
+            f"The export at {saved_model_path!r} has no assets/{modes.MODEL_JSON}: "
+            f"{why}. Load its graphs with tf.saved_model.load(path) (add "
+            "tags=['serve'] for an export of this library)."
         )
-    config = _read_json(json_path)
+    config = _read_json(saved_model_path, json_path)
+    unsafe_ok = not safe_mode or _keras_internal.unsafe_deserialization_enabled()
     lambdas = _lambda_layers(config)
-    if lambdas and safe_mode:
+    if lambdas and not unsafe_ok:
         raise ValueError(
             f"The export at {saved_model_path!r} holds Lambda layers {lambdas}, "
             "whose Python code would run on load. If you trust this export, "
-            "pass safe_mode=False."
+            "pass safe_mode=False (or call "
+            "keras.config.enable_unsafe_deserialization())."
         )
+    restore_optimizer = compile and _has_train_graph(saved)
     if not compile:
         config.pop("compile_config", None)
+    # Every value is read before the model is built: a damaged file fails
+    # here, never half way through restoring.
+    values = _read_all(reader, saved_model_path)
     # Keras 3 JSON carries build_config and compile_config: this builds and
     # compiles the model as it was.
     model = keras.saving.deserialize_keras_object(
-        config, custom_objects=custom_objects, safe_mode=safe_mode
+        config, custom_objects=custom_objects, safe_mode=not unsafe_ok
     )
-    # Not tf.train.load_checkpoint: it takes ram:// prefixes for directories.
-    reader = tf.compat.v1.train.NewCheckpointReader(
-        posixpath.join(saved_model_path, "variables", "variables")
+    _restore(
+        _group(values, mode_graphs.MODEL_VARIABLES),
+        mode_graphs.MODEL_VARIABLES,
+        model.variables,
+        "the rebuilt model",
+        saved_model_path,
     )
-    _restore(reader, mode_graphs.MODEL_VARIABLES, model.variables, saved_model_path)
-    if compile and _has_train_graph(saved) and mode_graphs.has_training_graphs(model):
-        model.optimizer.build(model.trainable_variables)
+    for layer in _keras_internal.all_layers(model):
+        # Adapted preprocessing layers derive working state from their
+        # variables when Keras loads them (Normalization's mean from its
+        # adapt_mean): give each the values it now holds the same way.
+        if hasattr(layer, "finalize_state"):
+            layer.load_own_variables(
+                {str(i): v.numpy() for i, v in enumerate(layer.weights)}
+            )
+    if restore_optimizer and mode_graphs.has_training_graphs(model):
+        optimizer = model.optimizer
+        if not optimizer.built:
+            optimizer.build(model.trainable_variables)
         _restore(
-            reader,
+            _group(values, mode_graphs.OPTIMIZER_VARIABLES),
             mode_graphs.OPTIMIZER_VARIABLES,
-            model.optimizer.variables,
+            optimizer.variables,
+            f"the rebuilt {type(optimizer).__name__}",
             saved_model_path,
         )
     return model

@@ -9,6 +9,7 @@ one MetaGraph per mode tag, each keeping only its own signature.
 
 from __future__ import annotations
 
+import json
 import posixpath
 
 import keras
@@ -68,6 +69,7 @@ class ModeGraphs:
         self.inputs = specs.input_structure(model, input_signature)
         self._input_specs = tf.nest.flatten(self.inputs)
         self.output_names: list[str] = []  # Known once `serve` is traced.
+        self._output_keys: list[str] | None = None  # Raw keys of dict outputs.
         self.modes = (modes.SERVE,)
         with _tf_logs.quiet():
             functions = self._trace(serving_only, target_signature)
@@ -99,13 +101,14 @@ class ModeGraphs:
         """Traces the mode functions; sets `self.modes`."""
         model = self.model
         functions = {modes.SERVE: self._trace_serve()}
-        if not serving_only and has_training_graphs(model):
+        if not serving_only and has_training_graphs(model) and _trains_as_keras(model):
             outputs = functions[modes.SERVE].get_concrete_function().structured_outputs
             self._targets = specs.target_specs(
                 model,
                 self.output_names,
                 [outputs[n] for n in self.output_names],
                 target_signature,
+                loss_keys=self._output_keys,
             )
             _check_not_in_strategy_scope(model)
             _build_optimizer(model)
@@ -125,6 +128,8 @@ class ModeGraphs:
             outputs = self.model(self._call_inputs(args), training=False)
             if not self.output_names:
                 self.output_names = specs.output_names(self.model, outputs)
+                if isinstance(outputs, dict):
+                    self._output_keys = [str(k) for k in sorted(outputs)]
             return self._named_outputs(outputs)
 
         return _traced(tf.function(serve, input_signature=self._input_specs))
@@ -242,6 +247,49 @@ class ModeGraphs:
             write_file(posixpath.join(assets, modes.MODEL_JSON), self._model_json)
 
 
+def _overrides(model: keras.Model, method: str) -> str | None:
+    """The class that overrides Keras' `method`, or None for Keras' own."""
+    for cls in type(model).__mro__:
+        if method in cls.__dict__:
+            return None if cls.__module__.startswith("keras.") else cls.__qualname__
+    return None
+
+
+def _trains_as_keras(model: keras.Model) -> bool:
+    """Whether the train and eval graphs can repeat what `fit` does.
+
+    They run Keras' own step (`compute_loss`, the optimizer, the compiled
+    metrics). A model whose `train_step` or `test_step` is its own is
+    refused, since a graph that trains differently from `fit` would be
+    silently wrong; a model compiled with no loss gets only the serve graph.
+
+    Raises:
+      ValueError: `train_step` or `test_step` is overridden.
+    """
+    for method in ("train_step", "test_step"):
+        owner = _overrides(model, method)
+        if owner is not None:
+            raise ValueError(
+                f"Model {model.name!r} overrides `{method}` in {owner}, so the "
+                "train and eval graphs, which run Keras' own step, would train "
+                "differently from fit(). Pass serving_only=True to export only "
+                "the serve graph."
+            )
+    if (
+        getattr(model, "loss", None) is None
+        and _overrides(model, "compute_loss") is None
+        and not model.losses
+    ):
+        logging.warning(
+            "Model %r is compiled with no loss, so its export has only the "
+            "serve graph (a train graph would have nothing to minimize). "
+            "Pass a loss to compile(), or serving_only=True to silence this.",
+            model.name,
+        )
+        return False
+    return True
+
+
 def _check_not_in_strategy_scope(model: keras.Model) -> None:
     """The train graph cannot be traced inside `strategy.scope()`.
 
@@ -284,9 +332,15 @@ def _traced(fn):
 
 
 def model_to_json(model: keras.Model) -> str | None:
-    """`model.to_json()`, or None with a warning when the model has no config."""
+    """`model.to_json()`, or None with a warning when the model has no config.
+
+    The compile config names the optimizer as `compile()` was given it; the
+    one saved is the model's actual optimizer, so that one Keras wrapped
+    (a `LossScaleOptimizer` under a mixed precision policy) is rebuilt as
+    it was, whatever the global policy is when the export is loaded.
+    """
     try:
-        return model.to_json()
+        config = json.loads(model.to_json())
     except NotImplementedError as e:
         logging.warning(
             "Model %r has no get_config(), so the export holds no "
@@ -297,6 +351,15 @@ def model_to_json(model: keras.Model) -> str | None:
             e,
         )
         return None
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and config.get("compile_config"):
+        config["compile_config"]["optimizer"] = keras.optimizers.serialize(optimizer)
+    return json.dumps(config, default=_json_default)
+
+
+def _json_default(value):
+    """What `json` cannot write itself: numpy scalars and arrays."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
 def split_by_mode(

@@ -137,7 +137,11 @@ def _is_sparse(loss) -> bool:
 
 
 def target_specs(
-    model: keras.Model, names: list[str], outputs: list[tf.TensorSpec], override
+    model: keras.Model,
+    names: list[str],
+    outputs: list[tf.TensorSpec],
+    override,
+    loss_keys: list[str] | None = None,
 ) -> list[tf.TensorSpec]:
     """One target spec per output, named `<output_name>_target`.
 
@@ -145,6 +149,8 @@ def target_specs(
     sparse categorical loss, where it holds int64 class ids of the output's
     shape without its last axis. `override` (a TensorSpec for a single-output
     model, or a dict of output name -> TensorSpec) replaces the default.
+    `loss_keys` are the model's own output keys (a dict output's keys before
+    they were made into signature names), which a dict loss is keyed by.
     """
     if override is not None and not isinstance(override, Mapping):
         if len(names) != 1:
@@ -164,7 +170,8 @@ def target_specs(
     for i, (name, out) in enumerate(zip(names, outputs, strict=True)):
         spec = override.get(name)
         if spec is None:
-            if _is_sparse(_loss_for(model.loss, name, i)):
+            key = loss_keys[i] if loss_keys else name
+            if _is_sparse(_loss_for(model.loss, key, i)):
                 spec = tf.TensorSpec(out.shape[:-1], tf.int64)
             else:
                 spec = tf.TensorSpec(out.shape, out.dtype)
