@@ -41,4 +41,3 @@ def unsafe_deserialization_enabled() -> bool:
     from keras.src.saving import serialization_lib
 
     return serialization_lib.in_safe_mode() is False
-
