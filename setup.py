@@ -19,7 +19,9 @@ setuptools.setup(
         "absl-py",
     ],
     extras_require={
-        "test": ["pytest>=7", "ruff"],
+        # The readers of exports the tests run: tf2onnx converts the serve
+        # graph, onnxruntime runs the result.
+        "test": ["pytest>=7", "ruff", "tf2onnx", "onnxruntime"],
         "examples": ["scikit-learn"],
     },
 )

@@ -120,3 +120,20 @@ def test_a_bad_flag_exits_non_zero_naming_it_and_deletes_nothing(tmp_path):
     assert "--exports_to_keep" in out.stderr
     assert sorted(os.listdir(tmp_path / "exports")) == ["123"]
     assert not (tmp_path / "logs").exists()
+
+
+def test_train_text_serves_raw_strings_from_the_newest_version(tmp_path):
+    out = _run("train_text.py", "--epochs=4", cwd=tmp_path)
+    scores = {}
+    for line in out.stdout.splitlines():
+        score, _, sentence = line.partition("  ")
+        if sentence:
+            scores[sentence] = float(score)
+    assert len(VersionedExporter(str(tmp_path / "text_exports")).versions()) == 2
+    assert sorted(os.listdir(tmp_path)) == ["text_data", "text_exports"]
+    assert (tmp_path / "text_data" / "reviews.tsv").exists()
+    good, bad = (
+        scores["a brilliant and funny story"],
+        scores["the plot was dull and tedious"],
+    )
+    assert good > 0.5 > bad

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import posixpath
+import tempfile
 
 import keras
 import tensorflow as tf
@@ -97,6 +99,16 @@ def _group(values: dict, group: str) -> list:
     """The values of one variable group, in index order."""
     count = sum(1 for k in values if k.startswith(group + "/"))
     return [values[mode_graphs.variable_key(group, i)] for i in range(count)]
+
+
+def _load_layer_assets(layer, folder: str) -> None:
+    """`layer.load_assets` on a local copy of `folder` (Keras opens files)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in tf.io.gfile.listdir(folder):
+            tf.io.gfile.copy(
+                posixpath.join(folder, name), os.path.join(tmp, name.rstrip("/"))
+            )
+        layer.load_assets(tmp)
 
 
 def _lambda_layers(config) -> list[str]:
@@ -229,7 +241,8 @@ def load_from_saved_model(
         "the rebuilt model",
         saved_model_path,
     )
-    for layer in _keras_internal.all_layers(model):
+    layer_assets = posixpath.join(saved_model_path, "assets", mode_graphs.LAYER_ASSETS)
+    for index, layer in enumerate(_keras_internal.all_layers(model)):
         # Adapted preprocessing layers derive working state from their
         # variables when Keras loads them (Normalization's mean from its
         # adapt_mean): give each the values it now holds the same way.
@@ -237,6 +250,10 @@ def load_from_saved_model(
             layer.load_own_variables(
                 {str(i): v.numpy() for i, v in enumerate(layer.weights)}
             )
+        # And the state Keras keeps in files (a lookup layer's vocabulary).
+        folder = posixpath.join(layer_assets, str(index))
+        if hasattr(layer, "load_assets") and tf.io.gfile.isdir(folder):
+            _load_layer_assets(layer, folder)
     if restore_optimizer and mode_graphs.has_training_graphs(model):
         optimizer = model.optimizer
         if not optimizer.built:

@@ -10,15 +10,19 @@ one MetaGraph per mode tag, each keeping only its own signature.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
+import tempfile
 
 import keras
 import tensorflow as tf
 from absl import logging
 from google.protobuf import text_format
+from tensorflow.core.framework import attr_value_pb2, node_def_pb2, variable_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
-from kerassave_callbacks.core import _tf_logs, modes, specs
+from kerassave_callbacks import _files
+from kerassave_callbacks.core import _keras_internal, _tf_logs, modes, specs
 
 SAVED_MODEL_PB = "saved_model.pb"
 SAVED_MODEL_PBTXT = "saved_model.pbtxt"
@@ -30,6 +34,11 @@ _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 MODEL_VARIABLES = "model_variables"
 OPTIMIZER_VARIABLES = "optimizer_variables"
 METRIC_VARIABLES = "metric_variables"
+# Lookup tables and other resources the traced graphs use.
+RESOURCES = "resources"
+# Under assets/: what Keras layers save next to their config (the vocabulary
+# of an adapted StringLookup, say), one folder per layer index.
+LAYER_ASSETS = "keras_layers"
 
 
 def variable_key(group: str, index: int) -> str:
@@ -76,8 +85,12 @@ class ModeGraphs:
         self.signatures = {m.signature_key: functions[m] for m in self.modes}
         self._object_graph = None  # Set with the graph bytes on the first save.
         self._graph_files: dict[bool, bytes] = {}  # as_text -> file contents
+        # assets/ path -> bytes of what tf.saved_model.save wrote there
+        # (vocabulary files of tables): known after the first save.
+        self._saved_assets: dict[str, bytes] = {}
         # Keras 3 puts the build and compile configs in the JSON too.
         self._model_json = model_to_json(model)
+        self._layer_assets = _layer_assets(model)
         # Optimizer slots and compiled metrics are created while tracing:
         # collect what to save only now.
         self.root = tf.Module()
@@ -89,6 +102,9 @@ class ModeGraphs:
                 _tf_variables(model.optimizer.variables),
             )
             setattr(self.root, METRIC_VARIABLES, _tf_variables(model.metrics_variables))
+        # Tracked, so that tf.saved_model.save saves them and makes the init
+        # op that initializes them when a TF1 session or TF Serving loads.
+        setattr(self.root, RESOURCES, _captured_resources(model, functions.values()))
         # (checkpoint key, variable) of every variable the export holds.
         self._variables = [
             (variable_key(group, i), v)
@@ -198,6 +214,10 @@ class ModeGraphs:
             self._serialize_graphs(path)
         else:
             tf.io.gfile.makedirs(posixpath.join(path, "variables"))
+            for rel, data in self._saved_assets.items():
+                target = posixpath.join(path, "assets", rel)
+                tf.io.gfile.makedirs(posixpath.dirname(target))
+                write_file(target, data)
         name = SAVED_MODEL_PBTXT if as_text else SAVED_MODEL_PB
         if as_text not in self._graph_files:
             self._graph_files[as_text] = (
@@ -215,8 +235,19 @@ class ModeGraphs:
         self._write_keras_assets(path)
 
     def _serialize_graphs(self, path: str) -> None:
-        with _tf_logs.quiet():
-            tf.saved_model.save(self.root, path, signatures=self.signatures)
+        try:
+            with _tf_logs.quiet():
+                tf.saved_model.save(self.root, path, signatures=self.signatures)
+        except AssertionError as e:  # TF's word for an untracked resource.
+            raise ValueError(
+                f"Cannot save the graphs of model {self.model.name!r}: {e}"
+            ) from e
+        assets = posixpath.join(path, "assets")
+        if tf.io.gfile.isdir(assets):
+            self._saved_assets = {
+                rel: _read_file(posixpath.join(assets, rel))
+                for rel in _files.list_files(assets)
+            }
         pb_path = posixpath.join(path, SAVED_MODEL_PB)
         with tf.io.gfile.GFile(pb_path, "rb") as f:
             saved = saved_model_pb2.SavedModel.FromString(f.read())
@@ -233,10 +264,11 @@ class ModeGraphs:
         expected = set(self._keys)
         written = set(reader.get_variable_to_shape_map())
         if written != expected:
-            raise RuntimeError(
-                "tf.saved_model.save wrote unexpected checkpoint keys "
-                f"{sorted(written ^ expected)}; please report this with your "
-                "TensorFlow version."
+            raise ValueError(
+                f"Cannot export model {self.model.name!r}: its graphs use state "
+                "that is not in its variables (a mutable lookup table, say), "
+                f"saved under checkpoint keys {sorted(written ^ expected)}. "
+                "Keep such state in variables or in tf.lookup.StaticHashTable."
             )
         self._object_graph = tf.constant(reader.get_tensor(_OBJECT_GRAPH_KEY))
 
@@ -245,6 +277,42 @@ class ModeGraphs:
         tf.io.gfile.makedirs(assets)
         if self._model_json is not None:
             write_file(posixpath.join(assets, modes.MODEL_JSON), self._model_json)
+        for rel, data in self._layer_assets.items():
+            target = posixpath.join(assets, LAYER_ASSETS, rel)
+            tf.io.gfile.makedirs(posixpath.dirname(target))
+            write_file(target, data)
+
+
+def _captured_resources(model: keras.Model, functions) -> list:
+    """The resources (lookup tables...) of the model the traced graphs use."""
+    captured = {
+        id(t) for fn in functions for t in fn.get_concrete_function().captured_inputs
+    }
+    return [
+        obj
+        for obj in tf.train.TrackableView(model).descendants()
+        if isinstance(obj, tf.saved_model.experimental.TrackableResource)
+        and id(obj.resource_handle) in captured
+    ]
+
+
+def _layer_assets(model: keras.Model) -> dict[str, bytes]:
+    """What `layer.save_assets` writes, as `<layer index>/<file>` -> bytes.
+
+    Keras keeps state that is no variable there (the vocabulary of an
+    adapted lookup layer); `load_from_saved_model` gives it back to the
+    layer of the same index with `load_assets`.
+    """
+    assets = {}
+    for index, layer in enumerate(_keras_internal.all_layers(model)):
+        if not hasattr(layer, "save_assets"):
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            layer.save_assets(tmp)  # Local paths only, as Keras writes them.
+            for name in sorted(os.listdir(tmp)):
+                with open(os.path.join(tmp, name), "rb") as f:
+                    assets[f"{index}/{name}"] = f.read()
+    return assets
 
 
 def _overrides(model: keras.Model, method: str) -> str | None:
@@ -382,7 +450,48 @@ def split_by_mode(
         meta.signature_def[mode.signature_key].method_name = mode.method_name
         if len(mode_list) > 1:
             _prune_graph(meta)
+            _add_variable_collection(meta)
     return out
+
+
+def _add_variable_collection(meta) -> None:
+    """Lists every variable of the graph in the v1 `variables` collection.
+
+    TF reads a SavedModel with several MetaGraphs through its v1 loader,
+    which lifts only the variables of that collection into the loaded
+    object: with it, `tf.saved_model.load(path, tags=["serve"])` exposes the
+    variables, so freezing, tf2onnx and other TF2 tools see the weights, as
+    with a SavedModel written by TF1's `Builder`.
+    """
+    graph = meta.graph_def
+    names = {node.name for node in graph.node}
+    defs = []
+    for node in list(graph.node):
+        if node.op != "VarHandleOp":
+            continue
+        read = f"{node.name}/Read/ReadVariableOp"
+        if read not in names:
+            graph.node.append(
+                node_def_pb2.NodeDef(
+                    name=read,
+                    op="ReadVariableOp",
+                    input=[node.name],
+                    attr={
+                        "dtype": attr_value_pb2.AttrValue(type=node.attr["dtype"].type)
+                    },
+                )
+            )
+        defs.append(
+            variable_pb2.VariableDef(
+                variable_name=f"{node.name}:0",
+                initializer_name=node.name,
+                snapshot_name=f"{read}:0",
+                is_resource=True,
+            ).SerializeToString()
+        )
+    collection = meta.collection_def["variables"].bytes_list
+    del collection.value[:]
+    collection.value.extend(defs)
 
 
 def _tensor_node(name: str) -> str:
@@ -417,16 +526,27 @@ def _prune_graph(meta) -> None:
     graph = _sub_graph(meta.graph_def, needed)
     library = graph.library
     functions = {f.signature.name: f for f in library.function}
-    # Custom gradients are found through the op type, not a function attr:
-    # keep every registered one.
-    custom_gradients = [g.gradient_func for g in library.registered_gradients]
-    used = _functions_used(graph.node, custom_gradients, functions)
+    # A custom gradient is found through the `_gradient_op_type` attr of the
+    # ops it differentiates: keep those whose ops are kept.
+    custom = {g.registered_op_type: g for g in library.registered_gradients}
+    used = _functions_used(graph.node, [], functions)
+    kept_types: set[str] = set()
+    while True:
+        types = _gradient_op_types(graph.node, used, functions) & set(custom)
+        if types <= kept_types:
+            break
+        kept_types |= types
+        grads = [custom[t].gradient_func for t in types]
+        used |= _functions_used([], grads, functions)
     kept = [f for f in library.function if f.signature.name in used]
     del library.function[:]
     library.function.extend(kept)
     gradients = [g for g in library.gradient if g.function_name in used]
     del library.gradient[:]
     library.gradient.extend(gradients)
+    registered = [custom[t] for t in sorted(kept_types)]
+    del library.registered_gradients[:]
+    library.registered_gradients.extend(registered)
     meta.graph_def.CopyFrom(graph)
     meta.ClearField("object_graph_def")
 
@@ -451,6 +571,16 @@ def _sub_graph(graph_def, needed: list[str]):
     out.library.CopyFrom(graph_def.library)
     out.node.extend(node for node in graph_def.node if node.name in kept)
     return out
+
+
+def _gradient_op_types(nodes, used: set[str], functions: dict) -> set[str]:
+    """The custom gradient op types named by `nodes` and the used functions."""
+    every = list(nodes) + [n for name in used for n in functions[name].node_def]
+    return {
+        n.attr["_gradient_op_type"].s.decode()
+        for n in every
+        if "_gradient_op_type" in n.attr
+    }
 
 
 def _functions_used(nodes, names: list[str], functions: dict) -> set[str]:
@@ -482,3 +612,9 @@ def to_text(saved: saved_model_pb2.SavedModel) -> bytes:
 def write_file(path: str, data: bytes | str) -> None:
     with tf.io.gfile.GFile(path, "wb") as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def _read_file(path: str) -> bytes:
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return f.read()
+

@@ -1,0 +1,262 @@
+"""The serve graph of a full export, read by TF2 tools; models with lookup
+tables and string inputs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import onnxruntime
+import pytest
+import tensorflow as tf
+from tensorflow.python.framework import convert_to_constants
+
+from kerassave_callbacks import (
+    SavedModelExporter,
+    export_saved_model,
+    load_from_saved_model,
+)
+
+from conftest import classifier, classifier_data
+from helpers import assert_close, run_tf1, serve_tf2, trained_export
+
+# 1. TF2 tools read the serve graph of a full export.
+
+
+def test_tf2_load_of_the_serve_graph_exposes_the_variables(tmp_path):
+    model, path, _, _ = trained_export(tmp_path)
+    served = tf.saved_model.load(path, tags=["serve"])
+    assert len(served.variables) >= len(model.variables)
+
+
+def test_freezing_the_serve_signature_leaves_no_variable_ops(tmp_path):
+    model, path, x, _ = trained_export(tmp_path)
+    fn = tf.saved_model.load(path, tags=["serve"]).signatures["serving_default"]
+
+    frozen = convert_to_constants.convert_variables_to_constants_v2(fn)
+
+    graph = frozen.graph.as_graph_def()
+    ops = {n.op for n in graph.node} | {
+        n.op for f in graph.library.function for n in f.node_def
+    }
+    assert not ops & {"VarHandleOp", "ReadVariableOp"}
+    out = frozen(tf.constant(x))
+    assert_close(out["logits"] if isinstance(out, dict) else out[0], model(x))
+
+
+def test_tf2onnx_converts_the_serve_graph_and_onnxruntime_predicts(tmp_path):
+    model, path, x, _ = trained_export(tmp_path)
+    onnx_path = str(tmp_path / "model.onnx")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tf2onnx.convert",
+            "--saved-model",
+            path,
+            "--tag",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--output",
+            onnx_path,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Unsupported ops" not in out.stderr
+
+    session = onnxruntime.InferenceSession(onnx_path)
+    (inp,) = session.get_inputs()
+    (logits,) = session.run(None, {inp.name: x})
+    assert_close(logits, model(x))
+
+
+LOAD = """
+import sys
+import tensorflow as tf
+loaded = tf.saved_model.load(sys.argv[1], tags=[sys.argv[2]])
+print(sorted(loaded.signatures))
+"""
+
+
+@pytest.mark.parametrize("tag", ["serve", "eval"])
+def test_loading_serve_or_eval_logs_no_custom_gradient_warning(tag, tmp_path):
+    _, path, _, _ = trained_export(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", LOAD, path, tag],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "custom gradient" not in out.stderr
+
+
+# 2. Lookup tables and other resources.
+
+TEXTS = np.array(
+    [
+        "a great film",
+        "truly great acting",
+        "an awful plot",
+        "awful and boring",
+        "great fun",
+        "boring film",
+    ]
+)
+LABELS = np.array([1, 1, 0, 0, 1, 0], dtype="float32")
+
+
+def _strings(texts=TEXTS):
+    return tf.constant(texts[:, None])
+
+
+def _text_vectorization_model():
+    vectorize = keras.layers.TextVectorization(max_tokens=30, output_sequence_length=4)
+    vectorize.adapt(TEXTS)
+    inputs = keras.Input((1,), dtype="string", name="text")
+    hidden = keras.layers.Embedding(30, 4)(vectorize(inputs))
+    hidden = keras.layers.GlobalAveragePooling1D()(hidden)
+    return keras.Model(inputs, keras.layers.Dense(1, name="score")(hidden))
+
+
+def _string_lookup_model():
+    lookup = keras.layers.StringLookup(output_mode="multi_hot")
+    lookup.adapt(tf.strings.split(TEXTS).flat_values)
+    inputs = keras.Input((3,), dtype="string", name="text")
+    return keras.Model(inputs, keras.layers.Dense(1, name="score")(lookup(inputs)))
+
+
+def _integer_lookup_model():
+    lookup = keras.layers.IntegerLookup(output_mode="one_hot")
+    lookup.adapt(np.array([3, 7, 7, 11, 42]))
+    inputs = keras.Input((), dtype="int64", name="code")
+    return keras.Model(inputs, keras.layers.Dense(1, name="score")(lookup(inputs)))
+
+
+@keras.saving.register_keras_serializable(package="serve_graph")
+class TableLayer(keras.layers.Layer):
+    """A custom layer that maps words to ids with its own tf.lookup table."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        words = tf.constant(["great", "awful", "boring", "film"])
+        self.table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(words, tf.range(1, 5, dtype=tf.int64)),
+            default_value=0,
+        )
+
+    def call(self, words):
+        return tf.cast(self.table.lookup(words), "float32")
+
+
+def _custom_table_model():
+    inputs = keras.Input((3,), dtype="string", name="text")
+    ids = TableLayer()(inputs)
+    return keras.Model(inputs, keras.layers.Dense(1, name="score")(ids))
+
+
+def _words():
+    return tf.strings.split(TEXTS).to_tensor("", shape=[None, 3])
+
+
+RESOURCE_MODELS = {
+    "text_vectorization": (_text_vectorization_model, _strings, "text"),
+    "string_lookup": (_string_lookup_model, _words, "text"),
+    "integer_lookup": (
+        _integer_lookup_model,
+        lambda: tf.constant([3, 7, 99, 11, 42, 7], tf.int64),
+        "code",
+    ),
+    "custom_table": (_custom_table_model, _words, "text"),
+}
+
+
+@pytest.mark.parametrize(
+    "make, data, name", RESOURCE_MODELS.values(), ids=RESOURCE_MODELS.keys()
+)
+def test_models_with_lookup_tables_export_serve_train_and_load(
+    make, data, name, tmp_path
+):
+    model = make()
+    model.compile(optimizer="adam", loss="mse")
+    x, y = data(), LABELS[:, None]
+    model.fit(x, y, epochs=2, batch_size=3, verbose=0)
+    path = str(tmp_path / "export")
+    export_saved_model(model, path)
+    expected = model.predict(x, verbose=0)
+    feed = x.numpy()
+
+    # TF2, and a TF1 session as TF Serving loads it (the init op fills the
+    # tables).
+    assert_close(serve_tf2(path, {name: feed})["score"], expected)
+    (tf1,) = run_tf1(path, "serve", "serving_default", {name: feed})
+    assert_close(tf1["score"], expected)
+    # The train signature trains from strings in a TF1 session.
+    runs = run_tf1(path, "train", "train", {name: feed, "score_target": y}, runs=3)
+    loaded = load_from_saved_model(path)
+    keras_losses = []
+    for _ in range(3):
+        loaded.reset_metrics()
+        keras_losses.append(loaded.train_on_batch(x, y, return_dict=True)["loss"])
+    assert_close([r["loss"] for r in runs], keras_losses)
+    # The loader gives the tables back.
+    fresh = load_from_saved_model(path)
+    np.testing.assert_array_equal(fresh.predict(x, verbose=0), expected)
+
+
+def test_a_string_model_exports_during_fit_and_serves_strings(tmp_path):
+    model = _text_vectorization_model()
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    exporter = SavedModelExporter(str(tmp_path), keep=2, serving_only=True)
+    model.fit(
+        _strings(),
+        LABELS[:, None],
+        epochs=3,
+        batch_size=3,
+        verbose=0,
+        callbacks=[exporter],
+    )
+
+    newest = os.path.join(tmp_path, str(exporter.versions()[-1]))
+    served = serve_tf2(newest, {"text": TEXTS[:, None].astype(object)})["score"]
+    assert_close(served, model.predict(_strings(), verbose=0))
+
+
+UNTRACKED = tf.lookup.StaticHashTable(
+    tf.lookup.KeyValueTensorInitializer(tf.constant(["a"]), tf.constant([1], tf.int64)),
+    default_value=0,
+)
+
+
+class GlobalTable(keras.layers.Layer):
+    """Uses a table it does not own: nothing tracks it."""
+
+    def call(self, words):
+        return tf.cast(UNTRACKED.lookup(words), "float32")
+
+
+def test_an_untracked_resource_is_a_clear_error_not_an_assertion(tmp_path):
+    inputs = keras.Input((3,), dtype="string", name="text")
+    model = keras.Model(inputs, GlobalTable()(inputs), name="global_table_model")
+    with pytest.raises(ValueError, match="model 'global_table_model'") as caught:
+        export_saved_model(model, str(tmp_path / "export"), serving_only=True)
+    assert not isinstance(caught.value, AssertionError)
+    assert not (tmp_path / "export").exists()
+
+
+def test_classifier_still_serves_after_freezing_support(tmp_path):
+    # The variables collection must not change what TF1 loaders do.
+    x, _ = classifier_data()
+    model = classifier()
+    path = str(tmp_path / "export")
+    export_saved_model(model, path)
+    (tf1,) = run_tf1(path, "serve", "serving_default", {"features": x})
+    assert_close(tf1["logits"], model(x))
