@@ -617,4 +617,3 @@ def write_file(path: str, data: bytes | str) -> None:
 def _read_file(path: str) -> bytes:
     with tf.io.gfile.GFile(path, "rb") as f:
         return f.read()
-
