@@ -345,7 +345,7 @@ class SavedModelExporter(keras.callbacks.Callback):
             return  # Nothing trained since the last export.
         self._last_step = step
         # A failed async export surfaces here; with "warn" this one goes on.
-        self._guard(self.exporter.wait)
+        self._guard(lambda: self.exporter.wait(deletions=False))
         failure = self._guard(
             lambda: self.exporter.export(
                 self.model, epoch=epoch, step=step, metrics=metrics

@@ -484,7 +484,8 @@ class VersionedExporter:
                 f"This VersionedExporter of {self.export_dir!r} is closed. Make "
                 "a new one to export again."
             )
-        self.wait()
+        # Retention's deletions go on in the background meanwhile.
+        self.wait(deletions=False)
         info = {
             "version": None,
             "epoch": epoch,
@@ -532,14 +533,19 @@ class VersionedExporter:
         """
         return PendingExport(self._pending) if self._pending is not None else None
 
-    def wait(self) -> None:
-        """Blocks until the pending async export is committed, and retention's
-        deletions are done.
+    def wait(self, *, deletions: bool = True) -> None:
+        """Blocks until the pending async export is committed, and (unless
+        `deletions` is False) retention's deletions are done.
 
         Example:
 
             exporter.export(model)  # async_export=True: returns at once
             exporter.wait()         # the version is on disk now
+
+        Args:
+          deletions: also wait for the background deletion of the versions
+            retention retired (they are out of sight already). Defaults to
+            True.
 
         Raises:
           ExportError: that export failed.
@@ -549,8 +555,9 @@ class VersionedExporter:
             if pending is not None:
                 pending.result()
         finally:
-            deletions, self._deletions = self._deletions, []
-            concurrent.futures.wait(deletions)
+            if deletions:
+                done, self._deletions = self._deletions, []
+                concurrent.futures.wait(done)
 
     def _write(self, graphs, values, info: dict, started: float) -> ExportRecord:
         temp = posixpath.join(self.export_dir, _files.temp_name(self._clock()))

@@ -260,3 +260,18 @@ def test_classifier_still_serves_after_freezing_support(tmp_path):
     export_saved_model(model, path)
     (tf1,) = run_tf1(path, "serve", "serving_default", {"features": x})
     assert_close(tf1["logits"], model(x))
+
+
+def test_only_the_train_graph_can_save_its_variables(tmp_path):
+    _, path, _, _ = trained_export(tmp_path)
+    for tag, saves in (("train", True), ("serve", False), ("eval", False)):
+        with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+            saver = tf.compat.v1.saved_model.load(sess, [tag], path).saver_def
+            target = str(tmp_path / f"ckpt-{tag}")
+            feed = {saver.filename_tensor_name: target}
+            if saves:
+                sess.run(saver.save_tensor_name, feed)
+                assert tf.io.gfile.exists(target + ".index")
+            else:  # Loudly, never a silent no-op.
+                with pytest.raises((KeyError, ValueError), match="does not exist"):
+                    sess.run(saver.save_tensor_name, feed)

@@ -148,7 +148,7 @@ class ModeGraphs:
                     self._output_keys = [str(k) for k in sorted(outputs)]
             return self._named_outputs(outputs)
 
-        return _traced(tf.function(serve, input_signature=self._input_specs))
+        return _traced(serve, self._input_specs)
 
     def _pack_targets(self, flat_targets, outputs):
         if isinstance(outputs, dict):
@@ -180,7 +180,7 @@ class ModeGraphs:
             return results
 
         signature = self._input_specs + self._targets
-        return _traced(tf.function(step, input_signature=signature))
+        return _traced(step, signature)
 
     @property
     def serialized(self) -> bool:
@@ -237,7 +237,7 @@ class ModeGraphs:
     def _serialize_graphs(self, path: str) -> None:
         try:
             with _tf_logs.quiet():
-                tf.saved_model.save(self.root, path, signatures=self.signatures)
+                tf.saved_model.save(self.root, path, signatures=self._to_save())
         except AssertionError as e:  # TF's word for an untracked resource.
             raise ValueError(
                 f"Cannot save the graphs of model {self.model.name!r}: {e}"
@@ -271,6 +271,21 @@ class ModeGraphs:
                 "Keep such state in variables or in tf.lookup.StaticHashTable."
             )
         self._object_graph = tf.constant(reader.get_tensor(_OBJECT_GRAPH_KEY))
+
+    def _to_save(self) -> dict:
+        """The signatures as `tf.saved_model.save` gets them.
+
+        Their concrete functions, already traced, so that saving does not
+        trace the model again (that doubled the first export's time); but
+        the `tf.function`s when the variables are distributed (e.g.
+        MirroredStrategy), since a concrete function that captured those
+        cannot be saved.
+        """
+        if any(
+            isinstance(v, tf.distribute.DistributedValues) for _, v in self._variables
+        ):
+            return self.signatures
+        return {k: f.get_concrete_function() for k, f in self.signatures.items()}
 
     def _write_keras_assets(self, path: str) -> None:
         assets = posixpath.join(path, "assets")
@@ -388,13 +403,18 @@ def _build_optimizer(model: keras.Model) -> None:
         model.optimizer.build(model.trainable_variables)
 
 
-def _traced(fn):
-    """Traces `fn` now (creating lazy optimizer and metric variables).
+def _traced(fn, input_signature):
+    """`fn` as a `tf.function`, traced now (creating lazy optimizer and
+    metric variables).
 
-    The `tf.function` itself, not its concrete function, is what gets saved:
-    `tf.saved_model.save` cannot save a concrete function that captured
-    distributed (e.g. MirroredStrategy) variables.
+    Without autograph, as Keras traces its own train step and
+    `model.export()` its serving function: the graphs hold the ops `fit`
+    runs.
+
+    The `tf.function` itself is kept: under a distribution strategy it is
+    what gets saved (see `ModeGraphs._to_save`).
     """
+    fn = tf.function(fn, input_signature=input_signature, autograph=False)
     fn.get_concrete_function()
     return fn
 
@@ -449,7 +469,7 @@ def split_by_mode(
                 del meta.signature_def[key]
         meta.signature_def[mode.signature_key].method_name = mode.method_name
         if len(mode_list) > 1:
-            _prune_graph(meta)
+            _prune_graph(meta, keep_save=mode is modes.TRAIN)
             _add_variable_collection(meta)
     return out
 
@@ -498,7 +518,7 @@ def _tensor_node(name: str) -> str:
     return name.split(":")[0].lstrip("^")
 
 
-def _prune_graph(meta) -> None:
+def _prune_graph(meta, keep_save: bool) -> None:
     """Keeps only the nodes and functions this MetaGraph's signatures, saver
     and init op need: the serve graph then carries no training functions.
 
@@ -511,12 +531,15 @@ def _prune_graph(meta) -> None:
         for sig in meta.signature_def.values()
         for t in list(sig.inputs.values()) + list(sig.outputs.values())
     ]
+    # Loaders only restore; only the train graph, whose weights change,
+    # keeps the op that saves them (the serve and eval graphs then hold no
+    # copy of the save function: a quarter of their size).
     saver = meta.saver_def
     needed += [
         _tensor_node(n)
         for n in (
             saver.filename_tensor_name,
-            saver.save_tensor_name,
+            saver.save_tensor_name if keep_save else "",
             saver.restore_op_name,
         )
         if n
@@ -526,18 +549,8 @@ def _prune_graph(meta) -> None:
     graph = _sub_graph(meta.graph_def, needed)
     library = graph.library
     functions = {f.signature.name: f for f in library.function}
-    # A custom gradient is found through the `_gradient_op_type` attr of the
-    # ops it differentiates: keep those whose ops are kept.
     custom = {g.registered_op_type: g for g in library.registered_gradients}
-    used = _functions_used(graph.node, [], functions)
-    kept_types: set[str] = set()
-    while True:
-        types = _gradient_op_types(graph.node, used, functions) & set(custom)
-        if types <= kept_types:
-            break
-        kept_types |= types
-        grads = [custom[t].gradient_func for t in types]
-        used |= _functions_used([], grads, functions)
+    used, kept_types = _functions_used(graph.node, functions, custom)
     kept = [f for f in library.function if f.signature.name in used]
     del library.function[:]
     library.function.extend(kept)
@@ -573,36 +586,39 @@ def _sub_graph(graph_def, needed: list[str]):
     return out
 
 
-def _gradient_op_types(nodes, used: set[str], functions: dict) -> set[str]:
-    """The custom gradient op types named by `nodes` and the used functions."""
-    every = list(nodes) + [n for name in used for n in functions[name].node_def]
-    return {
-        n.attr["_gradient_op_type"].s.decode()
-        for n in every
-        if "_gradient_op_type" in n.attr
-    }
+def _functions_used(nodes, functions: dict, custom: dict) -> tuple[set, set]:
+    """The library functions that `nodes` need, and the custom gradients.
 
+    A function is needed when a needed node calls it (as its op or through
+    a function attr). A custom gradient is found through the
+    `_gradient_op_type` attr of the ops it differentiates: its gradient
+    function is needed when such an op is. One pass over the nodes.
 
-def _functions_used(nodes, names: list[str], functions: dict) -> set[str]:
-    """Names of the library functions that `nodes` call, and `names`, with
-    all they call in turn."""
+    Returns:
+      (names of the needed functions, the op types of the custom gradients
+      kept), `custom` mapping an op type to its registered gradient.
+    """
     used: set[str] = set()
-    pending = list(names)
+    types: set[str] = set()
     stack = list(nodes)
-    while stack or pending:
-        if stack:
-            node = stack.pop()
-            pending.append(node.op)
-            for attr in node.attr.values():
-                if attr.HasField("func"):
-                    pending.append(attr.func.name)
-                pending.extend(f.name for f in attr.list.func)
-        while pending:
-            name = pending.pop()
+    while stack:
+        node = stack.pop()
+        called = [node.op]
+        for key, attr in node.attr.items():
+            if attr.HasField("func"):
+                called.append(attr.func.name)
+            elif attr.list.func:
+                called.extend(f.name for f in attr.list.func)
+            elif key == "_gradient_op_type":
+                op_type = attr.s.decode()
+                if op_type in custom and op_type not in types:
+                    types.add(op_type)
+                    called.append(custom[op_type].gradient_func)
+        for name in called:
             if name in functions and name not in used:
                 used.add(name)
                 stack.extend(functions[name].node_def)
-    return used
+    return used, types
 
 
 def to_text(saved: saved_model_pb2.SavedModel) -> bytes:

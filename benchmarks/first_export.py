@@ -1,0 +1,121 @@
+"""The first export of a big model, measured side by side in one run.
+
+    python benchmarks/first_export.py [--models=ResNet50,EfficientNetB0]
+
+For each `keras.applications` model (built with weights=None: nothing is
+downloaded) at 96x96 with 10 classes, compiled with Adam, prints:
+
+- the first full export (tracing the train, eval and serve graphs, writing
+  and committing a version) through `VersionedExporter`, against Keras'
+  `model.export()` of the same model (target <= 2.0);
+- the `saved_model.pb` of the full export against Keras' (target <= 2.5),
+  and of its serve graph alone;
+- a later export of the same model (graphs cached), and the first
+  `serving_only=True` export (serve graph alone) of another copy, for
+  scale.
+
+Each model is measured twice, once in each order (Keras first, then ours
+on a fresh copy; ours first, then Keras), and the ratio is the mean of the
+two, so that neither side profits from what the other warmed up.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
+
+from kerassave_callbacks import VersionedExporter  # noqa: E402
+
+_MODELS = flags.DEFINE_list(
+    "models", ["ResNet50", "EfficientNetB0"], "keras.applications names."
+)
+
+
+def build(name: str) -> keras.Model:
+    model = getattr(keras.applications, name)(
+        weights=None, input_shape=(96, 96, 3), classes=10
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(name: str, work: str, ours_first: bool) -> dict:
+    model = build(name)
+    keras_dir = os.path.join(work, f"keras-{name}-{ours_first}")
+    exporter = VersionedExporter(os.path.join(work, f"ours-{name}-{ours_first}"))
+    steps = [
+        ("keras", lambda: model.export(keras_dir, verbose=False)),
+        ("ours", lambda: exporter.export(model)),
+    ]
+    times = {key: _seconds(fn) for key, fn in (steps[::-1] if ours_first else steps)}
+    times["later"] = _seconds(lambda: exporter.export(model))
+    exporter.close()
+    serving = VersionedExporter(
+        os.path.join(work, f"serve-{name}-{ours_first}"), serving_only=True
+    )
+    fresh = build(name)
+    times["serving_only"] = _seconds(lambda: serving.export(fresh))
+    serving.close()
+    newest = os.path.join(exporter.export_dir, str(exporter.versions()[-1]))
+    ours = saved_model_pb2.SavedModel.FromString(
+        open(os.path.join(newest, "saved_model.pb"), "rb").read()
+    )
+    times["pb"] = ours.ByteSize()
+    times["serve_pb"] = next(
+        m.ByteSize() for m in ours.meta_graphs if "serve" in m.meta_info_def.tags
+    )
+    times["keras_pb"] = os.path.getsize(os.path.join(keras_dir, "saved_model.pb"))
+    return times
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as work:
+        for name in _MODELS.value:
+            runs = [measure(name, work, ours_first) for ours_first in (False, True)]
+            ratio = sum(r["ours"] / r["keras"] for r in runs) / len(runs)
+            run = runs[0]
+            print(f"{name}:")
+            for r, order in zip(runs, ("keras first", "ours first"), strict=True):
+                print(
+                    f"  {order:12s} first full export {r['ours']:6.2f} s, "
+                    f"model.export() {r['keras']:6.2f} s, later export "
+                    f"{r['later']:5.2f} s, first serving_only export "
+                    f"{r['serving_only']:5.2f} s"
+                )
+            rows = [
+                ("first full export / model.export()", ratio, 2.0),
+                ("saved_model.pb / Keras'", run["pb"] / run["keras_pb"], 2.5),
+                ("serve graph alone / Keras'", run["serve_pb"] / run["keras_pb"], None),
+            ]
+            for label, value, target in rows:
+                verdict = ""
+                if target is not None:
+                    verdict = f"(target <= {target})  " + (
+                        "ok" if value <= target else "OVER TARGET"
+                    )
+                print(f"  {label:38s} {value:6.2f}  {verdict}")
+            print(
+                f"  saved_model.pb: ours {run['pb'] / 2**20:.1f} MiB "
+                f"(serve {run['serve_pb'] / 2**20:.1f}), Keras "
+                f"{run['keras_pb'] / 2**20:.1f} MiB"
+            )
+
+
+if __name__ == "__main__":
+    app.run(main)
