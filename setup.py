@@ -18,10 +18,19 @@ setuptools.setup(
         "tensorboard",
         "absl-py",
     ],
+    entry_points={"console_scripts": ["kerassave = kerassave_callbacks.cli:run"]},
     extras_require={
         # The readers of exports the tests run: tf2onnx converts the serve
         # graph, onnxruntime runs the result.
-        "test": ["pytest>=7", "ruff", "tf2onnx", "onnxruntime"],
-        "examples": ["scikit-learn"],
+        "test": [
+            "pytest>=7",
+            "ruff",
+            "tf2onnx",
+            "onnxruntime",
+            "tensorflow-serving-api>=2.21",
+        ],
+        # Warm-up requests and `kerassave serving_config` (TF 2.21 or newer).
+        "serving": ["tensorflow-serving-api>=2.21"],
+        "examples": ["scikit-learn", "tensorflow-serving-api>=2.21"],
     },
 )

@@ -39,7 +39,11 @@ def train(flag_values: flags.FlagValues = flags.FLAGS) -> list[int]:
     """Trains with the flags' settings; returns the versions kept."""
     (x, y), validation = digits.load_digits()
     model = digits.build_model()
-    exporter = exporter_from_flags(flag_values, verbose=1)
+    # A few validation rows become TF Serving warm-up requests in every
+    # version (assets.extra/tf_serving_warmup_requests).
+    exporter = exporter_from_flags(
+        flag_values, verbose=1, warmup_inputs=validation[0][:4]
+    )
     callbacks = [exporter]
     if flag_values.export_log_dir:
         callbacks.append(keras.callbacks.TensorBoard(flag_values.export_log_dir))

@@ -10,6 +10,7 @@ from kerassave_callbacks.core import (
     export_saved_model,
     load_from_saved_model,
 )
+from kerassave_callbacks.export_dir import ExportDir
 from kerassave_callbacks.exporter import (
     ExportError,
     ExportRecord,
@@ -19,6 +20,7 @@ from kerassave_callbacks.exporter import (
 from kerassave_callbacks.flags import define_export_flags, exporter_from_flags
 
 __all__ = [
+    "ExportDir",
     "ExportError",
     "ExportRecord",
     "PendingExport",

@@ -17,6 +17,15 @@ import uuid
 import tensorflow as tf
 from absl import logging
 
+# The layout of an export, named once. TF Serving reads saved_model.pb (or
+# .pbtxt) and variables/, and from assets.extra/ only the warm-up requests.
+SAVED_MODEL_PB = "saved_model.pb"
+SAVED_MODEL_PBTXT = "saved_model.pbtxt"
+GRAPH_FILES = (SAVED_MODEL_PB, SAVED_MODEL_PBTXT)
+VARIABLES_PREFIX = "variables/variables"  # .index and .data-* beside it
+MODEL_JSON = "assets/saved_model.json"
+EXPORT_INFO = "assets.extra/export_info.json"
+WARMUP_REQUESTS = "assets.extra/tf_serving_warmup_requests"
 TEMP_PREFIX = "temp-"
 # temp-<unix seconds>-<host>-<pid>-<random>: never all digits.
 _TEMP_RE = re.compile(r"^temp-(\d+)-(.+)-(\d+)-([0-9a-f]{8})$")
@@ -27,7 +36,6 @@ _RENAME_SCHEMES = ("", "file", "hdfs")
 # A temporary of another host, or an incomplete version on a copy-commit
 # file system, is taken as abandoned once it is this old.
 STALE_SECONDS = 3600.0
-GRAPH_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 
 def _host() -> str:
@@ -103,6 +111,31 @@ def temp_is_abandoned(name: str, now: float) -> bool:
     if host == _host():
         return not _pid_alive(pid)
     return now - created > STALE_SECONDS
+
+
+def leftovers(export_dir: str, now: float) -> list[str]:
+    """The paths in `export_dir` that crashed exports left behind.
+
+    A temporary once its writer is gone (same host: its process has ended;
+    other hosts: an hour after it started); on object stores, an integer
+    directory without a graph file (a copy cut short) an hour after its
+    version time. Never a symbolic link, nor anything else.
+    """
+    found = []
+    copies = not renames_atomically(export_dir)
+    for name in entries(export_dir):
+        path = posixpath.join(export_dir, name)
+        version = version_name(name)
+        if is_link(path):
+            continue  # The user's: never removed, nor what it points to.
+        if temp_is_abandoned(name, now) or (
+            copies
+            and version is not None
+            and now - version > STALE_SECONDS
+            and not has_graph(path)
+        ):
+            found.append(path)
+    return found
 
 
 def entries(export_dir: str) -> list[str]:

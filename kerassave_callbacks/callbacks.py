@@ -9,9 +9,11 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from kerassave_callbacks import _files, retention
 from kerassave_callbacks import events as events_lib
+from kerassave_callbacks import export_dir as export_dir_lib
 from kerassave_callbacks import exporter as exporter_lib
+from kerassave_callbacks import retention
+from kerassave_callbacks.core import warmup
 
 ON_ERROR = ("raise", "warn")
 
@@ -93,8 +95,8 @@ class SavedModelExporter(keras.callbacks.Callback):
       keep_every_n_hours: also keep one version per this many hours.
         Defaults to None.
       serving_only, input_signature, custom_objects, as_text,
-        target_signature: passed to `export_saved_model`. Default to
-        False, None, None, False, None.
+        target_signature, warmup_inputs: passed to `export_saved_model`.
+        Default to False, None, None, False, None, None.
       async_export: write in a background thread; training waits only for
         a snapshot of the variables. Pending exports are waited for at the
         end of training. Defaults to False.
@@ -139,6 +141,7 @@ class SavedModelExporter(keras.callbacks.Callback):
         custom_objects: dict | None = None,
         as_text: bool = False,
         target_signature=None,
+        warmup_inputs=None,
         async_export: bool = False,
         log_dir: str | None = None,
         on_error: str = "raise",
@@ -168,6 +171,7 @@ class SavedModelExporter(keras.callbacks.Callback):
             custom_objects=custom_objects,
             as_text=as_text,
             target_signature=target_signature,
+            warmup_inputs=warmup_inputs,
             async_export=async_export,
         )
         # Every exporter argument is checked now; nothing is written until
@@ -175,6 +179,8 @@ class SavedModelExporter(keras.callbacks.Callback):
         self.export_dir = exporter_lib.check_arguments(
             export_dir, keep, keep_best, monitor, mode, keep_every_n_hours
         )
+        if warmup_inputs is not None:
+            warmup.check(warmup_inputs)
         self.every_n_epochs = every_n_epochs
         self.every_n_steps = every_n_steps
         self.export_on_train_end = export_on_train_end and not save_best_only
@@ -206,7 +212,7 @@ class SavedModelExporter(keras.callbacks.Callback):
             model.fit(x, y, epochs=3, callbacks=[exporter])
             newest = max(exporter.versions())
         """
-        return _files.complete_versions(self.export_dir)
+        return export_dir_lib.ExportDir(self.export_dir).versions()
 
     def close(self) -> None:
         """Waits for pending exports, stops the exporter's threads, closes

@@ -16,11 +16,11 @@ import tensorflow as tf
 from absl import logging
 
 from kerassave_callbacks import _files, retention
+from kerassave_callbacks import export_dir as export_dir_lib
 from kerassave_callbacks._version import __version__
 from kerassave_callbacks.core import export as core_export
-from kerassave_callbacks.core import mode_graphs
+from kerassave_callbacks.core import mode_graphs, warmup
 
-EXPORT_INFO = posixpath.join("assets.extra", "export_info.json")
 _COMMIT_ATTEMPTS = 20
 
 
@@ -221,14 +221,6 @@ def _failing_layer(error: BaseException, model: keras.Model) -> str | None:
     return found
 
 
-def _finite_or_none(value) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
 class VersionedExporter:
     """Writes integer-versioned SavedModels that TF Serving can load.
 
@@ -285,6 +277,9 @@ class VersionedExporter:
       custom_objects: passed to `export_saved_model`. Defaults to None.
       as_text: write `saved_model.pbtxt`. Defaults to False.
       target_signature: passed to `export_saved_model`. Defaults to None.
+      warmup_inputs: serve inputs written as TF Serving warm-up requests
+        into every version (see `export_saved_model`; the `serving`
+        extra). Defaults to None.
       async_export: return from `export()` once the variables are
         snapshot and write in a background thread; `wait()` blocks until it
         is committed. At most one export is in flight. Defaults to False.
@@ -295,6 +290,7 @@ class VersionedExporter:
     Raises:
       TypeError, ValueError: a bad argument, named in the message.
       PermissionError: `export_dir` cannot be written.
+      ImportError: `warmup_inputs` without the `serving` extra.
     """
 
     def __init__(
@@ -311,6 +307,7 @@ class VersionedExporter:
         custom_objects: dict | None = None,
         as_text: bool = False,
         target_signature=None,
+        warmup_inputs=None,
         async_export: bool = False,
         on_commit: Callable[[ExportRecord], None] | None = None,
         clock: Callable[[], float] = time.time,
@@ -319,16 +316,20 @@ class VersionedExporter:
             export_dir, keep, keep_best, monitor, mode, keep_every_n_hours
         )
         self.monitor = monitor
+        self._dir = export_dir_lib.ExportDir(self.export_dir)
         self.policy = retention.Policy(
             keep=keep,
             keep_best=keep_best,
             mode=retention.resolve_mode(mode, monitor),
             keep_every_n_hours=keep_every_n_hours,
         )
+        if warmup_inputs is not None:
+            warmup.check(warmup_inputs)
         self._graph_options = dict(
             input_signature=input_signature,
             serving_only=serving_only,
             target_signature=target_signature,
+            warmup_inputs=warmup_inputs,
         )
         del custom_objects  # Exports serialize configs; loading takes these.
         self.as_text = as_text
@@ -390,10 +391,10 @@ class VersionedExporter:
 
             VersionedExporter("/tmp/exports").versions()  # [1764070001, ...]
         """
-        return _files.complete_versions(self.export_dir)
+        return self._dir.versions()
 
     def _path(self, version: int) -> str:
-        return posixpath.join(self.export_dir, str(version))
+        return self._dir.version_path(version)
 
     def cleanup(self) -> list[str]:
         """Removes what crashed exports left behind; returns the removed paths.
@@ -408,23 +409,10 @@ class VersionedExporter:
 
             VersionedExporter("/tmp/exports").cleanup()  # [] when all is clean
         """
-        now = self._clock()
-        removed = []
-        copies = not _files.renames_atomically(self.export_dir)
-        for name in _files.entries(self.export_dir):
-            path = posixpath.join(self.export_dir, name)
-            version = _files.version_name(name)
-            if _files.is_link(path):
-                continue  # The user's: never removed, nor what it points to.
-            if _files.temp_is_abandoned(name, now) or (
-                copies
-                and version is not None
-                and now - version > _files.STALE_SECONDS
-                and not _files.has_graph(path)
-            ):
-                logging.info("Removing the leftover of a crashed export: %s", path)
-                _files.remove_tree(path)
-                removed.append(path)
+        removed = _files.leftovers(self.export_dir, self._clock())
+        for path in removed:
+            logging.info("Removing the leftover of a crashed export: %s", path)
+            _files.remove_tree(path)
         return removed
 
     # Exporting.
@@ -490,7 +478,10 @@ class VersionedExporter:
             "version": None,
             "epoch": epoch,
             "step": step,
-            "metrics": {str(k): _finite_or_none(v) for k, v in (metrics or {}).items()},
+            "metrics": {
+                str(k): export_dir_lib.finite_or_none(v)
+                for k, v in (metrics or {}).items()
+            },
             "created": None,
             "library": {
                 "kerassave_callbacks": __version__,
@@ -608,7 +599,7 @@ class VersionedExporter:
         return record
 
     def _commit(self, temp: str, info: dict) -> str:
-        info_path = posixpath.join(temp, EXPORT_INFO)
+        info_path = posixpath.join(temp, _files.EXPORT_INFO)
         _write_json(info_path, info)
         if _files.is_local(temp):
             _files.fsync_tree(temp)
@@ -642,33 +633,8 @@ class VersionedExporter:
 
     # Retention.
 
-    def _info(self, version: int) -> dict:
-        if version not in self._infos:
-            path = posixpath.join(self._path(version), EXPORT_INFO)
-            try:
-                with tf.io.gfile.GFile(path, "r") as f:
-                    self._infos[version] = json.loads(f.read())
-            except (tf.errors.NotFoundError, ValueError):
-                self._infos[version] = {}
-        return self._infos[version]
-
     def _known_versions(self) -> list[retention.Version]:
-        """What retention knows of the complete versions (links are pinned)."""
-        known = []
-        for version in self.versions():
-            if _files.is_link(self._path(version)):
-                known.append(retention.Version(version, float(version), pinned=True))
-                continue
-            info = self._info(version)
-            metric = (info.get("metrics") or {}).get(self.monitor)
-            known.append(
-                retention.Version(
-                    version,
-                    created=_finite_or_none(info.get("created")) or float(version),
-                    metric=_finite_or_none(metric),
-                )
-            )
-        return known
+        return self._dir.for_retention(self.monitor, self._infos)
 
     def _apply_retention(
         self, just_written: int

@@ -62,12 +62,23 @@ def resolve_mode(mode: str, monitor: str | None) -> str:
     return "max" if any(hint in name for hint in _MAX_HINTS) else "min"
 
 
-def _best(versions: list[Version], count: int, mode: str) -> set[int]:
-    scored = [v for v in versions if v.metric is not None and not math.isnan(v.metric)]
+def best_versions(versions: Iterable[Version], count: int, mode: str) -> list[int]:
+    """The `count` best versions by metric, best first; ties go to the newer.
+
+    NaN and missing metrics are never best; pinned versions are not ranked.
+
+    Example:
+
+        best_versions([Version(1, 0.0, 0.5), Version(2, 1.0, 0.2)], 1, "min")  # [2]
+    """
+    scored = [
+        v
+        for v in versions
+        if v.metric is not None and not math.isnan(v.metric) and not v.pinned
+    ]
     sign = -1.0 if mode == "max" else 1.0
-    # Ties go to the newer version.
     scored.sort(key=lambda v: (sign * v.metric, -v.version))
-    return {v.version for v in scored[:count]}
+    return [v.version for v in scored[:count]]
 
 
 def _every_n_hours(versions: list[Version], hours: float) -> set[int]:
@@ -90,7 +101,7 @@ def versions_to_keep(versions: Iterable[Version], policy: Policy) -> set[int]:
     newest = sorted((v.version for v in versions), reverse=True)[: policy.keep]
     kept = pinned | set(newest)
     if policy.keep_best:
-        kept |= _best(versions, policy.keep_best, policy.mode)
+        kept |= set(best_versions(versions, policy.keep_best, policy.mode))
     if policy.keep_every_n_hours:
         kept |= _every_n_hours(versions, policy.keep_every_n_hours)
     return kept

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 
 import numpy as np
 import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
 
 
 def saved_model_cli() -> list[str]:
@@ -55,3 +57,37 @@ def trained_export(tmp_path):
 
 def assert_close(a, b, atol=1e-5):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=atol, rtol=1e-5)
+
+
+def fit_classifier(callbacks, epochs=3, model=None, **kwargs):
+    """Fits the classifier (or `model`) on its data, batches of 8."""
+    from conftest import classifier, classifier_data
+
+    x, y = classifier_data()
+    model = model or classifier()
+    model.fit(
+        x, y, epochs=epochs, batch_size=8, verbose=0, callbacks=callbacks, **kwargs
+    )
+    return model
+
+
+def events(run_dir) -> event_accumulator.EventAccumulator:
+    """Every event of a run directory, loaded."""
+    acc = event_accumulator.EventAccumulator(
+        str(run_dir), size_guidance={event_accumulator.TENSORS: 0}
+    )
+    acc.Reload()
+    return acc
+
+
+def run_python(script: str, *args) -> str:
+    """Runs `python -c script args` in a fresh process; returns the last line
+    it printed (the test fails with its stderr if it fails)."""
+    out = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip().splitlines()[-1]

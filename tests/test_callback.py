@@ -5,18 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
 
 import keras
 import pytest
 import tensorflow as tf
-from tensorboard.backend.event_processing import event_accumulator
 
 from kerassave_callbacks import ExportError, SavedModelExporter
 
 from conftest import classifier, classifier_data
-from helpers import assert_close, serve_tf2
+from helpers import assert_close, events, fit_classifier, run_python, serve_tf2
 
 
 class Scripted(keras.callbacks.Callback):
@@ -39,18 +36,9 @@ def _infos(export_dir) -> list[dict]:
     return infos
 
 
-def _fit(callbacks, epochs=3, model=None, **kwargs):
-    x, y = classifier_data()
-    model = model or classifier()
-    model.fit(
-        x, y, epochs=epochs, batch_size=8, verbose=0, callbacks=callbacks, **kwargs
-    )
-    return model
-
-
 def test_keeps_the_newest_n_after_more_epochs_with_epoch_and_step(tmp_path):
     exporter = SavedModelExporter(str(tmp_path), keep=2)
-    model = _fit([exporter], epochs=5)
+    model = fit_classifier([exporter], epochs=5)
     infos = _infos(tmp_path)
     assert exporter.versions() == [i["version"] for i in infos]
     assert [(i["epoch"], i["step"]) for i in infos] == [(3, 16), (4, 20)]
@@ -87,7 +75,7 @@ def test_keep_best_by_a_scripted_metric(tmp_path):
             str(tmp_path), keep=1, keep_best=2, monitor="score", mode="max"
         ),
     ]
-    _fit(callbacks, epochs=6)
+    fit_classifier(callbacks, epochs=6)
     assert [i["epoch"] for i in _infos(tmp_path)] == [1, 4, 5]
 
 
@@ -99,7 +87,7 @@ def test_save_best_only_exports_only_improvements(tmp_path):
             str(tmp_path), keep=None, monitor="my_loss", save_best_only=True
         ),
     ]
-    _fit(callbacks, epochs=5)
+    fit_classifier(callbacks, epochs=5)
     assert [i["epoch"] for i in _infos(tmp_path)] == [0, 2, 4]
 
 
@@ -108,7 +96,7 @@ def test_save_best_only_remembers_the_best_across_fits(tmp_path):
         exporter = SavedModelExporter(
             str(tmp_path), keep=None, monitor="my_loss", save_best_only=True
         )
-        _fit([Scripted("my_loss", values), exporter], epochs=len(values))
+        fit_classifier([Scripted("my_loss", values), exporter], epochs=len(values))
 
     run([0.3])
     run([0.4, 0.2])
@@ -116,12 +104,14 @@ def test_save_best_only_remembers_the_best_across_fits(tmp_path):
 
 
 def test_every_n_epochs_and_a_final_export_at_train_end(tmp_path):
-    _fit([SavedModelExporter(str(tmp_path), keep=None, every_n_epochs=2)], epochs=5)
+    fit_classifier(
+        [SavedModelExporter(str(tmp_path), keep=None, every_n_epochs=2)], epochs=5
+    )
     assert [i["epoch"] for i in _infos(tmp_path)] == [1, 3, 4]
 
 
 def test_no_second_export_when_the_last_epoch_was_exported(tmp_path):
-    _fit([SavedModelExporter(str(tmp_path), keep=None)], epochs=2)
+    fit_classifier([SavedModelExporter(str(tmp_path), keep=None)], epochs=2)
     assert [i["step"] for i in _infos(tmp_path)] == [4, 8]
 
 
@@ -129,13 +119,13 @@ def test_export_on_train_end_can_be_turned_off(tmp_path):
     exporter = SavedModelExporter(
         str(tmp_path / "exports"), every_n_epochs=3, export_on_train_end=False
     )
-    _fit([exporter], epochs=2)
+    fit_classifier([exporter], epochs=2)
     assert not (tmp_path / "exports").exists()
 
 
 def test_every_n_steps_exports_mid_epoch_without_duplicates(tmp_path):
     exporter = SavedModelExporter(str(tmp_path), keep=None, every_n_steps=3)
-    _fit([exporter], epochs=2)  # 4 batches an epoch.
+    fit_classifier([exporter], epochs=2)  # 4 batches an epoch.
     assert [(i["epoch"], i["step"]) for i in _infos(tmp_path)] == [
         (0, 3),
         (0, 4),
@@ -152,19 +142,11 @@ def test_no_batch_hook_unless_every_n_steps(tmp_path):
 
 def test_missing_monitor_warns_once_naming_the_keys(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
-        _fit([SavedModelExporter(str(tmp_path), monitor="val_acc")], epochs=3)
+        fit_classifier([SavedModelExporter(str(tmp_path), monitor="val_acc")], epochs=3)
     warnings = [r.getMessage() for r in caplog.records if "val_acc" in r.getMessage()]
     assert len(warnings) == 1
     assert "['accuracy', 'loss']" in warnings[0]
     assert len(os.listdir(tmp_path)) == 3  # Exports go on without the metric.
-
-
-def _events(log_dir) -> event_accumulator.EventAccumulator:
-    acc = event_accumulator.EventAccumulator(
-        str(log_dir), size_guidance={event_accumulator.TENSORS: 0}
-    )
-    acc.Reload()
-    return acc
 
 
 def test_events_record_each_export_at_the_optimizer_step(tmp_path):
@@ -172,8 +154,8 @@ def test_events_record_each_export_at_the_optimizer_step(tmp_path):
     exporter = SavedModelExporter(
         str(export_dir), keep=1, log_dir=str(tmp_path / "logs"), monitor="loss"
     )
-    _fit([exporter], epochs=3)
-    acc = _events(tmp_path / "logs" / "export")
+    fit_classifier([exporter], epochs=3)
+    acc = events(tmp_path / "logs" / "export")
 
     assert sorted(acc.Tags()["tensors"]) == [
         "export/duration_seconds",
@@ -200,7 +182,7 @@ def test_no_event_file_before_the_first_export(tmp_path):
         export_on_train_end=False,
         log_dir=str(tmp_path / "logs"),
     )
-    _fit([exporter], epochs=2)
+    fit_classifier([exporter], epochs=2)
     assert not (tmp_path / "logs").exists()
 
 
@@ -210,10 +192,10 @@ def test_events_beside_keras_tensorboard_in_one_log_dir(tmp_path):
         keras.callbacks.TensorBoard(str(logs)),
         SavedModelExporter(str(tmp_path / "exports"), log_dir=str(logs)),
     ]
-    _fit(callbacks, epochs=2)
+    fit_classifier(callbacks, epochs=2)
     assert sorted(os.listdir(logs)) == ["export", "train"]
-    assert len(_events(logs / "export").Tensors("export/version")) == 2
-    assert "epoch_loss" in _events(logs / "train").Tags()["tensors"]
+    assert len(events(logs / "export").Tensors("export/version")) == 2
+    assert "epoch_loss" in events(logs / "train").Tags()["tensors"]
 
 
 class BreakExportDir(keras.callbacks.Callback):
@@ -236,7 +218,7 @@ def test_on_error_raise_stops_fit_with_a_clear_error(tmp_path):
     export_dir = tmp_path / "exports"
     callbacks = [BreakExportDir(export_dir), SavedModelExporter(str(export_dir))]
     with pytest.raises(ExportError, match="No version directory was left"):
-        _fit(callbacks, epochs=3)
+        fit_classifier(callbacks, epochs=3)
 
 
 def test_on_error_warn_logs_records_and_trains_on(tmp_path, caplog):
@@ -245,11 +227,11 @@ def test_on_error_warn_logs_records_and_trains_on(tmp_path, caplog):
         str(export_dir), on_error="warn", log_dir=str(tmp_path / "logs")
     )
     with caplog.at_level(logging.WARNING):
-        model = _fit([BreakExportDir(export_dir), exporter], epochs=3)
+        model = fit_classifier([BreakExportDir(export_dir), exporter], epochs=3)
 
     assert int(model.optimizer.iterations) == 12  # All three epochs ran.
     assert "Export failed; training goes on" in caplog.text
-    acc = _events(tmp_path / "logs" / "export")
+    acc = events(tmp_path / "logs" / "export")
     assert [e.step for e in acc.Tensors("export/error")] == [8, 12, 12]
     assert [e.step for e in acc.Tensors("export/version")] == [4]
 
@@ -264,14 +246,16 @@ def test_async_failure_with_warn_does_not_skip_the_next_export(tmp_path, caplog)
         export_on_train_end=False,
     )
     with caplog.at_level(logging.WARNING):
-        _fit([BreakExportDir(export_dir, mend_at=2), exporter], epochs=3)
+        fit_classifier([BreakExportDir(export_dir, mend_at=2), exporter], epochs=3)
 
     assert caplog.text.count("Export failed; training goes on") == 1
     assert [i["epoch"] for i in _infos(export_dir)] == [2]
 
 
 def test_async_export_in_fit_commits_every_version(tmp_path):
-    model = _fit([SavedModelExporter(str(tmp_path), keep=None, async_export=True)])
+    model = fit_classifier(
+        [SavedModelExporter(str(tmp_path), keep=None, async_export=True)]
+    )
     infos = _infos(tmp_path)
     assert [i["epoch"] for i in infos] == [0, 1, 2]
     x, _ = classifier_data()
@@ -282,10 +266,12 @@ def test_async_export_in_fit_commits_every_version(tmp_path):
 def test_resume_continues_versions_and_retention_beside_backup_and_restore(tmp_path):
     export_dir = str(tmp_path / "exports")
     backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
-    model = _fit([backup, SavedModelExporter(export_dir, keep=2)], epochs=3)
+    model = fit_classifier([backup, SavedModelExporter(export_dir, keep=2)], epochs=3)
     first = sorted(os.listdir(export_dir))
     backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
-    _fit([backup, SavedModelExporter(export_dir, keep=2)], epochs=5, model=model)
+    fit_classifier(
+        [backup, SavedModelExporter(export_dir, keep=2)], epochs=5, model=model
+    )
     second = sorted(os.listdir(export_dir))
 
     assert len(first) == len(second) == 2
@@ -294,7 +280,7 @@ def test_resume_continues_versions_and_retention_beside_backup_and_restore(tmp_p
 
 
 def test_verbose_prints_one_line_per_export(tmp_path, capsys):
-    _fit([SavedModelExporter(str(tmp_path), keep=1, verbose=1)], epochs=2)
+    fit_classifier([SavedModelExporter(str(tmp_path), keep=1, verbose=1)], epochs=2)
     out = capsys.readouterr().out.splitlines()
     lines = [line for line in out if "Exported version" in line]
     assert len(lines) == 2
@@ -355,14 +341,7 @@ print(json.dumps({
 
 
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-c", MIRRORED, str(tmp_path / "exports")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(run_python(MIRRORED, tmp_path / "exports"))
     assert result["replicas"] == 2
     assert result["versions"] == 2
     assert result["serve_error"] < 1e-5

@@ -4,8 +4,8 @@ in a subprocess: devices are fixed once TensorFlow starts)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+
+from helpers import run_python
 
 SCRIPT = """
 import json, os, sys
@@ -45,14 +45,7 @@ print(json.dumps(result))
 
 
 def test_export_of_a_mirrored_model_inside_and_outside_the_scope(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(run_python(SCRIPT, tmp_path))
 
     assert "inside `strategy.scope()`" in result["inside"]
     assert "serving_only=True" in result["inside"]

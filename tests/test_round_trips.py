@@ -21,7 +21,7 @@ from kerassave_callbacks import (
 )
 
 from conftest import ConfigurableDoubler, classifier, classifier_data, two_tower
-from helpers import assert_close, run_tf1, serve_tf2
+from helpers import assert_close, run_python, run_tf1, serve_tf2
 
 RNG = np.random.default_rng(3)
 N = 16
@@ -283,14 +283,7 @@ print(json.dumps({
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "float32"])
 def test_mixed_precision_loads_with_its_loss_scale_state(policy, tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-c", MIXED, str(tmp_path / "export"), policy],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(run_python(MIXED, tmp_path / "export", policy))
     assert result["optimizer"] == "LossScaleOptimizer"
     assert result["scale"][0] == result["scale"][1]
     assert result["steps"][0] == result["steps"][1]
@@ -311,14 +304,7 @@ print(type(loaded.layers[-1]).__name__)
 
 
 def test_enable_unsafe_deserialization_is_honoured(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-c", UNSAFE, str(tmp_path / "export")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == "Lambda"
+    assert run_python(UNSAFE, tmp_path / "export") == "Lambda"
 
 
 def test_a_model_compiled_without_a_loss_exports_its_serve_graph(tmp_path, caplog):

@@ -13,7 +13,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorboard.backend.event_processing import event_accumulator
 
 from kerassave_callbacks import (
     ExportError,
@@ -24,6 +23,7 @@ from kerassave_callbacks import (
 )
 
 from conftest import classifier, classifier_data
+from helpers import events, fit_classifier
 
 
 def _tree(root) -> dict[str, bytes]:
@@ -37,25 +37,8 @@ def _tree(root) -> dict[str, bytes]:
     return files
 
 
-def _events(run_dir) -> event_accumulator.EventAccumulator:
-    acc = event_accumulator.EventAccumulator(
-        str(run_dir), size_guidance={event_accumulator.TENSORS: 0}
-    )
-    acc.Reload()
-    return acc
-
-
 def _steps(acc, tag) -> list[int]:
     return [e.step for e in acc.Tensors(tag)] if tag in acc.Tags()["tensors"] else []
-
-
-def _fit(callbacks, epochs=3, model=None, **kwargs):
-    x, y = classifier_data()
-    model = model or classifier()
-    model.fit(
-        x, y, epochs=epochs, batch_size=8, verbose=0, callbacks=callbacks, **kwargs
-    )
-    return model
 
 
 @pytest.fixture
@@ -158,7 +141,7 @@ def test_warn_trains_through_a_model_that_cannot_be_traced(tmp_path, caplog):
     assert int(model.optimizer.iterations) == 12
     assert "Could not build the graphs of model" in caplog.text
     assert "eager_only" in caplog.text  # The failing layer is named.
-    acc = _events(tmp_path / "logs" / "export")
+    acc = events(tmp_path / "logs" / "export")
     assert _steps(acc, "export/error") == [4, 8, 12, 12]  # Train end retries.
     assert exporter.versions() == []
     with pytest.raises(ExportError, match="Could not build the graphs"):
@@ -176,7 +159,7 @@ def _chattr(flag: str, path) -> bool:
 
 def test_warn_trains_through_a_retention_failure(tmp_path):
     export_dir = tmp_path / "exports"
-    model = _fit([SavedModelExporter(str(export_dir), keep=1)], epochs=1)
+    model = fit_classifier([SavedModelExporter(str(export_dir), keep=1)], epochs=1)
     (stuck,) = os.listdir(export_dir)
     if not _chattr("+i", export_dir / stuck):
         pytest.skip("chattr +i is not permitted here")
@@ -184,12 +167,12 @@ def test_warn_trains_through_a_retention_failure(tmp_path):
         exporter = SavedModelExporter(
             str(export_dir), keep=1, on_error="warn", log_dir=str(tmp_path / "logs")
         )
-        _fit([exporter], epochs=3, initial_epoch=1, model=model)
+        fit_classifier([exporter], epochs=3, initial_epoch=1, model=model)
     finally:
         _chattr("-i", export_dir / stuck)
 
     assert int(model.optimizer.iterations) == 12
-    acc = _events(tmp_path / "logs" / "export")
+    acc = events(tmp_path / "logs" / "export")
     assert _steps(acc, "export/error") == [8, 12]
     assert _steps(acc, "export/version") == [8, 12]
     for event in acc.Tensors("export/error"):
@@ -219,12 +202,12 @@ def test_warn_trains_through_a_failing_tensorboard_writer(tmp_path, caplog):
         str(tmp_path / "exports"), on_error="warn", log_dir=str(tmp_path / "logs")
     )
     with caplog.at_level(logging.WARNING):
-        model = _fit([BlockLogDir(run_dir, mend_at=1), exporter], epochs=3)
+        model = fit_classifier([BlockLogDir(run_dir, mend_at=1), exporter], epochs=3)
 
     assert int(model.optimizer.iterations) == 12
     assert len(exporter.versions()) == 3  # The commit stood.
     assert "Could not write export/error to TensorBoard yet" in caplog.text
-    acc = _events(run_dir)  # Written late, at their own steps.
+    acc = events(run_dir)  # Written late, at their own steps.
     assert _steps(acc, "export/version") == [4, 8, 12]
     assert _steps(acc, "export/error") == [4]
 
@@ -235,7 +218,7 @@ def test_raise_stops_fit_on_a_failure_after_the_commit(tmp_path):
         str(tmp_path / "exports"), log_dir=str(tmp_path / "logs")
     )
     with pytest.raises(ExportError, match="was committed to") as caught:
-        _fit([BlockLogDir(run_dir, mend_at=None), exporter], epochs=3)
+        fit_classifier([BlockLogDir(run_dir, mend_at=None), exporter], epochs=3)
     assert caught.value.committed == os.path.join(
         tmp_path / "exports", str(exporter.versions()[0])
     )
@@ -284,8 +267,8 @@ def test_async_failure_is_recorded_at_its_own_step(tmp_path):
         log_dir=str(tmp_path / "logs"),
     )
     breaker = BreakExportDir(export_dir, break_at=1, mend_at=2, exporter=exporter)
-    _fit([breaker, exporter], epochs=3)
-    acc = _events(tmp_path / "logs" / "export")
+    fit_classifier([breaker, exporter], epochs=3)
+    acc = events(tmp_path / "logs" / "export")
     assert _steps(acc, "export/error") == [8]
     assert _steps(acc, "export/version") == [4, 12]
 
@@ -296,7 +279,7 @@ def test_a_failed_last_async_export_is_retried_at_train_end(tmp_path):
         str(export_dir), keep=None, async_export=True, on_error="warn"
     )
     breaker = BreakExportDir(export_dir, break_at=2, exporter=exporter)
-    model = _fit([breaker, exporter], epochs=3)
+    model = fit_classifier([breaker, exporter], epochs=3)
     infos = []
     for version in exporter.versions():
         path = export_dir / str(version) / "assets.extra" / "export_info.json"
@@ -384,13 +367,13 @@ def test_a_closed_exporter_stops_its_threads_and_refuses_to_export(tmp_path):
         exporter.export(model)
 
 
-def test_a_closed_callback_refuses_another_fit(tmp_path):
+def test_a_closed_callback_refuses_anotherfit_classifier(tmp_path):
     before = set(threading.enumerate())
     with SavedModelExporter(str(tmp_path), keep=1, async_export=True) as callback:
-        model = _fit([callback], epochs=2)
+        model = fit_classifier([callback], epochs=2)
     assert _new_threads(before) == []
     with pytest.raises(RuntimeError, match="SavedModelExporter of .* is closed"):
-        _fit([callback], epochs=1, model=model)
+        fit_classifier([callback], epochs=1, model=model)
 
 
 # 9. Messages name what None means for that argument.

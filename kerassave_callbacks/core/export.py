@@ -63,6 +63,7 @@ def export_saved_model(
     serving_only: bool = False,
     *,
     target_signature=None,
+    warmup_inputs=None,
 ) -> None:
     """Exports a Keras model as a SavedModel with train, eval and serve graphs.
 
@@ -109,12 +110,20 @@ def export_saved_model(
         a `tf.TensorSpec`, or a dict of output name -> `tf.TensorSpec`.
         Defaults to None (the output's shape and dtype; int64 class ids
         behind a sparse categorical loss).
+      warmup_inputs: a batch of serve inputs (an array, a list of arrays or
+        a dict of input name -> array, as `model.predict` takes, at most
+        1,000 rows); each row becomes one `PredictRequest` in
+        `assets.extra/tf_serving_warmup_requests`, which TF Serving replays
+        when it loads the export. Needs the `serving` extra. Defaults to
+        None.
 
     Raises:
       TypeError: `model` is not a `keras.Model`, or a signature holds
         something other than `tf.TensorSpec`s.
       ValueError: the model is not built and no `input_signature` was given,
-        or it overrides `train_step`/`test_step` and `serving_only` is off.
+        or it overrides `train_step`/`test_step` and `serving_only` is off,
+        or `warmup_inputs` do not match the serve signature.
+      ImportError: `warmup_inputs` without the `serving` extra.
       SavedModelExistsError: `saved_model_path` is a file or not empty (also
         an `AssertionError`, as in the original API).
     """
@@ -132,6 +141,7 @@ def export_saved_model(
         input_signature=input_signature,
         serving_only=serving_only,
         target_signature=target_signature,
+        warmup_inputs=warmup_inputs,
     )
     temp = posixpath.join(
         posixpath.dirname(saved_model_path), _files.temp_name(time.time())

@@ -12,6 +12,7 @@ import tensorflow as tf
 from google.protobuf import message, text_format
 from tensorflow.core.protobuf import saved_model_pb2
 
+from kerassave_callbacks import _files
 from kerassave_callbacks.core import _keras_internal, mode_graphs, modes
 
 
@@ -69,9 +70,9 @@ def _read_json(saved_model_path: str, path: str):
         raise _damaged(saved_model_path, f"{path} is not valid JSON: {e}") from e
 
 
-def _open_checkpoint(saved_model_path: str):
+def open_checkpoint(saved_model_path: str):
     # Not tf.train.load_checkpoint: it takes ram:// prefixes for directories.
-    prefix = posixpath.join(saved_model_path, "variables", "variables")
+    prefix = posixpath.join(saved_model_path, _files.VARIABLES_PREFIX)
     try:
         return tf.compat.v1.train.NewCheckpointReader(prefix)
     except (tf.errors.OpError, ValueError) as e:
@@ -81,7 +82,7 @@ def _open_checkpoint(saved_model_path: str):
         ) from e
 
 
-def _read_all(reader, saved_model_path: str) -> dict:
+def read_all_values(reader, saved_model_path: str) -> dict:
     """Every value of the checkpoint, key -> array.
 
     All are read, those the loader does not use too, so that a cut-short
@@ -197,9 +198,9 @@ def load_from_saved_model(
         returned.
     """
     saved = read_saved_model(saved_model_path)
-    reader = _open_checkpoint(saved_model_path)
+    reader = open_checkpoint(saved_model_path)
     keys = reader.get_variable_to_shape_map()
-    json_path = posixpath.join(saved_model_path, "assets", modes.MODEL_JSON)
+    json_path = posixpath.join(saved_model_path, _files.MODEL_JSON)
     if not tf.io.gfile.exists(json_path):
         if any(k.startswith(mode_graphs.MODEL_VARIABLES + "/") for k in keys):
             why = "the model had no get_config(), so its Keras model cannot be rebuilt"
@@ -209,7 +210,7 @@ def load_from_saved_model(
                 "written by tf.saved_model.save or Keras' model.export(), say)"
             )
         raise ValueError(
-            f"The export at {saved_model_path!r} has no assets/{modes.MODEL_JSON}: "
+            f"The export at {saved_model_path!r} has no {_files.MODEL_JSON}: "
             f"{why}. Load its graphs with tf.saved_model.load(path) (add "
             "tags=['serve'] for an export of this library)."
         )
@@ -228,7 +229,7 @@ def load_from_saved_model(
         config.pop("compile_config", None)
     # Every value is read before the model is built: a damaged file fails
     # here, never half way through restoring.
-    values = _read_all(reader, saved_model_path)
+    values = read_all_values(reader, saved_model_path)
     # Keras 3 JSON carries build_config and compile_config: this builds and
     # compiles the model as it was.
     model = keras.saving.deserialize_keras_object(

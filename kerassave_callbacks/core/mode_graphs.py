@@ -22,10 +22,10 @@ from tensorflow.core.framework import attr_value_pb2, node_def_pb2, variable_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
 from kerassave_callbacks import _files
-from kerassave_callbacks.core import _keras_internal, _tf_logs, modes, specs
+from kerassave_callbacks.core import _keras_internal, _tf_logs, modes, specs, warmup
 
-SAVED_MODEL_PB = "saved_model.pb"
-SAVED_MODEL_PBTXT = "saved_model.pbtxt"
+SAVED_MODEL_PB = _files.SAVED_MODEL_PB
+SAVED_MODEL_PBTXT = _files.SAVED_MODEL_PBTXT
 _FINGERPRINT = "fingerprint.pb"
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 
@@ -73,9 +73,16 @@ class ModeGraphs:
         input_signature=None,
         serving_only: bool = False,
         target_signature=None,
+        warmup_inputs=None,
     ):
         self.model = model
         self.inputs = specs.input_structure(model, input_signature)
+        # Checked against the serve signature before anything is traced.
+        self._warmup = (
+            warmup.records(self.inputs, warmup_inputs)
+            if warmup_inputs is not None
+            else []
+        )
         self._input_specs = tf.nest.flatten(self.inputs)
         self.output_names: list[str] = []  # Known once `serve` is traced.
         self._output_keys: list[str] | None = None  # Raw keys of dict outputs.
@@ -227,12 +234,14 @@ class ModeGraphs:
             )
         write_file(posixpath.join(path, name), self._graph_files[as_text])
         tf.raw_ops.SaveV2(
-            prefix=posixpath.join(path, "variables", "variables"),
+            prefix=posixpath.join(path, _files.VARIABLES_PREFIX),
             tensor_names=self._keys,
             shape_and_slices=[""] * len(self._keys),
             tensors=values + [self._object_graph],
         )
         self._write_keras_assets(path)
+        if self._warmup:
+            warmup.write(path, self._warmup)
 
     def _serialize_graphs(self, path: str) -> None:
         try:
@@ -259,7 +268,7 @@ class ModeGraphs:
         if tf.io.gfile.exists(fingerprint):
             tf.io.gfile.remove(fingerprint)
         reader = tf.compat.v1.train.NewCheckpointReader(
-            posixpath.join(path, "variables", "variables")
+            posixpath.join(path, _files.VARIABLES_PREFIX)
         )
         expected = set(self._keys)
         written = set(reader.get_variable_to_shape_map())
@@ -291,7 +300,7 @@ class ModeGraphs:
         assets = posixpath.join(path, "assets")
         tf.io.gfile.makedirs(assets)
         if self._model_json is not None:
-            write_file(posixpath.join(assets, modes.MODEL_JSON), self._model_json)
+            write_file(posixpath.join(path, _files.MODEL_JSON), self._model_json)
         for rel, data in self._layer_assets.items():
             target = posixpath.join(assets, LAYER_ASSETS, rel)
             tf.io.gfile.makedirs(posixpath.dirname(target))
@@ -432,10 +441,10 @@ def model_to_json(model: keras.Model) -> str | None:
     except NotImplementedError as e:
         logging.warning(
             "Model %r has no get_config(), so the export holds no "
-            "assets/%s and load_from_saved_model cannot rebuild it "
+            "%s and load_from_saved_model cannot rebuild it "
             "(tf.saved_model.load still can): %s",
             model.name,
-            modes.MODEL_JSON,
+            _files.MODEL_JSON,
             e,
         )
         return None

@@ -37,6 +37,3 @@ PREDICTIONS_PREFIX = "predictions/"
 METRICS_PREFIX = "metrics/"
 METRIC_VALUE_SUFFIX = "/value"
 TARGET_SUFFIX = "_target"
-
-# The Keras side of an export: `model.to_json()` under `assets/`.
-MODEL_JSON = "saved_model.json"

@@ -1,0 +1,426 @@
+"""`kerassave`: see, check and tidy an export directory from the shell.
+
+    kerassave list EXPORT_DIR [--json]
+    kerassave inspect PATH [--json]
+    kerassave verify PATH [--json]
+    kerassave prune EXPORT_DIR --keep N [--keep_best K --monitor NAME
+                    --mode min|max|auto] [--dry_run] [--json]
+    kerassave cleanup EXPORT_DIR [--json]
+    kerassave serving_config EXPORT_DIR --name NAME [--policy latest|best|all]
+                    [--monitor NAME --mode min|max|auto]
+
+Also `python -m kerassave_callbacks`. Flag names use underscores, as
+`saved_model_cli` and `tensorflow_model_server` do. Exit codes: 0 done and
+all good, 1 a check failed, 2 bad usage (an unknown flag, a path that is
+not an export directory), with a one-line message naming the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import posixpath
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from kerassave_callbacks import _files, retention
+from kerassave_callbacks import export_dir as export_dir_lib
+from kerassave_callbacks.core import loader, modes, warmup
+
+OK, FAILED, USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad usage: exit 2 with this message."""
+
+
+# Reading.
+
+
+def _export_dir(path: str) -> export_dir_lib.ExportDir:
+    export_dir = export_dir_lib.ExportDir(path)
+    if not export_dir.exists():
+        raise UsageError(f"{path} is not a directory (expected an export directory)")
+    if _files.has_graph(export_dir.path):
+        raise UsageError(
+            f"{path} is one SavedModel, not an export directory of versions"
+        )
+    return export_dir
+
+
+def _saved_model(path: str):
+    try:
+        return loader.read_saved_model(path)
+    except FileNotFoundError as e:
+        raise UsageError(f"{path} holds no saved_model.pb") from e
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+
+
+def _tensor(info) -> dict:
+    shape = (
+        None
+        if info.tensor_shape.unknown_rank
+        else [d.size for d in info.tensor_shape.dim]
+    )
+    return {"dtype": tf.dtypes.as_dtype(info.dtype).name, "shape": shape}
+
+
+def signatures(saved) -> dict:
+    """{tags: {key: {method_name, inputs, outputs}}} of a SavedModel proto."""
+    tags = {}
+    for meta in saved.meta_graphs:
+        tags[",".join(meta.meta_info_def.tags)] = {
+            key: {
+                "method_name": sig.method_name,
+                "inputs": {k: _tensor(v) for k, v in sorted(sig.inputs.items())},
+                "outputs": {k: _tensor(v) for k, v in sorted(sig.outputs.items())},
+            }
+            for key, sig in sorted(meta.signature_def.items())
+            if not key.startswith("__")
+        }
+    return tags
+
+
+# Checking, the way TF Serving loads a version.
+
+
+def _feed_for(info, request) -> np.ndarray:
+    return tf.make_ndarray(request) if request is not None else _one_row(info)
+
+
+def _one_row(info) -> np.ndarray:
+    dtype = tf.dtypes.as_dtype(info.dtype)
+    shape = [1 if d.size < 0 else d.size for d in info.tensor_shape.dim]
+    if shape:
+        shape[0] = 1
+    if dtype == tf.string:
+        return np.full(shape, b"", dtype=object)
+    return np.zeros(shape, dtype=dtype.as_numpy_dtype)
+
+
+def verify_version(path: str) -> list[str]:
+    """The problems TF Serving would have with one version ([] when none)."""
+    problems = []
+    try:
+        saved = loader.read_saved_model(path)
+    except (FileNotFoundError, ValueError) as e:
+        return [str(e)]
+    try:
+        loader.read_all_values(loader.open_checkpoint(path), path)
+    except ValueError as e:
+        problems.append(str(e))
+        return problems
+    info_path = posixpath.join(path, _files.EXPORT_INFO)
+    if tf.io.gfile.exists(info_path):
+        info = export_dir_lib.read_info(path)
+        name = posixpath.basename(path.rstrip("/"))
+        if not info:
+            problems.append(f"{_files.EXPORT_INFO} is not valid JSON")
+        elif name.isdigit() and info.get("version") != int(name):
+            problems.append(
+                f"{_files.EXPORT_INFO} names version {info.get('version')}, not {name}"
+            )
+    try:
+        requests = warmup.read(path)
+    except (ImportError, tf.errors.OpError, ValueError) as e:
+        requests = []
+        problems.append(f"cannot read {_files.WARMUP_REQUESTS}: {e}")
+    for meta in saved.meta_graphs:
+        tags = list(meta.meta_info_def.tags)
+        try:
+            problems += _load_and_run(path, tags, requests)
+        except Exception as e:  # Whatever TF raises is the finding.
+            message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            problems.append(f"tags {tags}: {type(e).__name__}: {message}".rstrip(": "))
+    return problems
+
+
+def _load_and_run(path: str, tags: list[str], requests) -> list[str]:
+    """Loads one MetaGraph in a fresh TF1 session (restore and init op, as TF
+    Serving does) and, for `serve`, runs `serving_default` on the warm-up
+    requests (or on one row of zeros), comparing each warm-up reply with the
+    signature run through `tf.saved_model.load`."""
+    with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+        meta = tf.compat.v1.saved_model.load(sess, tags, path)
+        if modes.SERVE.tag not in tags:
+            return []
+        sig = meta.signature_def.get(modes.SERVE.signature_key)
+        if sig is None:
+            return [f"tags {tags}: no {modes.SERVE.signature_key} signature"]
+        fetch = {k: v.name for k, v in sig.outputs.items()}
+        runs = []
+        for request in requests or [None]:
+            given = dict(request.inputs) if request is not None else {}
+            feeds = {k: _feed_for(v, given.get(k)) for k, v in sig.inputs.items()}
+            outputs = sess.run(fetch, {sig.inputs[k].name: v for k, v in feeds.items()})
+            runs.append((feeds, outputs))
+    if not requests:
+        return []
+    fn = tf.saved_model.load(path, tags=tags).signatures[modes.SERVE.signature_key]
+    problems = []
+    for index, (feeds, outputs) in enumerate(runs):
+        direct = fn(**{k: tf.constant(v) for k, v in feeds.items()})
+        for key, value in outputs.items():
+            if not np.allclose(direct[key].numpy(), value, atol=1e-5, equal_nan=True):
+                problems.append(
+                    f"warm-up request {index}: output {key!r} differs between "
+                    "a TF1 session and tf.saved_model.load"
+                )
+    return problems
+
+
+# The subcommands.
+
+
+def cmd_list(args) -> tuple[int, object]:
+    rows = _export_dir(args.export_dir).describe()
+    if args.json:
+        return OK, [r.to_json() for r in rows]
+    lines = [
+        f"{'version':>12}  {'created':19}  {'epoch':>5}  {'step':>7}  "
+        f"{'size':>10}  {'tags':16}  metrics"
+    ]
+    for r in rows:
+        created = (
+            datetime.datetime.fromtimestamp(r.created).strftime("%Y-%m-%d %H:%M:%S")
+            if r.created is not None
+            else "-"
+        )
+        metrics = " ".join(f"{k}={_short(v)}" for k, v in sorted(r.metrics.items()))
+        pin = " (pinned link)" if r.pinned else ""
+        lines.append(
+            f"{r.version:>12}  {created:19}  {_dash(r.epoch):>5}  "
+            f"{_dash(r.step):>7}  {_size(r.size_bytes):>10}  "
+            f"{' '.join(r.tags):16}  {metrics}{pin}"
+        )
+    return OK, "\n".join(lines)
+
+
+def cmd_inspect(args) -> tuple[int, object]:
+    saved = _saved_model(args.path)
+    result = {
+        "tags": signatures(saved),
+        "export_info": export_dir_lib.read_info(args.path),
+    }
+    if args.json:
+        return OK, result
+    lines = []
+    for tags, sigs in result["tags"].items():
+        lines.append(f"tags: {tags}")
+        for key, sig in sigs.items():
+            lines.append(f"  signature {key!r} ({sig['method_name']})")
+            for side in ("inputs", "outputs"):
+                for name, t in sig[side].items():
+                    lines.append(f"    {side[:-1]:6} {name}: {t['dtype']} {t['shape']}")
+    library = result["export_info"].get("library") or {}
+    if result["export_info"]:
+        lines.append(
+            f"export info: {json.dumps(result['export_info'], sort_keys=True)}"
+        )
+    lines.append(
+        "written by: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(library.items())) or "unknown")
+    )
+    return OK, "\n".join(lines)
+
+
+def cmd_verify(args) -> tuple[int, object]:
+    path = args.path.rstrip("/") or "/"
+    if _files.has_graph(path):
+        paths = [path]
+    else:
+        export_dir = _export_dir(path)
+        paths = [export_dir.version_path(v) for v in export_dir.versions()]
+        if not paths:
+            raise UsageError(f"{path} holds no versions")
+    rows = []
+    for p in paths:
+        problems = verify_version(p)
+        name = posixpath.basename(p)
+        rows.append(
+            {
+                "version": int(name) if name.isdigit() else None,
+                "path": p,
+                "ok": not problems,
+                "problems": problems,
+            }
+        )
+    code = OK if all(r["ok"] for r in rows) else FAILED
+    if args.json:
+        return code, rows
+    lines = []
+    for r in rows:
+        lines.append(f"{r['path']}: {'ok' if r['ok'] else 'FAILED'}")
+        lines += [f"  - {p}" for p in r["problems"]]
+    return code, "\n".join(lines)
+
+
+def cmd_prune(args) -> tuple[int, object]:
+    export_dir = _export_dir(args.export_dir)
+    if args.keep_best and not args.monitor:
+        raise UsageError("--keep_best needs --monitor, the metric to rank by")
+    policy = retention.Policy(
+        keep=args.keep or None,
+        keep_best=args.keep_best or None,
+        mode=retention.resolve_mode(args.mode, args.monitor),
+    )
+    doomed = retention.versions_to_delete(
+        export_dir.for_retention(args.monitor), policy
+    )
+    if not args.dry_run:
+        for version in doomed:
+            retired = _files.retire_version(
+                export_dir.version_path(version), time.time()
+            )
+            if retired is not None:
+                _files.remove_tree(retired)
+    result = {"deleted": [] if args.dry_run else doomed, "would_delete": doomed}
+    if args.json:
+        return OK, result
+    verb = "would delete" if args.dry_run else "deleted"
+    return OK, "\n".join(
+        [f"{verb} {export_dir.version_path(v)}" for v in doomed]
+        or ["nothing to delete"]
+    )
+
+
+def cmd_cleanup(args) -> tuple[int, object]:
+    export_dir = _export_dir(args.export_dir)
+    removed = _files.leftovers(export_dir.path, time.time())
+    for path in removed:
+        _files.remove_tree(path)
+    if args.json:
+        return OK, {"removed": removed}
+    return OK, "\n".join([f"removed {p}" for p in removed] or ["nothing to remove"])
+
+
+def cmd_serving_config(args) -> tuple[int, object]:
+    export_dir = _export_dir(args.export_dir)
+    try:
+        from google.protobuf import text_format
+        from tensorflow_serving.config import model_server_config_pb2
+    except ImportError as e:
+        raise UsageError(
+            "serving_config needs tensorflow-serving-api (TensorFlow 2.21 or "
+            "newer): pip install 'kerassave_callbacks[serving]'"
+        ) from e
+    config = model_server_config_pb2.ModelServerConfig()
+    model = config.model_config_list.config.add()
+    model.name = args.name
+    base = export_dir.path
+    model.base_path = base if "://" in base else os.path.abspath(base)
+    model.model_platform = "tensorflow"
+    policy = model.model_version_policy
+    if args.policy == "latest":
+        policy.latest.num_versions = 1
+    elif args.policy == "all":
+        policy.all.SetInParent()
+    else:
+        if not args.monitor:
+            raise UsageError("--policy=best needs --monitor, the metric to rank by")
+        known = export_dir.for_retention(args.monitor)
+        best = retention.best_versions(
+            known, 1, retention.resolve_mode(args.mode, args.monitor)
+        )
+        if not best:
+            raise UsageError(f"no version in {base} records {args.monitor!r}")
+        policy.specific.versions.extend(best)
+    text = text_format.MessageToString(config)
+    if args.json:
+        return OK, {"config": text}
+    return OK, text.rstrip("\n")
+
+
+# Formatting.
+
+
+def _dash(value) -> str:
+    return "-" if value is None else str(value)
+
+
+def _short(value) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+# The command line.
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = _Parser(prog="kerassave", description=__doc__.split("\n\n")[0])
+    sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add(name, fn, help_text, target):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument(target)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(fn=fn)
+        return p
+
+    add("list", cmd_list, "one row per complete version, oldest first", "export_dir")
+    add("inspect", cmd_inspect, "tags, signatures and export info", "path")
+    add("verify", cmd_verify, "load every version as TF Serving does", "path")
+    prune = add("prune", cmd_prune, "apply the exporter's retention", "export_dir")
+    prune.add_argument("--keep", type=int, required=True, help="newest to keep; 0 all")
+    prune.add_argument("--keep_best", type=int, default=0, help="best to keep too")
+    prune.add_argument("--monitor", default="", help="metric for --keep_best")
+    prune.add_argument("--mode", choices=retention.MODES, default="auto")
+    prune.add_argument("--dry_run", action="store_true", help="delete nothing")
+    add("cleanup", cmd_cleanup, "remove what crashed exports left", "export_dir")
+    config = add(
+        "serving_config",
+        cmd_serving_config,
+        "print a TF Serving ModelServerConfig for the directory",
+        "export_dir",
+    )
+    config.add_argument("--name", required=True, help="the model's name")
+    config.add_argument("--policy", choices=("latest", "best", "all"), default="latest")
+    config.add_argument("--monitor", default="", help="metric for --policy=best")
+    config.add_argument("--mode", choices=retention.MODES, default="auto")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command line; returns the exit code.
+
+    Example:
+
+        main(["list", "/models/digits", "--json"])
+    """
+    try:
+        args = parser().parse_args(argv)
+        for name in ("keep", "keep_best"):
+            if getattr(args, name, 0) < 0:
+                raise UsageError(f"--{name} must be >= 0")
+        code, result = args.fn(args)
+    except UsageError as e:
+        print(f"kerassave: error: {e}", file=sys.stderr)
+        return USAGE
+    if isinstance(result, str):
+        print(result)
+    else:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    return code
+
+
+def run() -> None:
+    """The console script."""
+    sys.exit(main())

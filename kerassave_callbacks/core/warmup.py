@@ -1,0 +1,168 @@
+"""Warm-up requests: `assets.extra/tf_serving_warmup_requests`.
+
+TF Serving replays this TFRecord file of `PredictionLog` protos when it
+loads a version, so the first real request after a version switch is not
+the slow one. The protos come from the `tensorflow-serving-api` package
+(the `serving` extra), imported only when warm-up requests are asked for.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from kerassave_callbacks import _files
+from kerassave_callbacks.core import modes
+
+MAX_ROWS = 1000
+
+
+def serving_protos():
+    """(predict_pb2, prediction_log_pb2), or a clear ImportError."""
+    try:
+        from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+    except ImportError as e:
+        raise ImportError(
+            "warmup_inputs needs the tensorflow-serving-api package, which "
+            "requires TensorFlow 2.21 or newer. Install it with: pip install "
+            "'kerassave_callbacks[serving]'"
+        ) from e
+    return predict_pb2, prediction_log_pb2
+
+
+def check(warmup_inputs) -> None:
+    """What can be checked without the model: the package, and the rows of a
+    dict of inputs or of a single array.
+
+    Raises:
+      ImportError: tensorflow-serving-api is not installed.
+      ValueError: no rows, more than MAX_ROWS, or inputs of unequal rows.
+    """
+    serving_protos()
+    if isinstance(warmup_inputs, Mapping):
+        _rows(list(warmup_inputs.values()))
+    elif not isinstance(warmup_inputs, (list, tuple)):
+        _rows([warmup_inputs])
+
+
+def _rows(values) -> int:
+    counts = {len(_array(v)) for v in values}
+    if len(counts) != 1:
+        raise ValueError(
+            "warmup_inputs must have the same number of rows in every input. "
+            f"Received row counts {sorted(counts)}."
+        )
+    (rows,) = counts
+    if not 1 <= rows <= MAX_ROWS:
+        raise ValueError(
+            f"warmup_inputs must have 1 to {MAX_ROWS} rows (each becomes one "
+            f"request TF Serving replays on every load). Received {rows}."
+        )
+    return rows
+
+
+def _array(value) -> np.ndarray:
+    return np.asarray(value, dtype=object if _is_text(value) else None)
+
+
+def _is_text(value) -> bool:
+    array = np.asarray(value)
+    return array.dtype.kind in "OSU"
+
+
+def records(input_structure, warmup_inputs) -> list[bytes]:
+    """One serialized `PredictionLog` per row of `warmup_inputs`.
+
+    Args:
+      input_structure: the serve signature's inputs (named `tf.TensorSpec`s,
+        as `ModeGraphs.inputs`).
+      warmup_inputs: an array (one input), a list of arrays (in input
+        order) or a dict of input name -> array, as `model.predict` takes.
+
+    Raises:
+      ImportError: tensorflow-serving-api is not installed.
+      ValueError: the inputs do not match the signature (names, dtypes,
+        shapes) or have no rows or more than MAX_ROWS.
+    """
+    predict_pb2, prediction_log_pb2 = serving_protos()
+    specs = tf.nest.flatten(input_structure)
+    names = [spec.name for spec in specs]
+    if isinstance(warmup_inputs, Mapping):
+        keys = list(input_structure) if isinstance(input_structure, Mapping) else names
+        given = {str(k) for k in warmup_inputs}
+        if given != {str(k) for k in keys}:
+            raise ValueError(
+                f"warmup_inputs names inputs {sorted(given)}, but the serve "
+                f"signature takes {sorted(str(k) for k in keys)}."
+            )
+        values = [warmup_inputs[k] for k in keys]
+    elif isinstance(warmup_inputs, (list, tuple)) and len(specs) > 1:
+        if len(warmup_inputs) != len(specs):
+            raise ValueError(
+                f"warmup_inputs holds {len(warmup_inputs)} arrays, but the serve "
+                f"signature takes {len(specs)} inputs {names}."
+            )
+        values = list(warmup_inputs)
+    else:
+        if len(specs) != 1:
+            raise ValueError(
+                f"warmup_inputs is one array, but the serve signature takes "
+                f"{len(specs)} inputs {names}: pass a dict of name -> array."
+            )
+        values = [warmup_inputs]
+    _rows(values)
+    arrays = [_checked(value, spec) for value, spec in zip(values, specs, strict=True)]
+    logs = []
+    for row in range(len(arrays[0])):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.signature_name = modes.SERVE.signature_key
+        for spec, array in zip(specs, arrays, strict=True):
+            request.inputs[spec.name].CopyFrom(
+                tf.make_tensor_proto(array[row : row + 1], dtype=spec.dtype)
+            )
+        log = prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request)
+        )
+        logs.append(log.SerializeToString())
+    return logs
+
+
+def _checked(value, spec: tf.TensorSpec) -> np.ndarray:
+    text = _is_text(value)
+    if text != (spec.dtype == tf.string):
+        raise ValueError(
+            f"warmup_inputs[{spec.name!r}] holds "
+            f"{'strings' if text else 'numbers'}, but the serve signature "
+            f"takes {spec.dtype.name}."
+        )
+    array = np.asarray(value, dtype=object if text else spec.dtype.as_numpy_dtype)
+    if not spec.shape.is_compatible_with(array.shape):
+        raise ValueError(
+            f"warmup_inputs[{spec.name!r}] has shape {array.shape}, but the "
+            f"serve signature takes {spec.shape} (rows first)."
+        )
+    return array
+
+
+def write(path: str, logs: list[bytes]) -> None:
+    """Writes the records as the version's warm-up file."""
+    target = posixpath.join(path, _files.WARMUP_REQUESTS)
+    tf.io.gfile.makedirs(posixpath.dirname(target))
+    with tf.io.TFRecordWriter(target) as writer:
+        for log in logs:
+            writer.write(log)
+
+
+def read(path: str) -> list:
+    """The `PredictRequest`s of a version's warm-up file ([] when none)."""
+    target = posixpath.join(path, _files.WARMUP_REQUESTS)
+    if not tf.io.gfile.exists(target):
+        return []
+    _, prediction_log_pb2 = serving_protos()
+    return [
+        prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
+        for record in tf.data.TFRecordDataset(target)
+    ]

@@ -1,0 +1,168 @@
+"""ExportDir: a read-only view of an export directory and its versions.
+
+The one place that knows where things are in an export directory (the
+names come from `_files`): which versions are complete, what each one's
+`export_info.json` says, its size, tags and signatures. Nothing here writes
+or deletes; `VersionedExporter` and the `kerassave` command build on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import posixpath
+
+import tensorflow as tf
+
+from kerassave_callbacks import _files, retention
+from kerassave_callbacks.core import loader
+
+
+@dataclasses.dataclass(frozen=True)
+class Version:
+    """One complete version, as `kerassave list` shows it.
+
+    Attributes:
+      version: the integer version.
+      path: its directory.
+      created: unix time it was written (export info), or None.
+      epoch: the 0-based epoch it was exported at, or None.
+      step: the optimizer step it was exported at, or None.
+      metrics: the metrics recorded with it.
+      size_bytes: the bytes of its files.
+      tags: the tag sets of its MetaGraphs, e.g. `["serve", "train", "eval"]`
+        (several tags of one MetaGraph joined with ",").
+      pinned: a symbolic link the user put in; retention never deletes it.
+    """
+
+    version: int
+    path: str
+    created: float | None
+    epoch: int | None
+    step: int | None
+    metrics: dict
+    size_bytes: int
+    tags: list[str]
+    pinned: bool = False
+
+    def to_json(self) -> dict:
+        """The row of `kerassave list --json`."""
+        row = dataclasses.asdict(self)
+        del row["pinned"]
+        return row
+
+
+class ExportDir:
+    """A read-only view of `<export_dir>/<version>/...`.
+
+    Example:
+
+        export_dir = ExportDir("/models/digits")
+        for version in export_dir.describe():
+            print(version.version, version.metrics, version.size_bytes)
+
+    Args:
+      path: the export directory (any `tf.io.gfile` path). It need not exist.
+    """
+
+    def __init__(self, path: str):
+        self.path = str(path).rstrip("/") or "/"
+
+    def exists(self) -> bool:
+        """True when the path is a directory."""
+        return tf.io.gfile.isdir(self.path)
+
+    def version_path(self, version: int) -> str:
+        return posixpath.join(self.path, str(version))
+
+    def versions(self) -> list[int]:
+        """The complete versions (integer names holding a graph), oldest first."""
+        return _files.complete_versions(self.path)
+
+    def info(self, version: int) -> dict:
+        """The version's `export_info.json`, or {} when missing or unreadable."""
+        return read_info(self.version_path(version))
+
+    def is_pinned(self, version: int) -> bool:
+        return _files.is_link(self.version_path(version))
+
+    def describe(self, versions: list[int] | None = None) -> list[Version]:
+        """A `Version` per complete version (or per one of `versions`)."""
+        rows = []
+        for version in self.versions() if versions is None else versions:
+            path = self.version_path(version)
+            info = self.info(version)
+            rows.append(
+                Version(
+                    version=version,
+                    path=path,
+                    created=finite_or_none(info.get("created")),
+                    epoch=info.get("epoch"),
+                    step=info.get("step"),
+                    metrics=dict(info.get("metrics") or {}),
+                    size_bytes=_files.dir_size(path),
+                    tags=tags(path),
+                    pinned=self.is_pinned(version),
+                )
+            )
+        return rows
+
+    def for_retention(
+        self, monitor: str | None, infos: dict | None = None
+    ) -> list[retention.Version]:
+        """What retention needs to know of each complete version.
+
+        Args:
+          monitor: the metric `keep_best` ranks by.
+          infos: a cache of export infos by version: those missing are
+            read from disk and added to it.
+        """
+        known = []
+        for version in self.versions():
+            if self.is_pinned(version):
+                known.append(retention.Version(version, float(version), pinned=True))
+                continue
+            info = infos.get(version) if infos is not None else None
+            if info is None:
+                info = self.info(version)
+                if infos is not None:
+                    infos[version] = info
+            metric = (info.get("metrics") or {}).get(monitor)
+            known.append(
+                retention.Version(
+                    version,
+                    created=finite_or_none(info.get("created")) or float(version),
+                    metric=finite_or_none(metric),
+                )
+            )
+        return known
+
+
+def read_info(version_path: str) -> dict:
+    """`export_info.json` of a version directory; {} when missing or unreadable."""
+    path = posixpath.join(version_path, _files.EXPORT_INFO)
+    try:
+        with tf.io.gfile.GFile(path, "r") as f:
+            info = json.loads(f.read())
+    except (tf.errors.NotFoundError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def tags(saved_model_path: str) -> list[str]:
+    """The tag sets of a SavedModel's MetaGraphs ([] when it cannot be read)."""
+    try:
+        saved = loader.read_saved_model(saved_model_path)
+    except (FileNotFoundError, ValueError):
+        return []
+    return [",".join(m.meta_info_def.tags) for m in saved.meta_graphs]
+
+
+def finite_or_none(value) -> float | None:
+    """`value` as a finite float, or None (missing, NaN, not a number)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
