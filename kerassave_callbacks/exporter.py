@@ -568,12 +568,17 @@ class VersionedExporter:
         # never undoes it.
         self._infos[info["version"]] = info
         removed, kept, failures = self._apply_retention(info["version"])
+        try:
+            size = _files.dir_size(path)
+        except tf.errors.OpError as e:  # Another process's retention, say.
+            size = 0
+            failures.append(e)
         record = ExportRecord(
             version=info["version"],
             path=path,
             info=info,
             duration_seconds=time.monotonic() - started,
-            size_bytes=_files.dir_size(path),
+            size_bytes=size,
             removed=removed,
             kept=kept,
         )

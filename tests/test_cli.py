@@ -181,12 +181,18 @@ def test_cleanup_removes_only_what_crashed_exports_left(tmp_path, exports):
     )
     (export_dir / leftover).mkdir()
     (export_dir / "temp-notes").mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    linked = leftover.replace("0", "1", 1)  # Also a dead writer's name.
+    (export_dir / linked).symlink_to(outside, target_is_directory=True)
     before = set(os.listdir(export_dir)) - {leftover}
 
     out = json.loads(kerassave("cleanup", export_dir, "--json", check_code=0).stdout)
 
     assert out["removed"] == [str(export_dir / leftover)]
     assert set(os.listdir(export_dir)) == before
+    assert (outside / "keep.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("policy", ["latest", "best", "all"])

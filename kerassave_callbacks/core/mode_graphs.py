@@ -221,10 +221,7 @@ class ModeGraphs:
             self._serialize_graphs(path)
         else:
             tf.io.gfile.makedirs(posixpath.join(path, "variables"))
-            for rel, data in self._saved_assets.items():
-                target = posixpath.join(path, "assets", rel)
-                tf.io.gfile.makedirs(posixpath.dirname(target))
-                write_file(target, data)
+            write_files(posixpath.join(path, "assets"), self._saved_assets)
         name = SAVED_MODEL_PBTXT if as_text else SAVED_MODEL_PB
         if as_text not in self._graph_files:
             self._graph_files[as_text] = (
@@ -301,10 +298,7 @@ class ModeGraphs:
         tf.io.gfile.makedirs(assets)
         if self._model_json is not None:
             write_file(posixpath.join(path, _files.MODEL_JSON), self._model_json)
-        for rel, data in self._layer_assets.items():
-            target = posixpath.join(assets, LAYER_ASSETS, rel)
-            tf.io.gfile.makedirs(posixpath.dirname(target))
-            write_file(target, data)
+        write_files(posixpath.join(assets, LAYER_ASSETS), self._layer_assets)
 
 
 def _captured_resources(model: keras.Model, functions) -> list:
@@ -632,6 +626,14 @@ def _functions_used(nodes, functions: dict, custom: dict) -> tuple[set, set]:
 
 def to_text(saved: saved_model_pb2.SavedModel) -> bytes:
     return text_format.MessageToString(saved).encode("utf-8")
+
+
+def write_files(root: str, files: dict[str, bytes]) -> None:
+    """Writes `relative path -> bytes` under `root`."""
+    for rel, data in files.items():
+        target = posixpath.join(root, rel)
+        tf.io.gfile.makedirs(posixpath.dirname(target))
+        write_file(target, data)
 
 
 def write_file(path: str, data: bytes | str) -> None:
