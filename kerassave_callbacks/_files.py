@@ -71,6 +71,17 @@ def scheme(path: str) -> str:
     return path.split("://", 1)[0] if "://" in path else ""
 
 
+def parent(path: str) -> str | None:
+    """The directory that holds `path`, or None at a file system root (`/`,
+    or a bucket such as `gs://bucket`)."""
+    prefix, sep, rest = path.rpartition("://")
+    rest = rest.rstrip("/")
+    head = posixpath.dirname(rest)
+    if sep:
+        return f"{prefix}{sep}{head}" if head else None
+    return head or ("." if rest and not path.startswith("/") else None)
+
+
 def renames_atomically(path: str) -> bool:
     return scheme(path) in _RENAME_SCHEMES
 

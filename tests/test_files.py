@@ -59,3 +59,21 @@ def test_other_names_are_not_temporaries(name):
 def test_commit_strategy_by_scheme(path, atomic, local):
     assert _files.renames_atomically(path) is atomic
     assert _files.is_local(path) is local
+
+
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        ("ram://a/b", "ram://a"),
+        ("ram://a", None),
+        ("ram://", None),
+        ("gs://bucket/x/", "gs://bucket"),
+        ("/tmp/x", "/tmp"),
+        ("/", None),
+        ("rel", "."),
+        ("a/b", "a"),
+        ("file:///tmp/x", "file:///tmp"),
+    ],
+)
+def test_parent_of_a_path_is_none_at_a_root(path, expected):
+    assert _files.parent(path) == expected

@@ -275,3 +275,26 @@ def test_only_the_train_graph_can_save_its_variables(tmp_path):
             else:  # Loudly, never a silent no-op.
                 with pytest.raises((KeyError, ValueError), match="does not exist"):
                     sess.run(saver.save_tensor_name, feed)
+
+
+def test_a_string_model_with_warmup_round_trips_through_ram_filesystem():
+    from kerassave_callbacks.core import warmup
+
+    model = _text_vectorization_model()
+    model.compile(optimizer="adam", loss="mse")
+    path = "ram://kerassave_serve_graph/text_model"
+    export_saved_model(model, path, warmup_inputs=TEXTS[:2, None].astype(object))
+
+    assert len(warmup.read(path)) == 2
+    served = serve_tf2(path, {"text": TEXTS[:, None].astype(object)})["score"]
+    assert_close(served, model.predict(_strings(), verbose=0))
+    loaded = load_from_saved_model(path)
+    np.testing.assert_array_equal(
+        loaded.predict(_strings(), verbose=0), model.predict(_strings(), verbose=0)
+    )
+
+
+@pytest.mark.parametrize("path", ["ram://", "ram://top_level_only", "/"])
+def test_export_saved_model_refuses_a_file_system_root(path):
+    with pytest.raises(ValueError, match="root of a file system|already exists"):
+        export_saved_model(classifier(), path)

@@ -134,7 +134,14 @@ def export_saved_model(
             f"saved_model_path={saved_model_path!r} is empty. Pass the directory "
             "to write the SavedModel to, e.g. '/tmp/my_model'."
         )
+    parent = _files.parent(str(saved_model_path))
     saved_model_path = str(saved_model_path).rstrip("/")
+    if parent is None:
+        raise ValueError(
+            f"saved_model_path={saved_model_path!r} is the root of a file "
+            "system (or a bucket). Pass a directory inside it, e.g. "
+            "'/tmp/my_model' or 'gs://bucket/my_model'."
+        )
     check_empty_target(saved_model_path)
     graphs = mode_graphs.ModeGraphs(
         model,
@@ -143,9 +150,7 @@ def export_saved_model(
         target_signature=target_signature,
         warmup_inputs=warmup_inputs,
     )
-    temp = posixpath.join(
-        posixpath.dirname(saved_model_path), _files.temp_name(time.time())
-    )
+    temp = posixpath.join(parent, _files.temp_name(time.time()))
     try:
         graphs.save(temp, as_text=as_text)
         if _files.is_local(temp):
