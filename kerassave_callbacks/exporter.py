@@ -456,9 +456,10 @@ class VersionedExporter:
 
         Returns:
           The path of the committed version directory; with `async_export`
-          (after the first, synchronous export of a model) a
-          `PendingExport`, whose `result()` is the `ExportRecord` of the
-          version it commits, whatever number it ends up with.
+          a `PendingExport`, whose `result()` is the `ExportRecord` of the
+          version it commits, whatever number it ends up with. (The first
+          export of a model traces its graphs before returning; only for a
+          model with distributed variables is it synchronous throughout.)
 
         Raises:
           ExportError: the export (or, with `async_export`, the previous
@@ -500,11 +501,13 @@ class VersionedExporter:
                 f"{type(e).__name__}: {e} Nothing was written.",
                 info=info,
             ) from e
-        first = not graphs.serialized
         info["version"] = self._next_version()
         info["created"] = self._clock()
         write = lambda: self._write(graphs, values, info, started)  # noqa: E731
-        if self.async_export and not first:
+        # Tracing happened above, in this thread; what is left (for a first
+        # export also tf.saved_model.save) runs in the background, unless
+        # saving would trace the model again (distributed variables).
+        if self.async_export and graphs.saves_without_tracing:
             if self._executor is None:
                 self._executor = concurrent.futures.ThreadPoolExecutor(
                     1, thread_name_prefix="kerassave-export"

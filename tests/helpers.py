@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
@@ -91,3 +92,40 @@ def run_python(script: str, *args) -> str:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout.strip().splitlines()[-1]
+
+
+class BreakExportDir(keras.callbacks.Callback):
+    """Turns export_dir into a file at epoch `break_at` (exports then fail)
+    and back into a directory at epoch `mend_at`, or when training ends with
+    `mend_at_end`. Given the `SavedModelExporter`, it lets its async write in
+    flight end first."""
+
+    def __init__(
+        self, path, break_at=1, mend_at=None, exporter=None, mend_at_end=False
+    ):
+        super().__init__()
+        self.path, self.break_at, self.mend_at = path, break_at, mend_at
+        self.exporter, self.mend_at_end = exporter, mend_at_end
+
+    def _settle(self):
+        """Lets the async write in flight end (without taking its error)."""
+        pending = self.exporter.exporter.pending if self.exporter else None
+        if pending is not None:
+            try:
+                pending.result()
+            except Exception:  # Its error is for the exporter to report.
+                pass
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.break_at:
+            self._settle()
+            tf.io.gfile.rmtree(str(self.path))
+            self.path.write_text("not a directory")
+        if epoch == self.mend_at:
+            self._settle()
+            self.path.unlink()
+
+    def on_train_end(self, logs=None):
+        self._settle()
+        if self.mend_at_end and self.path.is_file():
+            self.path.unlink()

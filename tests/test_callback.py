@@ -13,7 +13,14 @@ import tensorflow as tf
 from kerassave_callbacks import ExportError, SavedModelExporter
 
 from conftest import classifier, classifier_data
-from helpers import assert_close, events, fit_classifier, run_python, serve_tf2
+from helpers import (
+    BreakExportDir,
+    assert_close,
+    events,
+    fit_classifier,
+    run_python,
+    serve_tf2,
+)
 
 
 class Scripted(keras.callbacks.Callback):
@@ -198,22 +205,6 @@ def test_events_beside_keras_tensorboard_in_one_log_dir(tmp_path):
     assert "epoch_loss" in events(logs / "train").Tags()["tensors"]
 
 
-class BreakExportDir(keras.callbacks.Callback):
-    """Turns export_dir into a file at epoch 1 (exports then fail), and back
-    into a directory at `mend_at`."""
-
-    def __init__(self, path, mend_at=None):
-        super().__init__()
-        self.path, self.mend_at = path, mend_at
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == 1:
-            tf.io.gfile.rmtree(str(self.path))
-            self.path.write_text("not a directory")
-        if epoch == self.mend_at:
-            self.path.unlink()
-
-
 def test_on_error_raise_stops_fit_with_a_clear_error(tmp_path):
     export_dir = tmp_path / "exports"
     callbacks = [BreakExportDir(export_dir), SavedModelExporter(str(export_dir))]
@@ -246,7 +237,8 @@ def test_async_failure_with_warn_does_not_skip_the_next_export(tmp_path, caplog)
         export_on_train_end=False,
     )
     with caplog.at_level(logging.WARNING):
-        fit_classifier([BreakExportDir(export_dir, mend_at=2), exporter], epochs=3)
+        breaker = BreakExportDir(export_dir, mend_at=2, exporter=exporter)
+        fit_classifier([breaker, exporter], epochs=3)
 
     assert caplog.text.count("Export failed; training goes on") == 1
     assert [i["epoch"] for i in _infos(export_dir)] == [2]

@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerassave_callbacks import ExportError, VersionedExporter, _files
+from kerassave_callbacks import (
+    ExportError,
+    PendingExport,
+    VersionedExporter,
+    _files,
+    load_from_saved_model,
+)
 
 from conftest import classifier, classifier_data
 from helpers import assert_close, serve_tf2
@@ -186,7 +192,7 @@ def test_async_export_holds_the_weights_of_the_moment_it_was_called(tmp_path):
     x, y = classifier_data()
     model = classifier()
     exporter = VersionedExporter(str(tmp_path), keep=None, async_export=True)
-    exporter.export(model)  # The first export traces and writes synchronously.
+    exporter.export(model)  # The first traces now and writes in the background.
     expected = model.predict(x, verbose=0)
     path = exporter.export(model)
     model.fit(x, y, epochs=3, verbose=0)  # Training goes on meanwhile.
@@ -196,11 +202,31 @@ def test_async_export_holds_the_weights_of_the_moment_it_was_called(tmp_path):
     assert len(exporter.versions()) == 2
 
 
+def test_the_first_async_export_writes_the_state_of_the_call_in_the_background(
+    tmp_path,
+):
+    x, y = classifier_data()
+    model = classifier()
+    model.fit(x, y, epochs=1, verbose=0)
+    exporter = VersionedExporter(str(tmp_path), keep=None, async_export=True)
+    expected = model.predict(x, verbose=0)
+
+    pending = exporter.export(model, step=1)
+    assert isinstance(pending, PendingExport)  # Traced; saving goes on.
+    model.fit(x, y, epochs=3, verbose=0)  # Trains while it is written.
+    record = pending.result()
+    exporter.close()
+
+    assert_close(serve_tf2(record.path, {"features": x})["logits"], expected)
+    loaded = load_from_saved_model(record.path)
+    assert int(loaded.optimizer.iterations) == 1
+
+
 def test_async_export_error_is_raised_by_wait_and_leaves_no_version(tmp_path):
     export_dir = tmp_path / "exports"
     exporter = VersionedExporter(str(export_dir), keep=None, async_export=True)
     model = classifier()
-    exporter.export(model)
+    exporter.export(model).result()
     # Permissions do not stop root: make export_dir a file instead.
     for name in os.listdir(export_dir):
         tf.io.gfile.rmtree(str(export_dir / name))

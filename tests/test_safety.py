@@ -12,7 +12,6 @@ import threading
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from kerassave_callbacks import (
     ExportError,
@@ -23,7 +22,7 @@ from kerassave_callbacks import (
 )
 
 from conftest import classifier, classifier_data
-from helpers import events, fit_classifier
+from helpers import BreakExportDir, events, fit_classifier
 
 
 def _tree(root) -> dict[str, bytes]:
@@ -224,39 +223,6 @@ def test_raise_stops_fit_on_a_failure_after_the_commit(tmp_path):
     )
 
 
-class BreakExportDir(keras.callbacks.Callback):
-    """Turns export_dir into a file at epoch `break_at` and back into a
-    directory at epoch `mend_at` (or when training ends)."""
-
-    def __init__(self, path, break_at, mend_at=None, exporter=None):
-        super().__init__()
-        self.path, self.break_at, self.mend_at = path, break_at, mend_at
-        self.exporter = exporter  # Its async write in flight ends first.
-
-    def _settle(self):
-        """Lets the async write in flight end (without taking its error)."""
-        pending = self.exporter.exporter.pending if self.exporter else None
-        if pending is not None:
-            try:
-                pending.result()
-            except ExportError:
-                pass
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.break_at:
-            self._settle()
-            tf.io.gfile.rmtree(str(self.path))
-            self.path.write_text("not a directory")
-        if epoch == self.mend_at:
-            self._settle()
-            self.path.unlink()
-
-    def on_train_end(self, logs=None):
-        self._settle()
-        if self.path.is_file():
-            self.path.unlink()
-
-
 def test_async_failure_is_recorded_at_its_own_step(tmp_path):
     export_dir = tmp_path / "exports"
     exporter = SavedModelExporter(
@@ -278,7 +244,9 @@ def test_a_failed_last_async_export_is_retried_at_train_end(tmp_path):
     exporter = SavedModelExporter(
         str(export_dir), keep=None, async_export=True, on_error="warn"
     )
-    breaker = BreakExportDir(export_dir, break_at=2, exporter=exporter)
+    breaker = BreakExportDir(
+        export_dir, break_at=2, exporter=exporter, mend_at_end=True
+    )
     model = fit_classifier([breaker, exporter], epochs=3)
     infos = []
     for version in exporter.versions():
@@ -302,7 +270,7 @@ def test_concurrent_async_exporters_return_only_what_they_committed(tmp_path):
     ]
     pending = []
     for e in exporters:
-        e.export(model, epoch=-1)  # The first export is synchronous.
+        e.export(model, epoch=-1).result()  # The first one traces the graphs.
     for round_ in range(4):
         for i, e in enumerate(exporters):
             pending.append((i, round_, e.export(model, epoch=round_, step=i)))

@@ -278,6 +278,18 @@ class ModeGraphs:
             )
         self._object_graph = tf.constant(reader.get_tensor(_OBJECT_GRAPH_KEY))
 
+    @property
+    def saves_without_tracing(self) -> bool:
+        """True when writing (the first time too) traces no model code, so it
+        may run in another thread while the model trains."""
+        return self.serialized or not self._distributed
+
+    @property
+    def _distributed(self) -> bool:
+        return any(
+            isinstance(v, tf.distribute.DistributedValues) for _, v in self._variables
+        )
+
     def _to_save(self) -> dict:
         """The signatures as `tf.saved_model.save` gets them.
 
@@ -287,9 +299,7 @@ class ModeGraphs:
         MirroredStrategy), since a concrete function that captured those
         cannot be saved.
         """
-        if any(
-            isinstance(v, tf.distribute.DistributedValues) for _, v in self._variables
-        ):
+        if self._distributed:
             return self.signatures
         return {k: f.get_concrete_function() for k, f in self.signatures.items()}
 
