@@ -399,7 +399,7 @@ class SavedModelExporter(keras.callbacks.Callback):
         if self.verbose:
             self._say(
                 f"Exported version {record.version} to {record.path} in "
-                f"{record.duration_seconds:.2f}s; removed versions {record.removed}"
+                f"{record.duration_seconds:.3f}s; removed versions {record.removed}"
             )
 
     @staticmethod

@@ -71,6 +71,7 @@ def _read_json(saved_model_path: str, path: str):
 
 
 def open_checkpoint(saved_model_path: str):
+    """A reader of the export's variables, or ValueError naming the damage."""
     # Not tf.train.load_checkpoint: it takes ram:// prefixes for directories.
     prefix = posixpath.join(saved_model_path, _files.VARIABLES_PREFIX)
     try:
@@ -96,10 +97,14 @@ def read_all_values(reader, saved_model_path: str) -> dict:
         ) from e
 
 
-def _group(values: dict, group: str) -> list:
+def _group(values: dict, group: str, saved_model_path: str) -> list:
     """The values of one variable group, in index order."""
     count = sum(1 for k in values if k.startswith(group + "/"))
-    return [values[mode_graphs.variable_key(group, i)] for i in range(count)]
+    keys = [mode_graphs.variable_key(group, i) for i in range(count)]
+    missing = [k for k in keys if k not in values]
+    if missing:
+        raise _damaged(saved_model_path, f"its variables lack {missing[:3]}")
+    return [values[k] for k in keys]
 
 
 def _load_layer_assets(layer, folder: str) -> None:
@@ -236,7 +241,7 @@ def load_from_saved_model(
         config, custom_objects=custom_objects, safe_mode=not unsafe_ok
     )
     _restore(
-        _group(values, mode_graphs.MODEL_VARIABLES),
+        _group(values, mode_graphs.MODEL_VARIABLES, saved_model_path),
         mode_graphs.MODEL_VARIABLES,
         model.variables,
         "the rebuilt model",
@@ -260,7 +265,7 @@ def load_from_saved_model(
         if not optimizer.built:
             optimizer.build(model.trainable_variables)
         _restore(
-            _group(values, mode_graphs.OPTIMIZER_VARIABLES),
+            _group(values, mode_graphs.OPTIMIZER_VARIABLES, saved_model_path),
             mode_graphs.OPTIMIZER_VARIABLES,
             optimizer.variables,
             f"the rebuilt {type(optimizer).__name__}",

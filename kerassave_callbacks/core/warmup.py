@@ -49,7 +49,7 @@ def check(warmup_inputs) -> None:
 
 
 def _rows(values) -> int:
-    counts = {len(_array(v)) for v in values}
+    counts = {len(a) if a.ndim else 0 for a in map(_array, values)} or {0}
     if len(counts) != 1:
         raise ValueError(
             "warmup_inputs must have the same number of rows in every input. "
