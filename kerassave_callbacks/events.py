@@ -3,7 +3,10 @@
 Tags (a contract with dashboards and with the tests):
 scalars `export/duration_seconds`, `export/size_bytes`, `export/versions_kept`,
 `export/version`; text `export/event` for each export and `export/error` for
-a failed one. The writer is made at the first event (no event file before),
+a failed one. Scalars are float32: TensorBoard's default loader shows no
+other dtype. So `export/version` (about 1.8e9) charts to the nearest 128;
+the text event names the exact version. The writer is made at the first
+event (no event file before),
 flushed after each, and closed at the end of training. An event that cannot
 be written (the log directory is unwritable for a while) is kept and written
 at its own step by the next write that succeeds.
@@ -11,11 +14,11 @@ at its own step by the next write that succeeds.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import threading
 
 import tensorflow as tf
-from tensorboard.plugins.scalar import metadata as scalar_metadata
 
 DURATION = "export/duration_seconds"
 SIZE = "export/size_bytes"
@@ -29,12 +32,17 @@ _MAX_BACKLOG = 100
 
 
 def describe(record, monitor: str | None = None) -> str:
-    """The one-line text of an export event."""
+    """The one-line text of an export event: the exact version, its absolute
+    path, the epoch counted from 1 as Keras prints it, the monitored metric
+    to 4 significant digits, and the versions retention removed."""
     info = record.info
-    parts = [f"Exported version {record.version} to {record.path}"]
-    parts.append(f"epoch {info.get('epoch')}")
+    path = record.path if "://" in record.path else os.path.abspath(record.path)
+    parts = [f"Exported version {record.version} to {path}"]
+    epoch = info.get("epoch")
+    parts.append(f"epoch {epoch + 1}" if epoch is not None else "no epoch")
     if monitor:
-        parts.append(f"{monitor}={(info.get('metrics') or {}).get(monitor)}")
+        value = (info.get("metrics") or {}).get(monitor)
+        parts.append(f"{monitor}={value:.4g}" if value is not None else f"{monitor}=-")
     parts.append(f"removed versions {record.removed}")
     return "; ".join(parts)
 
@@ -104,13 +112,6 @@ class ExportEvents:
 
 def _write_event(step: int, scalars: dict, texts: dict) -> None:
     for tag, value in scalars.items():
-        # float64: tf.summary.scalar's float32 would round versions (about
-        # 1.8e9) to a multiple of 128.
-        tf.summary.write(
-            tag,
-            tf.constant(value, tf.float64),
-            step=step,
-            metadata=scalar_metadata.create_summary_metadata(tag, ""),
-        )
+        tf.summary.scalar(tag, value, step=step)  # float32
     for tag, value in texts.items():
         tf.summary.text(tag, value, step=step)
