@@ -18,7 +18,14 @@ setuptools.setup(
         "tensorboard",
         "absl-py",
     ],
-    entry_points={"console_scripts": ["kerassave = kerassave_callbacks.cli:run"]},
+    package_data={"kerassave_callbacks": ["tensorboard_static/*.js"]},
+    entry_points={
+        "console_scripts": ["kerassave = kerassave_callbacks.cli:run"],
+        # The Exports dashboard in a plain `tensorboard --logdir`.
+        "tensorboard_plugins": [
+            "kerassave_exports = kerassave_callbacks.tensorboard_plugin:ExportsPlugin"
+        ],
+    },
     extras_require={
         # The readers of exports the tests run: tf2onnx converts the serve
         # graph, onnxruntime runs the result.

@@ -372,19 +372,22 @@ class SavedModelExporter(keras.callbacks.Callback):
         try:
             fn()
         except exporter_lib.ExportError as e:
-            step = (e.info or {}).get("step")
-            self._record_error(str(e), step if step is not None else 0)
+            info = e.info or {}
+            step = info.get("step")
+            self._record_error(
+                str(e), step if step is not None else 0, info.get("epoch")
+            )
             if self.on_error == "raise":
                 raise
             logging.warning("Export failed; training goes on: %s", e)
             return e
         return None
 
-    def _record_error(self, message: str, step: int) -> None:
+    def _record_error(self, message: str, step: int, epoch: int | None) -> None:
         if self._events is None:
             return
         try:
-            self._events.error(message, step)
+            self._events.error(message, step, epoch)
         except Exception as e:  # The writer itself may be what failed.
             logging.warning(
                 "Could not write export/error to TensorBoard yet (kept for "
@@ -395,7 +398,9 @@ class SavedModelExporter(keras.callbacks.Callback):
     def _on_commit(self, record: exporter_lib.ExportRecord) -> None:
         if self._events is not None:
             step = record.info.get("step")
-            self._events.record(record, step if step is not None else 0, self.monitor)
+            self._events.record(
+                record, step if step is not None else 0, self.monitor, self.mode
+            )
         if self.verbose:
             self._say(
                 f"Exported version {record.version} to {record.path} in "

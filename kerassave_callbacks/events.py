@@ -14,11 +14,13 @@ at its own step by the next write that succeeds.
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import threading
 
 import tensorflow as tf
+from tensorboard.compat.proto import summary_pb2
 
 DURATION = "export/duration_seconds"
 SIZE = "export/size_bytes"
@@ -27,6 +29,10 @@ VERSION = "export/version"
 EVENT = "export/event"
 ERROR = "export/error"
 RUN = "export"
+# One JSON record per export (or failure) for the Exports dashboard, a
+# tensor summary of the plugin below: its data marks a run as having exports.
+RECORD = "export/record"
+PLUGIN_NAME = "kerassave_exports"
 # Events kept while the writer fails; the oldest are dropped beyond this.
 _MAX_BACKLOG = 100
 
@@ -36,8 +42,7 @@ def describe(record, monitor: str | None = None) -> str:
     path, the epoch counted from 1 as Keras prints it, the monitored metric
     to 4 significant digits, and the versions retention removed."""
     info = record.info
-    path = record.path if "://" in record.path else os.path.abspath(record.path)
-    parts = [f"Exported version {record.version} to {path}"]
+    parts = [f"Exported version {record.version} to {_absolute(record.path)}"]
     epoch = info.get("epoch")
     parts.append(f"epoch {epoch + 1}" if epoch is not None else "no epoch")
     if monitor:
@@ -85,8 +90,28 @@ class ExportEvents:
                 self._writer = None  # Made anew by the next write.
                 raise
 
-    def record(self, record, step: int, monitor: str | None = None) -> None:
-        """Writes the scalars and the text line of one committed export."""
+    def record(
+        self, record, step: int, monitor: str | None = None, mode: str = "min"
+    ) -> None:
+        """Writes the scalars, the text line and the dashboard record of one
+        committed export."""
+        info = record.info
+        path = _absolute(record.path)
+        fields = {
+            "status": "committed",
+            "version": record.version,
+            "path": path,
+            "export_dir": posixpath.dirname(path),
+            "created": info.get("created"),
+            "epoch": info.get("epoch"),
+            "step": info.get("step"),
+            "metrics": info.get("metrics") or {},
+            "monitor": monitor,
+            "mode": mode,
+            "duration_seconds": record.duration_seconds,
+            "size_bytes": record.size_bytes,
+            "removed": record.removed,
+        }
         self._write(
             step,
             {
@@ -95,12 +120,13 @@ class ExportEvents:
                 VERSIONS_KEPT: float(len(record.kept)),
                 VERSION: float(record.version),
             },
-            {EVENT: describe(record, monitor)},
+            {EVENT: describe(record, monitor), RECORD: json.dumps(fields)},
         )
 
-    def error(self, message: str, step: int) -> None:
-        """Writes `export/error` for a failed export."""
-        self._write(step, {}, {ERROR: message})
+    def error(self, message: str, step: int, epoch: int | None = None) -> None:
+        """Writes `export/error` (and its dashboard record) for a failed export."""
+        fields = {"status": "failed", "error": message, "step": step, "epoch": epoch}
+        self._write(step, {}, {ERROR: message, RECORD: json.dumps(fields)})
 
     def close(self) -> None:
         """Closes the writer; events that could not be written are dropped."""
@@ -114,4 +140,17 @@ def _write_event(step: int, scalars: dict, texts: dict) -> None:
     for tag, value in scalars.items():
         tf.summary.scalar(tag, value, step=step)  # float32
     for tag, value in texts.items():
-        tf.summary.text(tag, value, step=step)
+        if tag == RECORD:
+            tf.summary.write(tag, tf.constant(value), step=step, metadata=_RECORD_META)
+        else:
+            tf.summary.text(tag, value, step=step)
+
+
+_RECORD_META = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME),
+    data_class=summary_pb2.DATA_CLASS_TENSOR,
+)
+
+
+def _absolute(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 
 import keras
 import numpy as np
@@ -119,7 +124,9 @@ class BreakExportDir(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == self.break_at:
             self._settle()
-            tf.io.gfile.rmtree(str(self.path))
+            # Retention may be deleting an old version in the background.
+            while self.path.exists():
+                shutil.rmtree(self.path, ignore_errors=True)
             self.path.write_text("not a directory")
         if epoch == self.mend_at:
             self._settle()
@@ -129,3 +136,47 @@ class BreakExportDir(keras.callbacks.Callback):
         self._settle()
         if self.mend_at_end and self.path.is_file():
             self.path.unlink()
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@contextlib.contextmanager
+def tensorboard_server(logdir, ready):
+    """A real TensorBoard on a free loopback port, as `tensorboard --logdir`
+    starts it; yields its base URL once `ready(base_url)` is true (polled
+    for at most 90 s), and stops it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(logdir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if ready(base):
+                    break
+            except OSError:
+                pass  # Not listening yet.
+            time.sleep(1)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -168,6 +168,7 @@ def test_events_record_each_export_at_the_optimizer_step(tmp_path):
     assert sorted(acc.Tags()["tensors"]) == [
         "export/duration_seconds",
         "export/event",
+        "export/record",
         "export/size_bytes",
         "export/version",
         "export/versions_kept",

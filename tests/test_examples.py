@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from kerassave_callbacks import VersionedExporter
 from kerassave_callbacks.flags import EXPORT_FLAG_NAMES
+
+from helpers import get_json, tensorboard_server
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
 
@@ -143,53 +141,20 @@ def test_train_text_serves_raw_strings_from_the_newest_version(tmp_path):
     assert good > 0.5 > bad
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get_json(url: str):
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
-
-
 def test_a_default_tensorboard_serves_the_export_scalars(trained):
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tensorboard.main",
-            "--logdir",
-            str(trained / "logs"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}/data/plugin/scalars"
-    try:
-        tags = {}
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and "export" not in tags:
-            try:
-                tags = _get_json(f"{base}/tags")
-            except OSError:
-                pass  # Not listening yet.
-            time.sleep(1)
-        assert set(tags.get("export", {})) >= {
-            "export/duration_seconds",
-            "export/size_bytes",
-            "export/versions_kept",
-        }
-        assert "epoch_loss" in tags.get("train", {})  # Keras' own, beside it.
-        points = _get_json(f"{base}/scalars?run=export&tag=export/size_bytes")
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    def has_exports(base):
+        return "export" in get_json(f"{base}/data/plugin/scalars/tags")
+
+    with tensorboard_server(trained / "logs", has_exports) as base:
+        tags = get_json(f"{base}/data/plugin/scalars/tags")
+        points = get_json(
+            f"{base}/data/plugin/scalars/scalars?run=export&tag=export/size_bytes"
+        )
+    assert set(tags.get("export", {})) >= {
+        "export/duration_seconds",
+        "export/size_bytes",
+        "export/versions_kept",
+    }
+    assert "epoch_loss" in tags.get("train", {})  # Keras' own, beside it.
     assert [step for _, step, _ in points] == [45, 90, 135]
     assert all(size > 100_000 for _, _, size in points)
