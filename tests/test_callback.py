@@ -243,6 +243,7 @@ def test_async_failure_with_warn_does_not_skip_the_next_export(tmp_path, caplog)
         async_export=True,
         on_error="warn",
         export_on_train_end=False,
+        log_dir=str(tmp_path / "logs"),
     )
     with caplog.at_level(logging.WARNING):
         breaker = BreakExportDir(export_dir, mend_at=2, exporter=exporter)
@@ -250,6 +251,10 @@ def test_async_failure_with_warn_does_not_skip_the_next_export(tmp_path, caplog)
 
     assert caplog.text.count("Export failed; training goes on") == 1
     assert [i["epoch"] for i in _infos(export_dir)] == [2]
+    # Recorded at its own step (8), not at the next export's (12).
+    acc = events(tmp_path / "logs" / "export")
+    assert [e.step for e in acc.Tensors("export/error")] == [8]
+    assert [e.step for e in acc.Tensors("export/version")] == [4, 12]
 
 
 def test_async_export_in_fit_commits_every_version(tmp_path):

@@ -223,22 +223,6 @@ def test_raise_stops_fit_on_a_failure_after_the_commit(tmp_path):
     )
 
 
-def test_async_failure_is_recorded_at_its_own_step(tmp_path):
-    export_dir = tmp_path / "exports"
-    exporter = SavedModelExporter(
-        str(export_dir),
-        keep=None,
-        async_export=True,
-        on_error="warn",
-        log_dir=str(tmp_path / "logs"),
-    )
-    breaker = BreakExportDir(export_dir, break_at=1, mend_at=2, exporter=exporter)
-    fit_classifier([breaker, exporter], epochs=3)
-    acc = events(tmp_path / "logs" / "export")
-    assert _steps(acc, "export/error") == [8]
-    assert _steps(acc, "export/version") == [4, 12]
-
-
 def test_a_failed_last_async_export_is_retried_at_train_end(tmp_path):
     export_dir = tmp_path / "exports"
     exporter = SavedModelExporter(
