@@ -1,15 +1,16 @@
 """Export events in TensorBoard, written with TF2 summaries.
 
-Tags (a contract with dashboards and with the tests):
-scalars `export/duration_seconds`, `export/size_bytes`, `export/versions_kept`,
+Tags (a contract with dashboards and with the tests): scalars
+`export/duration_seconds`, `export/size_bytes`, `export/versions_kept`,
 `export/version`; text `export/event` for each export and `export/error` for
-a failed one. Scalars are float32: TensorBoard's default loader shows no
-other dtype. So `export/version` (about 1.8e9) charts to the nearest 128;
-the text event names the exact version. The writer is made at the first
-event (no event file before),
-flushed after each, and closed at the end of training. An event that cannot
-be written (the log directory is unwritable for a while) is kept and written
-at its own step by the next write that succeeds.
+a failed one; and `export/record`, the JSON the Exports dashboard reads.
+
+Scalars are float32, the only dtype TensorBoard's default loader shows, so
+`export/version` (about 1.8e9) charts to the nearest 128; the text event
+names the exact version. The writer is made at the first event (no event
+file before), flushed after each, and closed at the end of training. An
+event that cannot be written (the log directory is unwritable for a while)
+is kept and written at its own step by the next write that succeeds.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ VERSION = "export/version"
 EVENT = "export/event"
 ERROR = "export/error"
 RUN = "export"
-# One JSON record per export (or failure) for the Exports dashboard, a
-# tensor summary of the plugin below: its data marks a run as having exports.
+# One JSON record per export (or failure) for the Exports dashboard
+# (tensorboard_plugin.py): a tensor summary of that plugin, whose data marks
+# a run as having exports.
 RECORD = "export/record"
 PLUGIN_NAME = "kerassave_exports"
 # Events kept while the writer fails; the oldest are dropped beyond this.
