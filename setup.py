@@ -34,10 +34,10 @@ setuptools.setup(
             "ruff",
             "tf2onnx",
             "onnxruntime",
-            "tensorflow-serving-api>=2.21",
+            "tensorflow-serving-api==2.21.*",  # pinned to the TF the tests use
         ],
         # Warm-up requests and `kerassave serving_config` (TF 2.21 or newer).
         "serving": ["tensorflow-serving-api>=2.21"],
-        "examples": ["scikit-learn", "tensorflow-serving-api>=2.21"],
+        "examples": ["scikit-learn", "tensorflow-serving-api==2.21.*"],
     },
 )
