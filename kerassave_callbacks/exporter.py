@@ -193,10 +193,17 @@ def check_arguments(
     return check_export_dir(export_dir)
 
 
-def _model_key(model: keras.Model) -> tuple:
-    """Changes whenever cached graphs of `model` would be wrong."""
+def _model_key(model: keras.Model, tables: bool) -> tuple:
+    """Changes whenever cached graphs of `model` would be wrong.
+
+    With `tables` (the graphs use lookup tables), the identity of the
+    model's resources too: re-adapting a lookup layer makes a new table.
+    Walking the model for them costs a little, so only then.
+    """
     optimizer = getattr(model, "optimizer", None)
+    resources = mode_graphs.model_resources(model) if tables else ()
     return (
+        tuple(id(r) for r in resources),
         id(model),
         tuple(id(v.value) for v in model.variables),
         tuple(id(v) for v in model.trainable_variables),
@@ -418,11 +425,13 @@ class VersionedExporter:
     # Exporting.
 
     def _graphs_for(self, model: keras.Model) -> mode_graphs.ModeGraphs:
-        if self._graphs is None or self._graphs_key != _model_key(model):
+        tables = self._graphs is not None and bool(self._graphs.resources)
+        key = _model_key(model, tables)
+        if self._graphs is None or self._graphs_key != key:
             if self._graphs is not None:
                 logging.info("The model changed since the last export: retracing.")
             self._graphs = mode_graphs.ModeGraphs(model, **self._graph_options)
-            self._graphs_key = _model_key(model)
+            self._graphs_key = _model_key(model, bool(self._graphs.resources))
         return self._graphs
 
     def _next_version(self) -> int:

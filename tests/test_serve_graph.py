@@ -298,3 +298,24 @@ def test_a_string_model_with_warmup_round_trips_through_ram_filesystem():
 def test_export_saved_model_refuses_a_file_system_root(path):
     with pytest.raises(ValueError, match="root of a file system|already exists"):
         export_saved_model(classifier(), path)
+
+
+def test_a_re_adapted_lookup_table_is_exported_not_the_old_one(tmp_path):
+    from kerassave_callbacks import VersionedExporter
+
+    lookup = keras.layers.StringLookup()
+    lookup.adapt(tf.constant(["great", "film"]))
+    inputs = keras.Input((3,), dtype="string", name="text")
+    ids = keras.ops.cast(lookup(inputs), "float32")
+    model = keras.Model(inputs, keras.layers.Dense(1, name="score")(ids))
+    model.compile(optimizer="adam", loss="mse")
+    exporter = VersionedExporter(str(tmp_path), keep=None)
+    exporter.export(model)
+
+    lookup.adapt(tf.strings.split(TEXTS).flat_values)  # A new vocabulary.
+    newest = exporter.export(model)
+    exporter.close()
+
+    words = _words()
+    served = serve_tf2(newest, {"text": words.numpy()})["score"]
+    assert_close(served, model.predict(words, verbose=0))

@@ -119,6 +119,9 @@ class ModeGraphs:
             for i, v in enumerate(getattr(self.root, group, []))
         ]
         self._keys = [key for key, _ in self._variables] + [_OBJECT_GRAPH_KEY]
+        self._distributed = any(
+            isinstance(v, tf.distribute.DistributedValues) for _, v in self._variables
+        )
 
     def _trace(self, serving_only: bool, target_signature) -> dict:
         """Traces the mode functions; sets `self.modes`."""
@@ -285,10 +288,9 @@ class ModeGraphs:
         return self.serialized or not self._distributed
 
     @property
-    def _distributed(self) -> bool:
-        return any(
-            isinstance(v, tf.distribute.DistributedValues) for _, v in self._variables
-        )
+    def resources(self) -> list:
+        """The lookup tables and other resources the graphs use."""
+        return getattr(self.root, RESOURCES)
 
     def _to_save(self) -> dict:
         """The signatures as `tf.saved_model.save` gets them.
@@ -311,17 +313,21 @@ class ModeGraphs:
         write_files(posixpath.join(assets, LAYER_ASSETS), self._layer_assets)
 
 
-def _captured_resources(model: keras.Model, functions) -> list:
-    """The resources (lookup tables...) of the model the traced graphs use."""
-    captured = {
-        id(t) for fn in functions for t in fn.get_concrete_function().captured_inputs
-    }
+def model_resources(model: keras.Model) -> list:
+    """Every resource (lookup table...) the model tracks."""
     return [
         obj
         for obj in tf.train.TrackableView(model).descendants()
         if isinstance(obj, tf.saved_model.experimental.TrackableResource)
-        and id(obj.resource_handle) in captured
     ]
+
+
+def _captured_resources(model: keras.Model, functions) -> list:
+    """The resources of the model that the traced graphs use."""
+    captured = {
+        id(t) for fn in functions for t in fn.get_concrete_function().captured_inputs
+    }
+    return [r for r in model_resources(model) if id(r.resource_handle) in captured]
 
 
 def _layer_assets(model: keras.Model) -> dict[str, bytes]:
