@@ -106,16 +106,12 @@ def _one_row(info) -> np.ndarray:
 
 def verify_version(path: str) -> list[str]:
     """The problems TF Serving would have with one version ([] when none)."""
-    problems = []
     try:
         saved = loader.read_saved_model(path)
+        loader.read_all_values(loader.open_checkpoint(path), path)
     except (FileNotFoundError, ValueError) as e:
         return [str(e)]
-    try:
-        loader.read_all_values(loader.open_checkpoint(path), path)
-    except ValueError as e:
-        problems.append(str(e))
-        return problems
+    problems = []
     info_path = posixpath.join(path, _files.EXPORT_INFO)
     if tf.io.gfile.exists(info_path):
         info = export_dir_lib.read_info(path)
