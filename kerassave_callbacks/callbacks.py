@@ -13,7 +13,7 @@ from kerassave_callbacks import events as events_lib
 from kerassave_callbacks import export_dir as export_dir_lib
 from kerassave_callbacks import exporter as exporter_lib
 from kerassave_callbacks import retention
-from kerassave_callbacks.core import warmup
+from kerassave_callbacks.core import keras3, keras_api, warmup
 
 ON_ERROR = ("raise", "warn")
 
@@ -41,18 +41,32 @@ def _uncommitted(failure: exporter_lib.ExportError | None) -> bool:
     return failure is not None and failure.committed is None
 
 
-def _swaps_in_ema_weights(model: keras.Model) -> bool:
-    """True when `fit` ends by moving the optimizer's EMA into the weights."""
-    optimizer = getattr(model, "optimizer", None)
-    return bool(getattr(optimizer, "use_ema", False))
+def _strategy(model) -> tf.distribute.Strategy:
+    return getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
 
 
-def _is_chief(model: keras.Model) -> bool:
-    """True where this worker should write (always, outside multi-worker)."""
-    strategy = (
-        getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+def _multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    return isinstance(
+        strategy,
+        (
+            tf.distribute.MultiWorkerMirroredStrategy,
+            tf.distribute.experimental.MultiWorkerMirroredStrategy,
+        ),
     )
-    return bool(strategy.extended.should_checkpoint)
+
+
+def _check_supported(model, strategy: tf.distribute.Strategy) -> None:
+    """Refuses a Keras 3 model under MultiWorkerMirroredStrategy, where its
+    `fit` does not run (keras-team/keras#20585) and saving would hang."""
+    if _multi_worker(strategy) and keras_api.adapter_for(model) is keras3:
+        raise ValueError(
+            f"Model {model.name!r} is a Keras 3 model under "
+            "MultiWorkerMirroredStrategy, which Keras 3's fit does not support "
+            "(keras-team/keras#20585). Train multi-worker with tf_keras "
+            "(pip install 'kerassave_callbacks[tf_keras]', then build the "
+            "model with tf_keras, or set TF_USE_LEGACY_KERAS=1 and use "
+            "tf.keras); SavedModelExporter works with both."
+        )
 
 
 class SavedModelExporter(keras.callbacks.Callback):
@@ -204,6 +218,19 @@ class SavedModelExporter(keras.callbacks.Callback):
             # when asked, so that no per-batch work happens otherwise.
             self.on_train_batch_end = self._on_train_batch_end
 
+    # Keras 2's fit (tf_keras) asks each callback which batch hooks it
+    # implements, through these methods of its own Callback class; Keras 3
+    # never calls them.
+
+    def _implements_train_batch_hooks(self) -> bool:
+        return self.every_n_steps is not None
+
+    def _implements_test_batch_hooks(self) -> bool:
+        return False
+
+    def _implements_predict_batch_hooks(self) -> bool:
+        return False
+
     def versions(self) -> list[int]:
         """The complete versions in `export_dir`, oldest first.
 
@@ -257,8 +284,10 @@ class SavedModelExporter(keras.callbacks.Callback):
         self._last_batch_seen = -1
         self._epoch = None
         self._last_step = None
-        if not _is_chief(self.model):
-            self.exporter = None
+        strategy = _strategy(self.model)
+        _check_supported(self.model, strategy)
+        if not strategy.extended.should_checkpoint:
+            self.exporter = None  # Not the chief: only the chief writes.
             return
         if self.exporter is None:
             self.exporter = exporter_lib.VersionedExporter(
@@ -294,7 +323,7 @@ class SavedModelExporter(keras.callbacks.Callback):
         try:
             if _uncommitted(self._guard(self.exporter.wait)):
                 self._last_step = None  # The last async export failed: retry.
-            if _swaps_in_ema_weights(self.model):
+            if keras_api.adapter_for(self.model).uses_ema(self.model):
                 # fit() has just put the moving averages into the weights.
                 self._last_step = None
             if self.export_on_train_end:

@@ -11,7 +11,6 @@ import posixpath
 import time
 from collections.abc import Callable
 
-import keras
 import tensorflow as tf
 from absl import logging
 
@@ -19,7 +18,7 @@ from kerassave_callbacks import _files, retention
 from kerassave_callbacks import export_dir as export_dir_lib
 from kerassave_callbacks._version import __version__
 from kerassave_callbacks.core import export as core_export
-from kerassave_callbacks.core import mode_graphs, warmup
+from kerassave_callbacks.core import keras_api, mode_graphs, warmup
 
 _COMMIT_ATTEMPTS = 20
 
@@ -193,35 +192,37 @@ def check_arguments(
     return check_export_dir(export_dir)
 
 
-def _model_key(model: keras.Model, tables: bool) -> tuple:
+def _model_key(model, tables: bool) -> tuple:
     """Changes whenever cached graphs of `model` would be wrong.
 
     With `tables` (the graphs use lookup tables), the identity of the
     model's resources too: re-adapting a lookup layer makes a new table.
     Walking the model for them costs a little, so only then.
     """
-    optimizer = getattr(model, "optimizer", None)
+    adapter = keras_api.adapter_for(model)
+    compiled = adapter.is_compiled(model)
     resources = mode_graphs.model_resources(model) if tables else ()
     return (
         tuple(id(r) for r in resources),
         id(model),
-        tuple(id(v.value) for v in model.variables),
+        tuple(id(v) for v in adapter.model_variables(model)),
         tuple(id(v) for v in model.trainable_variables),
-        id(optimizer),
-        tuple(id(v) for v in optimizer.variables) if optimizer is not None else (),
-        tuple(id(v) for v in model.metrics_variables),
-        bool(getattr(model, "compiled", False)),
+        id(getattr(model, "optimizer", None)),
+        tuple(id(v) for v in adapter.optimizer_variables(model)) if compiled else (),
+        tuple(id(v) for v in adapter.metric_variables(model)),
+        compiled,
     )
 
 
-def _failing_layer(error: BaseException, model: keras.Model) -> str | None:
+def _failing_layer(error: BaseException, model) -> str | None:
     """The name of the innermost layer whose code raised `error`, if any."""
+    is_layer = keras_api.adapter_for(model).is_layer
     found = None
     while error is not None and found is None:
         tb = error.__traceback__
         while tb is not None:
             owner = tb.tb_frame.f_locals.get("self")
-            if isinstance(owner, keras.layers.Layer) and owner is not model:
+            if is_layer(owner) and owner is not model:
                 found = owner.name
             tb = tb.tb_next
         error = error.__cause__ or error.__context__
@@ -424,7 +425,7 @@ class VersionedExporter:
 
     # Exporting.
 
-    def _graphs_for(self, model: keras.Model) -> mode_graphs.ModeGraphs:
+    def _graphs_for(self, model) -> mode_graphs.ModeGraphs:
         tables = self._graphs is not None and bool(self._graphs.resources)
         key = _model_key(model, tables)
         if self._graphs is None or self._graphs_key != key:
@@ -442,7 +443,7 @@ class VersionedExporter:
 
     def export(
         self,
-        model: keras.Model,
+        model,
         *,
         epoch: int | None = None,
         step: int | None = None,
@@ -456,7 +457,7 @@ class VersionedExporter:
             tf.saved_model.load(path, tags=["serve"])
 
         Args:
-          model: the `keras.Model` to export.
+          model: the `keras.Model` (or `tf_keras.Model`) to export.
           epoch: recorded in export_info.json (0-based). Defaults to None.
           step: recorded in export_info.json (optimizer iterations).
             Defaults to None.
@@ -496,7 +497,7 @@ class VersionedExporter:
             "library": {
                 "kerassave_callbacks": __version__,
                 "tensorflow": tf.__version__,
-                "keras": keras.__version__,
+                "keras": keras_api.adapter_for(model).version(),
             },
         }
         try:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import posixpath
 import time
 
-import keras
 import tensorflow as tf
 
 from kerassave_callbacks import _files
-from kerassave_callbacks.core import mode_graphs
+from kerassave_callbacks.core import keras_api, mode_graphs
 
 
 class SavedModelExistsError(FileExistsError, AssertionError):
@@ -29,12 +28,9 @@ class SavedModelExistsError(FileExistsError, AssertionError):
 
 
 def check_model(model) -> None:
-    """Raises TypeError unless `model` is a `keras.Model`."""
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            f"`model` must be a keras.Model. Received: model={model!r} of type "
-            f"{type(model).__name__}."
-        )
+    """Raises TypeError unless `model` is a `keras.Model` or a
+    `tf_keras.Model`."""
+    keras_api.adapter_for(model)
 
 
 def check_empty_target(saved_model_path: str) -> None:
@@ -55,7 +51,7 @@ def check_empty_target(saved_model_path: str) -> None:
 
 
 def export_saved_model(
-    model: keras.Model,
+    model,
     saved_model_path: str,
     custom_objects: dict | None = None,
     as_text: bool = False,
@@ -94,8 +90,9 @@ def export_saved_model(
         served.signatures["serving_default"](tf.zeros([1, 4]))
 
     Args:
-      model: the `keras.Model` to export. Sequential, functional (one or
-        several inputs and outputs, as lists or dicts) or subclassed.
+      model: the `keras.Model` (Keras 3) or `tf_keras.Model` (Keras 2) to
+        export. Sequential, functional (one or several inputs and outputs, as
+        lists or dicts) or subclassed.
       saved_model_path: a new or empty directory (any `tf.io.gfile` path,
         e.g. `gs://...` or `ram://...`).
       custom_objects: accepted for compatibility with the original API; the
@@ -118,7 +115,7 @@ def export_saved_model(
         None.
 
     Raises:
-      TypeError: `model` is not a `keras.Model`, or a signature holds
+      TypeError: `model` is not a Keras model, or a signature holds
         something other than `tf.TensorSpec`s.
       ValueError: the model is not built and no `input_signature` was given,
         or it overrides `train_step`/`test_step` and `serving_only` is off,

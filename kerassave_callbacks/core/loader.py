@@ -6,14 +6,14 @@ import json
 import os
 import posixpath
 import tempfile
+from typing import Any
 
-import keras
 import tensorflow as tf
 from google.protobuf import message, text_format
 from tensorflow.core.protobuf import saved_model_pb2
 
 from kerassave_callbacks import _files
-from kerassave_callbacks.core import _keras_internal, mode_graphs, modes
+from kerassave_callbacks.core import keras_api, mode_graphs, modes
 
 
 def _damaged(saved_model_path: str, what: str) -> ValueError:
@@ -107,14 +107,23 @@ def _group(values: dict, group: str, saved_model_path: str) -> list:
     return [values[k] for k in keys]
 
 
-def _load_layer_assets(layer, folder: str) -> None:
-    """`layer.load_assets` on a local copy of `folder` (Keras opens files)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in tf.io.gfile.listdir(folder):
+def _copy_layer_assets(saved_model_path: str, tmp: str) -> dict[str, str]:
+    """A local copy of the layers' asset folders (Keras opens files):
+    layer index -> folder."""
+    root = posixpath.join(saved_model_path, "assets", mode_graphs.LAYER_ASSETS)
+    if not tf.io.gfile.isdir(root):
+        return {}
+    folders = {}
+    for index in tf.io.gfile.listdir(root):
+        index = index.rstrip("/")
+        folders[index] = os.path.join(tmp, index)
+        os.makedirs(folders[index])
+        for name in tf.io.gfile.listdir(posixpath.join(root, index)):
+            name = name.rstrip("/")
             tf.io.gfile.copy(
-                posixpath.join(folder, name), os.path.join(tmp, name.rstrip("/"))
+                posixpath.join(root, index, name), os.path.join(folders[index], name)
             )
-        layer.load_assets(tmp)
+    return folders
 
 
 def _lambda_layers(config) -> list[str]:
@@ -135,7 +144,7 @@ def _has_train_graph(saved: saved_model_pb2.SavedModel) -> bool:
     return any(modes.TRAIN.tag in m.meta_info_def.tags for m in saved.meta_graphs)
 
 
-def _restore(values: list, group: str, variables, what: str, path: str) -> None:
+def _restore(values: list, group: str, variables, what: str, path: str, name) -> None:
     if len(values) != len(variables):
         raise ValueError(
             f"The export at {path!r} holds {len(values)} {group} but {what} has "
@@ -149,7 +158,7 @@ def _restore(values: list, group: str, variables, what: str, path: str) -> None:
         if tuple(variable.shape) != tuple(value.shape):
             raise ValueError(
                 f"The export at {path!r} holds {group}[{i}] of shape "
-                f"{tuple(value.shape)} but {what} has {variable.path} of shape "
+                f"{tuple(value.shape)} but {what} has {name(variable)} of shape "
                 f"{tuple(variable.shape)}: the model was rebuilt differently "
                 "from how it was exported."
             )
@@ -163,7 +172,7 @@ def load_from_saved_model(
     *,
     compile: bool = True,
     safe_mode: bool = True,
-) -> keras.Model:
+) -> Any:
     """Rebuilds the Keras model of an `export_saved_model` export.
 
     The architecture comes from `assets/saved_model.json`, the weights from
@@ -190,10 +199,12 @@ def load_from_saved_model(
         turns it off too. Defaults to True.
 
     Returns:
-      The rebuilt `keras.Model`.
+      The rebuilt `keras.Model`, or a `tf_keras.Model` for an export that
+      `tf_keras` wrote (which needs the `tf_keras` extra).
 
     Raises:
       FileNotFoundError: `saved_model_path` holds no SavedModel.
+      ImportError: the export was written by `tf_keras`, not installed.
       ValueError: the export is damaged (an empty, cut-short or garbage
         graph file, unreadable variables or JSON), is not an export of this
         library or has no `assets/saved_model.json` (use
@@ -220,7 +231,8 @@ def load_from_saved_model(
             "tags=['serve'] for an export of this library)."
         )
     config = _read_json(saved_model_path, json_path)
-    unsafe_ok = not safe_mode or _keras_internal.unsafe_deserialization_enabled()
+    adapter = keras_api.adapter_for_config(config, saved_model_path)
+    unsafe_ok = not safe_mode or adapter.unsafe_deserialization_enabled()
     lambdas = _lambda_layers(config)
     if lambdas and not unsafe_ok:
         raise ValueError(
@@ -235,40 +247,28 @@ def load_from_saved_model(
     # Every value is read before the model is built: a damaged file fails
     # here, never half way through restoring.
     values = read_all_values(reader, saved_model_path)
-    # Keras 3 JSON carries build_config and compile_config: this builds and
+    # The JSON carries the build and compile configs: this builds and
     # compiles the model as it was.
-    model = keras.saving.deserialize_keras_object(
-        config, custom_objects=custom_objects, safe_mode=not unsafe_ok
-    )
+    model = adapter.from_config(config, custom_objects, unsafe_ok)
     _restore(
         _group(values, mode_graphs.MODEL_VARIABLES, saved_model_path),
         mode_graphs.MODEL_VARIABLES,
         model.variables,
         "the rebuilt model",
         saved_model_path,
+        adapter.variable_name,
     )
-    layer_assets = posixpath.join(saved_model_path, "assets", mode_graphs.LAYER_ASSETS)
-    for index, layer in enumerate(_keras_internal.all_layers(model)):
-        # Adapted preprocessing layers derive working state from their
-        # variables when Keras loads them (Normalization's mean from its
-        # adapt_mean): give each the values it now holds the same way.
-        if hasattr(layer, "finalize_state"):
-            layer.load_own_variables(
-                {str(i): v.numpy() for i, v in enumerate(layer.weights)}
-            )
-        # And the state Keras keeps in files (a lookup layer's vocabulary).
-        folder = posixpath.join(layer_assets, str(index))
-        if hasattr(layer, "load_assets") and tf.io.gfile.isdir(folder):
-            _load_layer_assets(layer, folder)
-    if restore_optimizer and mode_graphs.has_training_graphs(model):
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter.restore_layer_state(model, _copy_layer_assets(saved_model_path, tmp))
+    if restore_optimizer and adapter.is_compiled(model):
+        adapter.build_loaded_optimizer(model)
         optimizer = model.optimizer
-        if not optimizer.built:
-            optimizer.build(model.trainable_variables)
         _restore(
             _group(values, mode_graphs.OPTIMIZER_VARIABLES, saved_model_path),
             mode_graphs.OPTIMIZER_VARIABLES,
-            optimizer.variables,
+            adapter.optimizer_variables(model),
             f"the rebuilt {type(optimizer).__name__}",
             saved_model_path,
+            adapter.variable_name,
         )
     return model

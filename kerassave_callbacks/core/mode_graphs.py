@@ -9,12 +9,8 @@ one MetaGraph per mode tag, each keeping only its own signature.
 
 from __future__ import annotations
 
-import json
-import os
 import posixpath
-import tempfile
 
-import keras
 import tensorflow as tf
 from absl import logging
 from google.protobuf import text_format
@@ -22,7 +18,7 @@ from tensorflow.core.framework import attr_value_pb2, node_def_pb2, variable_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
 from kerassave_callbacks import _files
-from kerassave_callbacks.core import _keras_internal, _tf_logs, modes, specs, warmup
+from kerassave_callbacks.core import _tf_logs, keras_api, modes, specs, warmup
 
 SAVED_MODEL_PB = _files.SAVED_MODEL_PB
 SAVED_MODEL_PBTXT = _files.SAVED_MODEL_PBTXT
@@ -46,17 +42,9 @@ def variable_key(group: str, index: int) -> str:
     return f"{group}/{index}/.ATTRIBUTES/VARIABLE_VALUE"
 
 
-def _tf_variables(keras_variables) -> list[tf.Variable]:
-    # The underlying tf.Variable, not the Keras wrapper: TF1 session loaders
-    # cannot restore a SavedModel that tracks the wrappers.
-    return [v.value for v in keras_variables]
-
-
-def has_training_graphs(model: keras.Model) -> bool:
+def has_training_graphs(model) -> bool:
     """True when the model is compiled with an optimizer (train/eval exist)."""
-    return getattr(model, "optimizer", None) is not None and bool(
-        getattr(model, "compiled", False)
-    )
+    return keras_api.adapter_for(model).is_compiled(model)
 
 
 class ModeGraphs:
@@ -68,7 +56,7 @@ class ModeGraphs:
 
     def __init__(
         self,
-        model: keras.Model,
+        model,
         *,
         input_signature=None,
         serving_only: bool = False,
@@ -76,6 +64,7 @@ class ModeGraphs:
         warmup_inputs=None,
     ):
         self.model = model
+        self.keras = keras_api.adapter_for(model)
         self.inputs = specs.input_structure(model, input_signature)
         # Checked against the serve signature before anything is traced.
         self._warmup = (
@@ -95,20 +84,16 @@ class ModeGraphs:
         # assets/ path -> bytes of what tf.saved_model.save wrote there
         # (vocabulary files of tables): known after the first save.
         self._saved_assets: dict[str, bytes] = {}
-        # Keras 3 puts the build and compile configs in the JSON too.
-        self._model_json = model_to_json(model)
-        self._layer_assets = _layer_assets(model)
+        self._model_json = self.keras.to_json(model)
+        self._layer_assets = self.keras.layer_assets(model)
         # Optimizer slots and compiled metrics are created while tracing:
         # collect what to save only now.
         self.root = tf.Module()
-        setattr(self.root, MODEL_VARIABLES, _tf_variables(model.variables))
+        setattr(self.root, MODEL_VARIABLES, self.keras.model_variables(model))
         if modes.TRAIN in self.modes:
-            setattr(
-                self.root,
-                OPTIMIZER_VARIABLES,
-                _tf_variables(model.optimizer.variables),
-            )
-            setattr(self.root, METRIC_VARIABLES, _tf_variables(model.metrics_variables))
+            optimizer_variables = self.keras.optimizer_variables(model)
+            setattr(self.root, OPTIMIZER_VARIABLES, optimizer_variables)
+            setattr(self.root, METRIC_VARIABLES, self.keras.metric_variables(model))
         # Tracked, so that tf.saved_model.save saves them and makes the init
         # op that initializes them when a TF1 session or TF Serving loads.
         setattr(self.root, RESOURCES, _captured_resources(model, functions.values()))
@@ -127,7 +112,11 @@ class ModeGraphs:
         """Traces the mode functions; sets `self.modes`."""
         model = self.model
         functions = {modes.SERVE: self._trace_serve()}
-        if not serving_only and has_training_graphs(model) and _trains_as_keras(model):
+        if (
+            not serving_only
+            and self.keras.is_compiled(model)
+            and _trains_as_keras(model, self.keras)
+        ):
             outputs = functions[modes.SERVE].get_concrete_function().structured_outputs
             self._targets = specs.target_specs(
                 model,
@@ -137,7 +126,7 @@ class ModeGraphs:
                 loss_keys=self._output_keys,
             )
             _check_not_in_strategy_scope(model)
-            _build_optimizer(model)
+            self.keras.build_optimizer(model)
             functions[modes.TRAIN] = self._trace_step(training=True)
             functions[modes.EVAL] = self._trace_step(training=False)
             self.modes = (modes.SERVE, modes.TRAIN, modes.EVAL)
@@ -171,19 +160,16 @@ class ModeGraphs:
 
         def step(*args):
             x = self._call_inputs(args[:n_inputs])
-            with tf.GradientTape() as tape:
-                y_pred = model(x, training=training)
-                y = self._pack_targets(args[n_inputs:], y_pred)
-                loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=training)
-                scaled = model.optimizer.scale_loss(loss)
-            if training:
-                weights = model.trainable_variables
-                grads = tape.gradient(scaled, weights)
-                model.optimizer.apply(grads, weights)
+            loss, y_pred, metrics = self.keras.step(
+                model,
+                x,
+                lambda y_pred: self._pack_targets(args[n_inputs:], y_pred),
+                training,
+            )
             results = {modes.LOSS_KEY: loss}
             for name, value in self._named_outputs(y_pred).items():
                 results[modes.PREDICTIONS_PREFIX + name] = value
-            for name, value in model.compute_metrics(x, y, y_pred).items():
+            for name, value in metrics.items():
                 if name != modes.LOSS_KEY:
                     key = modes.METRICS_PREFIX + name + modes.METRIC_VALUE_SUFFIX
                     results[key] = value
@@ -313,7 +299,7 @@ class ModeGraphs:
         write_files(posixpath.join(assets, LAYER_ASSETS), self._layer_assets)
 
 
-def model_resources(model: keras.Model) -> list:
+def model_resources(model) -> list:
     """Every resource (lookup table...) the model tracks."""
     return [
         obj
@@ -322,7 +308,7 @@ def model_resources(model: keras.Model) -> list:
     ]
 
 
-def _captured_resources(model: keras.Model, functions) -> list:
+def _captured_resources(model, functions) -> list:
     """The resources of the model that the traced graphs use."""
     captured = {
         id(t) for fn in functions for t in fn.get_concrete_function().captured_inputs
@@ -330,46 +316,21 @@ def _captured_resources(model: keras.Model, functions) -> list:
     return [r for r in model_resources(model) if id(r.resource_handle) in captured]
 
 
-def _layer_assets(model: keras.Model) -> dict[str, bytes]:
-    """What `layer.save_assets` writes, as `<layer index>/<file>` -> bytes.
-
-    Keras keeps state that is no variable there (the vocabulary of an
-    adapted lookup layer); `load_from_saved_model` gives it back to the
-    layer of the same index with `load_assets`.
-    """
-    assets = {}
-    for index, layer in enumerate(_keras_internal.all_layers(model)):
-        if not hasattr(layer, "save_assets"):
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            layer.save_assets(tmp)  # Local paths only, as Keras writes them.
-            for name in sorted(os.listdir(tmp)):
-                with open(os.path.join(tmp, name), "rb") as f:
-                    assets[f"{index}/{name}"] = f.read()
-    return assets
-
-
-def _overrides(model: keras.Model, method: str) -> str | None:
-    """The class that overrides Keras' `method`, or None for Keras' own."""
-    for cls in type(model).__mro__:
-        if method in cls.__dict__:
-            return None if cls.__module__.startswith("keras.") else cls.__qualname__
-    return None
-
-
-def _trains_as_keras(model: keras.Model) -> bool:
+def _trains_as_keras(model, adapter) -> bool:
     """Whether the train and eval graphs can repeat what `fit` does.
 
     They run Keras' own step (`compute_loss`, the optimizer, the compiled
     metrics). A model whose `train_step` or `test_step` is its own is
     refused, since a graph that trains differently from `fit` would be
-    silently wrong; a model compiled with no loss gets only the serve graph.
+    silently wrong; a model compiled with no loss, or one the adapter cannot
+    trace a step of (a distributed `tf_keras` model), gets only the serve
+    graph, with a warning.
 
     Raises:
       ValueError: `train_step` or `test_step` is overridden.
     """
     for method in ("train_step", "test_step"):
-        owner = _overrides(model, method)
+        owner = adapter.overrides(model, method)
         if owner is not None:
             raise ValueError(
                 f"Model {model.name!r} overrides `{method}` in {owner}, so the "
@@ -377,11 +338,7 @@ def _trains_as_keras(model: keras.Model) -> bool:
                 "differently from fit(). Pass serving_only=True to export only "
                 "the serve graph."
             )
-    if (
-        getattr(model, "loss", None) is None
-        and _overrides(model, "compute_loss") is None
-        and not model.losses
-    ):
+    if not adapter.has_loss(model):
         logging.warning(
             "Model %r is compiled with no loss, so its export has only the "
             "serve graph (a train graph would have nothing to minimize). "
@@ -389,10 +346,14 @@ def _trains_as_keras(model: keras.Model) -> bool:
             model.name,
         )
         return False
+    reason = adapter.no_training_graphs(model)
+    if reason:
+        logging.warning("Model %r gets only the serve graph: %s", model.name, reason)
+        return False
     return True
 
 
-def _check_not_in_strategy_scope(model: keras.Model) -> None:
+def _check_not_in_strategy_scope(model) -> None:
     """The train graph cannot be traced inside `strategy.scope()`.
 
     There Keras' optimizer wants a replica context; outside the scope the
@@ -405,21 +366,6 @@ def _check_not_in_strategy_scope(model: keras.Model) -> None:
             "strategy.scope():` block (the model keeps its distributed "
             "variables), or pass serving_only=True."
         )
-
-
-def _build_optimizer(model: keras.Model) -> None:
-    """Creates the optimizer's slots before tracing, in the model's strategy.
-
-    Under a distribution strategy they cannot be created inside a traced
-    function, nor outside the strategy's scope.
-    """
-    if model.optimizer.built:
-        return
-    strategy = (
-        getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
-    )
-    with strategy.scope():
-        model.optimizer.build(model.trainable_variables)
 
 
 def _traced(fn, input_signature):
@@ -436,37 +382,6 @@ def _traced(fn, input_signature):
     fn = tf.function(fn, input_signature=input_signature, autograph=False)
     fn.get_concrete_function()
     return fn
-
-
-def model_to_json(model: keras.Model) -> str | None:
-    """`model.to_json()`, or None with a warning when the model has no config.
-
-    The compile config names the optimizer as `compile()` was given it; the
-    one saved is the model's actual optimizer, so that one Keras wrapped
-    (a `LossScaleOptimizer` under a mixed precision policy) is rebuilt as
-    it was, whatever the global policy is when the export is loaded.
-    """
-    try:
-        config = json.loads(model.to_json())
-    except NotImplementedError as e:
-        logging.warning(
-            "Model %r has no get_config(), so the export holds no "
-            "%s and load_from_saved_model cannot rebuild it "
-            "(tf.saved_model.load still can): %s",
-            model.name,
-            _files.MODEL_JSON,
-            e,
-        )
-        return None
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is not None and config.get("compile_config"):
-        config["compile_config"]["optimizer"] = keras.optimizers.serialize(optimizer)
-    return json.dumps(config, default=_json_default)
-
-
-def _json_default(value):
-    """What `json` cannot write itself: numpy scalars and arrays."""
-    return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
 def split_by_mode(

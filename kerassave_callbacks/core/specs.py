@@ -5,10 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-import keras
 import tensorflow as tf
 
-from kerassave_callbacks.core import _keras_internal, modes
+from kerassave_callbacks.core import keras_api, modes
 
 _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
 
@@ -28,7 +27,7 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
-def input_structure(model: keras.Model, input_signature=None):
+def input_structure(model, input_signature=None):
     """The structure `model(...)` is called with, as named `tf.TensorSpec`s.
 
     Args:
@@ -53,7 +52,7 @@ def input_structure(model: keras.Model, input_signature=None):
                 "fit it, or give it a `keras.Input`), or pass e.g. "
                 "`input_signature=[tf.TensorSpec([None, 4], tf.float32)]`."
             )
-        structure = _keras_internal.inferred_input_signature(model)
+        structure = keras_api.adapter_for(model).inferred_input_signature(model)
     else:
         structure = input_signature
     if isinstance(structure, (list, tuple)) and len(structure) == 1:
@@ -92,14 +91,15 @@ def _named(structure):
     return tf.nest.pack_sequence_as(structure, named)
 
 
-def output_names(model: keras.Model, outputs) -> list[str]:
+def output_names(model, outputs) -> list[str]:
     """Names of the model's outputs, in `tf.nest.flatten(outputs)` order."""
     flat = tf.nest.flatten(outputs)
     if isinstance(outputs, Mapping):
         names = [_clean(str(k)) for k in sorted(outputs)]
     else:
         keras_names = list(getattr(model, "output_names", None) or [])
-        if not keras_names and isinstance(model, keras.Sequential) and model.layers:
+        sequential = keras_api.adapter_for(model).is_sequential(model)
+        if not keras_names and sequential and model.layers:
             keras_names = [model.layers[-1].name]  # Sequential has no output_names.
         if len(keras_names) == len(flat):
             names = [_clean(n) for n in keras_names]
@@ -137,7 +137,7 @@ def _is_sparse(loss) -> bool:
 
 
 def target_specs(
-    model: keras.Model,
+    model,
     names: list[str],
     outputs: list[tf.TensorSpec],
     override,

@@ -1,0 +1,228 @@
+"""The adapter for Keras 2 (`tf_keras`, or `tf.keras` with
+`TF_USE_LEGACY_KERAS=1`).
+
+The same functions as `keras3` (see there); importing this module imports
+`tf_keras`, so `keras_api` imports it only for a `tf_keras` model or export.
+Keras 2 internals read here: `Model._is_compiled` (no public flag),
+`Layer._flatten_layers` (every nested layer) and whether unsafe
+deserialization was enabled (a setter, no getter).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras
+
+from kerassave_callbacks.core import keras3
+
+NAME = "tf_keras"
+# Written into the JSON config (as Keras 2's own `to_json` does), so the
+# loader knows which Keras wrote the export.
+VERSION_KEY = "keras_version"
+_PREFIX = "tf_keras."
+
+
+def version() -> str:
+    return tf_keras.__version__
+
+
+def is_model(obj) -> bool:
+    return isinstance(obj, tf_keras.Model)
+
+
+def is_layer(obj) -> bool:
+    return isinstance(obj, tf_keras.layers.Layer)
+
+
+def is_sequential(model) -> bool:
+    return isinstance(model, tf_keras.Sequential)
+
+
+def inferred_input_signature(model):
+    """The input structure of a built model as `tf.TensorSpec`s.
+
+    Raises:
+      ValueError: the model was never built or called.
+    """
+    spec = model.save_spec(dynamic_batch=True) if model.built else None
+    if spec is None:
+        raise ValueError(f"Model {model.name!r} was never called on data.")
+    args, kwargs = spec
+    if kwargs or len(args) != 1:
+        raise ValueError(
+            f"Model {model.name!r} was called with {len(args)} positional and "
+            f"{sorted(kwargs)} keyword arguments; pass `input_signature`."
+        )
+    return args[0]
+
+
+def all_layers(model) -> list:
+    """Every layer inside `model`, nested ones included (no public API)."""
+    return list(model._flatten_layers(include_self=False, recursive=True))
+
+
+def model_variables(model) -> list[tf.Variable]:
+    """The model's weights."""
+    return list(model.variables)
+
+
+def optimizer_variables(model) -> list[tf.Variable]:
+    """The optimizer's state: its `variables` (iteration count first, then
+    its slots), then the others it tracks (the learning rate, which
+    `ReduceLROnPlateau` may have changed), in the order it tracks them."""
+    optimizer = model.optimizer
+    variables = optimizer.variables
+    # A list for Keras 2's optimizers, a method for its legacy ones.
+    found = list(variables() if callable(variables) else variables)
+    known = {id(v) for v in found}
+    for obj in tf.train.TrackableView(optimizer).descendants():
+        if isinstance(obj, tf.Variable) and id(obj) not in known:
+            known.add(id(obj))
+            found.append(obj)
+    return found
+
+
+def metric_variables(model) -> list[tf.Variable]:
+    """The state of the compiled loss tracker and metrics (built lazily, by
+    `fit` or by tracing a step)."""
+    seen: dict[int, tf.Variable] = {}
+    for metric in model.metrics:
+        for variable in metric.variables:
+            seen.setdefault(id(variable), variable)
+    return list(seen.values())
+
+
+def is_compiled(model) -> bool:
+    """True when the model is compiled with an optimizer."""
+    return getattr(model, "optimizer", None) is not None and bool(
+        getattr(model, "_is_compiled", False)
+    )
+
+
+def has_loss(model) -> bool:
+    """True when training the model minimizes something."""
+    return (
+        getattr(model, "loss", None) is not None
+        or overrides(model, "compute_loss") is not None
+        or bool(model.losses)
+    )
+
+
+def overrides(model, method: str) -> str | None:
+    """The class that overrides Keras' `method`, or None for Keras' own."""
+    for cls in type(model).__mro__:
+        if method in cls.__dict__:
+            return None if cls.__module__.startswith(_PREFIX) else cls.__qualname__
+    return None
+
+
+def build_optimizer(model) -> None:
+    """Creates the optimizer's slots (under a strategy, in its scope).
+
+    Keras 2's legacy optimizers create them on their first step instead.
+    """
+    optimizer = model.optimizer
+    if getattr(optimizer, "_built", False) or not hasattr(optimizer, "build"):
+        return
+    with model.distribute_strategy.scope():
+        optimizer.build(model.trainable_variables)
+
+
+def step(model, x, targets, training: bool):
+    """One step of Keras 2's own `train_step` (or `test_step`), to be
+    traced; arguments and result as `keras3.step`.
+
+    `minimize` scales the loss itself under a `LossScaleOptimizer`.
+    """
+    with tf.GradientTape() as tape:
+        y_pred = model(x, training=training)
+        y = targets(y_pred)
+        loss = model.compute_loss(x, y, y_pred, None)
+    if training:
+        model.optimizer.minimize(loss, model.trainable_variables, tape=tape)
+    return loss, y_pred, model.compute_metrics(x, y, y_pred, None)
+
+
+def uses_ema(model) -> bool:
+    """True when `fit` ends by moving the optimizer's EMA into the weights."""
+    return keras3.uses_ema(model)
+
+
+def to_json(model) -> str | None:
+    """The model's config with its build and compile configs, as Keras 2's
+    own `.keras` format serializes it, or None with a warning.
+
+    As for Keras 3 the compile config holds the model's actual optimizer.
+    """
+    try:
+        config = tf_keras.saving.serialize_keras_object(model)
+    except NotImplementedError as e:
+        keras3._warn_no_config(model, e)
+        return None
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and config.get("compile_config"):
+        config["compile_config"]["optimizer"] = tf_keras.optimizers.serialize(optimizer)
+    config[VERSION_KEY] = tf_keras.__version__
+    return keras3.dumps(config)
+
+
+def wrote(config: dict) -> bool:
+    """True for the JSON config of a model this adapter wrote."""
+    return str(config.get(VERSION_KEY, "")).startswith("2.")
+
+
+def from_config(config: dict, custom_objects, unsafe: bool):
+    """Builds (and compiles, with a compile config) the model of `config`."""
+    config = {k: v for k, v in config.items() if k != VERSION_KEY}
+    return tf_keras.saving.deserialize_keras_object(
+        config, custom_objects=custom_objects, safe_mode=not unsafe
+    )
+
+
+def unsafe_deserialization_enabled() -> bool:
+    """True after `tf_keras.config.enable_unsafe_deserialization()`."""
+    from tf_keras.src.saving import serialization_lib
+
+    return serialization_lib.in_safe_mode() is False
+
+
+def layer_assets(model) -> dict[str, bytes]:
+    """Keras 2 layers keep no state in files: none."""
+    del model
+    return {}
+
+
+def restore_layer_state(model, assets: dict[str, str]) -> None:
+    """Lets adapted preprocessing layers derive their working state from
+    the variables just restored (Normalization's mean from its adapt_mean),
+    as Keras 2 does after `adapt`."""
+    del assets
+    for layer in all_layers(model):
+        layer.finalize_state()
+
+
+def build_loaded_optimizer(model) -> None:
+    """Creates the slots of a loaded model's optimizer, to restore into."""
+    build_optimizer(model)
+
+
+def variable_name(variable) -> str:
+    return variable.name
+
+
+def no_training_graphs(model) -> str | None:
+    """Why the train and eval graphs of `model` cannot be traced, or None.
+
+    Keras 2 updates its metrics (`SyncOnReadVariable`s under a distribution
+    strategy) only in a replica context, which a traced single-device step
+    is not; the serve graph, which holds the trained weights, traces fine.
+    """
+    if any(isinstance(v, tf.distribute.DistributedValues) for v in model.variables):
+        return (
+            "a tf_keras model with distributed variables (trained under "
+            f"{type(model.distribute_strategy).__name__}) cannot trace a "
+            "single-device train step. For train and eval graphs, export a "
+            "copy of the model built outside the strategy, e.g. after fit: "
+            "export_saved_model(copy, path)."
+        )
+    return None

@@ -1,0 +1,51 @@
+"""Picks the Keras adapter (`keras3` or `keras2`) of a model or an export.
+
+`tf_keras` is optional: it is imported only for a `tf_keras` model, which
+means the user imported it already, or to load an export it wrote.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from kerassave_callbacks.core import keras3
+
+_INSTALL = "pip install 'kerassave_callbacks[tf_keras]'"
+
+
+def adapter_for(model):
+    """The adapter module of `model`'s Keras.
+
+    Raises:
+      TypeError: `model` is neither a `keras.Model` nor a `tf_keras.Model`.
+    """
+    if keras3.is_model(model):
+        return keras3
+    if "tf_keras" in sys.modules:
+        from kerassave_callbacks.core import keras2
+
+        if keras2.is_model(model):
+            return keras2
+    raise TypeError(
+        f"`model` must be a keras.Model (Keras 3) or a tf_keras.Model (Keras "
+        f"2). Received: model={model!r} of type {type(model).__name__}."
+    )
+
+
+def adapter_for_config(config: dict, saved_model_path: str):
+    """The adapter of the Keras that wrote an export's JSON config.
+
+    Raises:
+      ImportError: the export was written by `tf_keras`, not installed.
+    """
+    if keras3.wrote(config):
+        return keras3
+    try:
+        from kerassave_callbacks.core import keras2
+    except ImportError as e:
+        raise ImportError(
+            f"The export at {saved_model_path!r} holds a tf_keras (Keras "
+            f"{config.get('keras_version')}) model, and tf_keras is not "
+            f"installed. Install it with: {_INSTALL}"
+        ) from e
+    return keras2

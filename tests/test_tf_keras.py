@@ -1,0 +1,217 @@
+"""Keras 2 (`tf_keras`) models: the same API, the same exports."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from kerassave_callbacks import (
+    ExportDir,
+    SavedModelExporter,
+    export_saved_model,
+    load_from_saved_model,
+)
+from kerassave_callbacks.core import loader
+
+from helpers import assert_close, events, run_python, run_tf1
+
+
+@tf_keras.saving.register_keras_serializable(package="test_tf_keras")
+class Tower(tf_keras.Model):
+    """A subclassed model with a config."""
+
+    def __init__(self, units=3, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.hidden = tf_keras.layers.Dense(8, activation="relu")
+        self.norm = tf_keras.layers.BatchNormalization()
+        self.out = tf_keras.layers.Dense(units)
+
+    def call(self, x, training=False):
+        return self.out(self.norm(self.hidden(x), training=training))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def _data(n=16):
+    rng = np.random.default_rng(0)
+    return rng.random((n, 4), dtype=np.float32), rng.integers(0, 3, n)
+
+
+def _sequential():
+    x, y = _data()
+    model = tf_keras.Sequential(
+        [
+            tf_keras.Input((4,), name="features"),
+            tf_keras.layers.Dense(8, activation="relu"),
+            tf_keras.layers.Dense(3, name="logits"),
+        ]
+    )
+    model.compile(
+        optimizer="adam",
+        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model, x, y, {"features": x, "logits_target": y}
+
+
+def _functional_dict():
+    x, y = _data()
+    inputs = {
+        "a": tf_keras.Input((3,), name="a"),
+        "b": tf_keras.Input((1,), name="b"),
+    }
+    hidden = tf_keras.layers.Concatenate()([inputs["a"], inputs["b"]])
+    hidden = tf_keras.layers.Dense(8, activation="relu")(hidden)
+    out = tf_keras.layers.Dense(1, name="score")(hidden)
+    model = tf_keras.Model(inputs, out)
+    model.compile(optimizer="rmsprop", loss="mse", metrics=["mae"])
+    features = {"a": x[:, :3], "b": x[:, 3:]}
+    target = y[:, None].astype(np.float32)
+    return model, features, target, {**features, "score_target": target}
+
+
+def _subclassed():
+    x, y = _data()
+    model = Tower(units=2)
+    model.compile(optimizer="sgd", loss="mse")
+    target = np.stack([y, -y], axis=1).astype(np.float32)
+    model(x[:1])
+    # The input takes the name Keras gave it when the model was called.
+    (name,) = [spec.name for spec in model.save_spec()[0]]
+    return model, x, target, {name: x, "output_0_target": target}
+
+
+KINDS = {"sequential": _sequential, "functional_dict": _functional_dict}
+KINDS["subclassed"] = _subclassed
+
+
+@pytest.mark.parametrize("make", KINDS.values(), ids=KINDS.keys())
+def test_round_trip_and_train_signature(make, tmp_path):
+    model, x, y, feeds = make()
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    path = str(tmp_path / "export")
+    export_saved_model(model, path)
+
+    saved = loader.read_saved_model(path)
+    signatures = {
+        tuple(m.meta_info_def.tags): {
+            k: v.method_name for k, v in m.signature_def.items() if k[:2] != "__"
+        }
+        for m in saved.meta_graphs
+    }
+    assert signatures == {
+        ("serve",): {"serving_default": "tensorflow/serving/predict"},
+        ("train",): {"train": "tensorflow/supervised/training"},
+        ("eval",): {"eval": "tensorflow/supervised/eval"},
+    }
+    loaded = load_from_saved_model(path)
+    assert isinstance(loaded, tf_keras.Model)
+    assert type(loaded) is type(model)
+    assert type(loaded.optimizer) is type(model.optimizer)
+    assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations) == 4
+    assert_close(loaded.predict(x, verbose=0), model.predict(x, verbose=0), 1e-6)
+    # TF1 sessions load every tag; serve predicts like the model.
+    serve_feeds = {k: v for k, v in feeds.items() if not k.endswith("_target")}
+    (served,) = run_tf1(path, "serve", "serving_default", serve_feeds)
+    assert_close(next(iter(served.values())), model.predict(x, verbose=0), 1e-5)
+    (evaluated,) = run_tf1(path, "eval", "eval", feeds)
+    # The train signature, from the export's state, repeats tf_keras'
+    # train_on_batch of the model loaded from the same export.
+    runs = run_tf1(path, "train", "train", feeds, runs=3)
+    expected = [loaded.train_on_batch(x, y, reset_metrics=True) for _ in range(3)]
+    expected = [e[0] if isinstance(e, list) else e for e in expected]
+    assert_close([r["loss"] for r in runs], expected, atol=1e-5)
+    # And eval repeats evaluate() (BatchNorm in inference mode included).
+    fresh = load_from_saved_model(path)
+    expected = fresh.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    assert_close(evaluated["loss"], expected["loss"])
+
+
+def test_the_same_callback_in_tf_keras_fit(tmp_path):
+    model, x, y, _ = _sequential()
+    exporter = SavedModelExporter(
+        str(tmp_path / "exports"),
+        keep=2,
+        every_n_steps=2,
+        monitor="val_loss",
+        log_dir=str(tmp_path / "logs"),
+        async_export=True,
+    )
+    model.fit(
+        x,
+        y,
+        epochs=3,
+        batch_size=4,
+        validation_split=0.25,
+        verbose=0,
+        callbacks=[exporter],
+    )
+    exporter.close()
+
+    versions = exporter.versions()
+    assert len(versions) == 2
+    newest = tf.saved_model.load(
+        str(tmp_path / "exports" / str(versions[-1])), ["serve"]
+    )
+    served = newest.signatures["serving_default"](features=tf.constant(x))
+    assert_close(served["logits"], model.predict(x, verbose=0), 1e-6)
+    info = events(tmp_path / "logs" / "export")
+    steps = [e.step for e in info.Tensors("export/duration_seconds")]
+    # Three epochs of three steps: every second step and every epoch end,
+    # once per step (at step 6 both ask), none again at the end of training.
+    assert steps == [2, 3, 4, 6, 8, 9]
+    record = ExportDir(str(tmp_path / "exports")).info(versions[-1])
+    assert record["library"]["keras"] == tf_keras.__version__
+    assert record["epoch"] == 2 and record["metrics"]["val_loss"] > 0
+
+
+def test_tf_keras_is_optional(tmp_path):
+    """Importing the package, exporting and loading a Keras 3 model never
+    import tf_keras; loading a tf_keras export without it says what to
+    install."""
+    model, x, y, _ = _sequential()
+    path = str(tmp_path / "export")
+    export_saved_model(model, path)
+    out = run_python(
+        "import sys\n"
+        "sys.modules['tf_keras'] = None  # as if it were not installed\n"
+        "import keras, numpy as np\n"
+        "import kerassave_callbacks as ks\n"
+        "m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])\n"
+        "m.compile(optimizer='adam', loss='mse')\n"
+        "ks.export_saved_model(m, sys.argv[2])\n"
+        "ks.load_from_saved_model(sys.argv[2])\n"
+        "try:\n"
+        "    ks.load_from_saved_model(sys.argv[1])\n"
+        "except ImportError as e:\n"
+        "    print(repr(str(e)))\n",
+        path,
+        tmp_path / "keras3",
+    )
+    assert "tf_keras" in out and "kerassave_callbacks[tf_keras]" in out
+    assert "import kerassave_callbacks" not in out
+
+
+def test_legacy_keras_env_var_changes_no_code(tmp_path):
+    """With TF_USE_LEGACY_KERAS=1, `tf.keras` is tf_keras: the same code
+    exports and loads."""
+    out = run_python(
+        "import os, sys\n"
+        "os.environ['TF_USE_LEGACY_KERAS'] = '1'\n"
+        "import numpy as np, tensorflow as tf\n"
+        "from kerassave_callbacks import SavedModelExporter, load_from_saved_model\n"
+        "m = tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(1)])\n"
+        "m.compile(optimizer='adam', loss='mse')\n"
+        "cb = SavedModelExporter(sys.argv[1])\n"
+        "m.fit(np.ones((4, 2)), np.ones((4, 1)), epochs=2, verbose=0, callbacks=[cb])\n"
+        "path = os.path.join(sys.argv[1], str(max(cb.versions())))\n"
+        "loaded = load_from_saved_model(path)\n"
+        "print(type(loaded).__module__.split('.')[0], len(cb.versions()),\n"
+        "      int(loaded.optimizer.iterations))\n",
+        tmp_path / "exports",
+    )
+    assert out == "tf_keras 2 2"
