@@ -35,9 +35,17 @@ setuptools.setup(
             "tf2onnx",
             "onnxruntime",
             "tensorflow-serving-api==2.21.*",  # pinned to the TF the tests use
+            "tf_keras==2.21.*",
         ],
+        # Keras 2 models (tf_keras, or tf.keras with TF_USE_LEGACY_KERAS=1);
+        # its version follows TensorFlow's.
+        "tf_keras": ["tf_keras==2.21.*"],
         # Warm-up requests and `kerassave serving_config` (TF 2.21 or newer).
         "serving": ["tensorflow-serving-api>=2.21"],
-        "examples": ["scikit-learn", "tensorflow-serving-api==2.21.*"],
+        "examples": [
+            "scikit-learn",
+            "tensorflow-serving-api==2.21.*",
+            "tf_keras==2.21.*",  # train_digits.py --keras=2
+        ],
     },
 )

@@ -22,9 +22,15 @@ def load_digits(validation_fraction: float = 0.2):
     return (x[:split], y[:split]), (x[split:], y[split:])
 
 
-def build_model():
-    """A small classifier: 64 pixels -> 10 logits, compiled with Adam."""
-    import keras
+def build_model(keras=None):
+    """A small classifier: 64 pixels -> 10 logits, compiled with Adam.
+
+    Args:
+      keras: the Keras module to build it with: `keras` (Keras 3, the
+        default) or `tf_keras` (Keras 2).
+    """
+    if keras is None:
+        import keras
 
     model = keras.Sequential(
         [

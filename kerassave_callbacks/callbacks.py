@@ -80,6 +80,11 @@ class SavedModelExporter(keras.callbacks.Callback):
     in TensorBoard under `<log_dir>/export`. In multi-worker training only
     the chief writes.
 
+    The same class goes into Keras 3's `fit` and Keras 2's (`tf_keras`,
+    the `tf_keras` extra). Under `MultiWorkerMirroredStrategy`, which only
+    Keras 2's `fit` supports, a Keras 3 model is refused at
+    `on_train_begin`.
+
     Example:
 
         exporter = SavedModelExporter("/tmp/exports", keep=3,
@@ -134,7 +139,8 @@ class SavedModelExporter(keras.callbacks.Callback):
     `versions()` may be called from any thread.
 
     Raises:
-      TypeError, ValueError: a bad argument, named in the message.
+      TypeError, ValueError: a bad argument, named in the message; at
+        `on_train_begin`, a Keras 3 model under MultiWorkerMirroredStrategy.
     """
 
     def __init__(

@@ -27,6 +27,20 @@ def saved_model_cli() -> list[str]:
     )
 
 
+def cluster_configs(workers: int) -> list[str]:
+    """`TF_CONFIG` of each worker of a cluster on free loopback ports."""
+    sockets = [socket.socket() for _ in range(workers)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    cluster = {"worker": [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]}
+    for s in sockets:
+        s.close()
+    return [
+        json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        for i in range(workers)
+    ]
+
+
 def serve_tf2(path: str, feeds: dict) -> dict:
     """Runs `serving_default` of the `serve` graph via tf.saved_model.load."""
     loaded = tf.saved_model.load(path, tags=["serve"])

@@ -39,8 +39,10 @@ def test_empty_existing_directory_is_accepted(tmp_path):
 
 
 def test_not_a_model_is_a_type_error(tmp_path):
-    with pytest.raises(TypeError, match="`model` must be a keras.Model. Received"):
+    match = r"keras.Model \(Keras 3\) or a tf_keras.Model .* model='model.keras'"
+    with pytest.raises(TypeError, match=match):
         export_saved_model("model.keras", str(tmp_path / "export"))
+    assert not (tmp_path / "export").exists()
 
 
 def test_input_signature_of_non_specs_is_a_type_error(tmp_path):

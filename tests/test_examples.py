@@ -9,10 +9,10 @@ import sys
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from kerassave_callbacks import VersionedExporter
+from kerassave_callbacks import ExportDir, VersionedExporter
 from kerassave_callbacks.flags import EXPORT_FLAG_NAMES
 
-from helpers import get_json, tensorboard_server
+from helpers import cluster_configs, get_json, tensorboard_server
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
 
@@ -86,6 +86,35 @@ def test_exports_to_keep_flag_applies(tmp_path):
     )
     assert len(VersionedExporter(str(tmp_path / "models")).versions()) == 1
     assert sorted(os.listdir(tmp_path)) == ["models"]
+
+
+def test_train_digits_on_two_workers_with_tf_keras(tmp_path):
+    """The README's multi-worker launch: two processes, one working
+    directory; only the chief exports."""
+    script = os.path.join(EXAMPLES, "train_digits.py")
+    workers = [
+        subprocess.Popen(
+            [sys.executable, script, "--keras=2", "--epochs=2"],
+            cwd=tmp_path,
+            env=dict(os.environ, TF_CONFIG=config),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for config in cluster_configs(2)
+    ]
+    try:
+        outputs = [worker.communicate(timeout=300)[0] for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+    assert [worker.returncode for worker in workers] == [0, 0], outputs[0][-3000:]
+    exported = [out.count("Exported version") for out in outputs]
+    assert exported == [2, 0]
+    exports = ExportDir(str(tmp_path / "exports"))
+    versions = exports.versions()
+    assert len(versions) == 2
+    assert exports.info(versions[-1])["library"]["keras"].startswith("2.")
 
 
 def test_serve_latest_predicts_with_the_serve_graph(trained):

@@ -215,3 +215,31 @@ def test_legacy_keras_env_var_changes_no_code(tmp_path):
         tmp_path / "exports",
     )
     assert out == "tf_keras 2 2"
+
+
+def test_mixed_precision_round_trips_with_its_loss_scale(tmp_path):
+    tf_keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = tf_keras.Sequential(
+            [
+                tf_keras.Input((4,), name="x"),
+                tf_keras.layers.Dense(3, name="d"),
+                tf_keras.layers.Activation("linear", dtype="float32", name="y"),
+            ]
+        )
+        model.compile(optimizer="adam", loss="mse")
+        x, _ = _data()
+        y = np.stack([x.sum(axis=1)] * 3, axis=1)
+        model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+        path = str(tmp_path / "export")
+        export_saved_model(model, path)
+    finally:
+        tf_keras.mixed_precision.set_global_policy("float32")
+    loaded = load_from_saved_model(path)
+    assert type(loaded.optimizer).__name__ == "LossScaleOptimizerV3"
+    assert float(loaded.optimizer.loss_scale) == float(model.optimizer.loss_scale)
+    assert loaded.layers[0].compute_dtype == "float16"
+    assert_close(loaded.predict(x, verbose=0), model.predict(x, verbose=0), 1e-6)
+    runs = run_tf1(path, "train", "train", {"x": x, "y_target": y}, runs=2)
+    expected = [loaded.train_on_batch(x, y) for _ in range(2)]
+    assert_close([r["loss"] for r in runs], expected, atol=1e-5)
