@@ -243,3 +243,50 @@ def test_mixed_precision_round_trips_with_its_loss_scale(tmp_path):
     runs = run_tf1(path, "train", "train", {"x": x, "y_target": y}, runs=2)
     expected = [loaded.train_on_batch(x, y) for _ in range(2)]
     assert_close([r["loss"] for r in runs], expected, atol=1e-5)
+
+
+def test_adapted_preprocessing_layers_serve_strings_and_round_trip(tmp_path):
+    texts = np.array([["good fun film"], ["dull slow plot"], ["fun plot"], ["dull"]])
+    labels = np.array([[1.0], [0.0], [1.0], [0.0]], dtype=np.float32)
+    vectorize = tf_keras.layers.TextVectorization(output_sequence_length=3)
+    vectorize.adapt(texts[:, 0])
+    tag = tf_keras.layers.StringLookup(output_mode="one_hot", name="tag")
+    tag.adapt(np.array(["news", "review", "review"]))
+    scale = tf_keras.layers.Normalization(name="scale")
+    scale.adapt(np.array([[10.0], [20.0], [60.0]], dtype=np.float32))
+    inputs = {
+        "text": tf_keras.Input((1,), dtype="string", name="text"),
+        "tag": tf_keras.Input((1,), dtype="string", name="tag_in"),
+        "size": tf_keras.Input((1,), name="size"),
+    }
+    words = tf_keras.layers.Embedding(vectorize.vocabulary_size(), 4)(
+        vectorize(tf_keras.layers.Flatten()(inputs["text"]))
+    )
+    hidden = tf_keras.layers.Concatenate()(
+        [
+            tf_keras.layers.GlobalAveragePooling1D()(words),
+            tag(inputs["tag"]),
+            scale(inputs["size"]),
+        ]
+    )
+    model = tf_keras.Model(inputs, tf_keras.layers.Dense(1, name="score")(hidden))
+    model.compile(optimizer="adam", loss="mse")
+    x = {
+        "text": texts,
+        "tag": np.array([["news"], ["review"], ["zzz"], ["news"]]),
+        "size": np.array([[10.0], [30.0], [50.0], [0.0]], dtype=np.float32),
+    }
+    model.fit(x, labels, epochs=2, verbose=0)
+    path = str(tmp_path / "export")
+    export_saved_model(model, path)
+
+    expected = model.predict(x, verbose=0)
+    (served,) = run_tf1(path, "serve", "serving_default", x)
+    assert_close(served["score"], expected, atol=1e-6)
+    loaded = load_from_saved_model(path)
+    assert loaded.get_layer("tag").get_vocabulary() == tag.get_vocabulary()
+    assert_close(loaded.get_layer("scale")(x["size"]), scale(x["size"]))
+    assert_close(loaded.predict(x, verbose=0), expected, atol=1e-6)
+    # The train graph trains from raw strings in a TF1 session.
+    runs = run_tf1(path, "train", "train", {**x, "score_target": labels}, runs=3)
+    assert runs[2]["loss"] < runs[0]["loss"]

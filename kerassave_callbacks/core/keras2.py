@@ -62,8 +62,9 @@ def all_layers(model) -> list:
 
 
 def model_variables(model) -> list[tf.Variable]:
-    """The model's weights."""
-    return list(model.variables)
+    """The model's weights (not the vocabulary handlers that lookup layers
+    list among them: their tables are saved as resources and assets)."""
+    return [v for v in model.variables if isinstance(v, tf.Variable)]
 
 
 def optimizer_variables(model) -> list[tf.Variable]:
@@ -187,17 +188,20 @@ def unsafe_deserialization_enabled() -> bool:
 
 
 def layer_assets(model) -> dict[str, bytes]:
-    """Keras 2 layers keep no state in files: none."""
-    del model
-    return {}
+    """What `layer.save_assets` writes (an adapted lookup layer's
+    vocabulary), as `keras3.layer_assets`: Keras 2 layers have the same
+    protocol."""
+    return keras3.assets_of(all_layers(model))
 
 
 def restore_layer_state(model, assets: dict[str, str]) -> None:
-    """Lets adapted preprocessing layers derive their working state from
-    the variables just restored (Normalization's mean from its adapt_mean),
-    as Keras 2 does after `adapt`."""
-    del assets
-    for layer in all_layers(model):
+    """Gives lookup layers their vocabulary back from `assets` (layer index
+    -> local folder), then lets adapted preprocessing layers derive their
+    working state from what they now hold (Normalization's mean from its
+    adapt_mean, a lookup layer's checks from its vocabulary)."""
+    for index, layer in enumerate(all_layers(model)):
+        if hasattr(layer, "load_assets") and str(index) in assets:
+            layer.load_assets(assets[str(index)])
         layer.finalize_state()
 
 

@@ -219,10 +219,16 @@ def layer_assets(model: keras.Model) -> dict[str, bytes]:
 
     Keras keeps state that is no variable there (the vocabulary of an
     adapted lookup layer); `restore_layer_state` gives it back to the layer
-    of the same index with `load_assets`.
+    of the same index with `load_assets`. (Keras 2 layers follow the same
+    protocol.)
     """
+    return assets_of(all_layers(model))
+
+
+def assets_of(layers) -> dict[str, bytes]:
+    """`layer_assets` of these layers, indexed by their position."""
     assets = {}
-    for index, layer in enumerate(all_layers(model)):
+    for index, layer in enumerate(layers):
         if not hasattr(layer, "save_assets"):
             continue
         with tempfile.TemporaryDirectory() as tmp:

@@ -253,7 +253,7 @@ def load_from_saved_model(
     _restore(
         _group(values, mode_graphs.MODEL_VARIABLES, saved_model_path),
         mode_graphs.MODEL_VARIABLES,
-        model.variables,
+        adapter.model_variables(model),
         "the rebuilt model",
         saved_model_path,
         adapter.variable_name,
