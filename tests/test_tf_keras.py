@@ -290,3 +290,65 @@ def test_adapted_preprocessing_layers_serve_strings_and_round_trip(tmp_path):
     # The train graph trains from raw strings in a TF1 session.
     runs = run_tf1(path, "train", "train", {**x, "score_target": labels}, runs=3)
     assert runs[2]["loss"] < runs[0]["loss"]
+
+
+def _dense(optimizer):
+    model = tf_keras.Sequential(
+        [tf_keras.Input((4,), name="x"), tf_keras.layers.Dense(2, name="y")]
+    )
+    model.compile(optimizer=optimizer, loss="mse")
+    return model
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        lambda: tf_keras.optimizers.legacy.Adam(),
+        lambda: tf_keras.optimizers.SGD(0.1, momentum=0.9, use_ema=True),
+    ],
+    ids=["legacy_adam", "sgd_ema"],
+)
+def test_optimizer_state_round_trips(optimizer, tmp_path):
+    model = _dense(optimizer())
+    x, _ = _data()
+    y = np.stack([x.sum(axis=1), x[:, 0]], axis=1)
+    exporter = SavedModelExporter(str(tmp_path / "exports"), keep=None)
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[exporter])
+    # The newest version serves what fit returned (with EMA: the averages
+    # fit swapped into the weights at its end).
+    newest = str(tmp_path / "exports" / str(max(exporter.versions())))
+    loaded = load_from_saved_model(newest)
+    assert_close(loaded.predict(x, verbose=0), model.predict(x, verbose=0), 1e-6)
+    want, got = model.optimizer.variables(), loaded.optimizer.variables()
+    assert len(got) == len(want) > 1
+    for restored, variable in zip(got, want, strict=True):
+        assert restored.name.endswith(variable.name.split("/", 1)[-1])
+        np.testing.assert_array_equal(restored.numpy(), variable.numpy())
+    runs = run_tf1(newest, "train", "train", {"x": x, "y_target": y}, runs=2)
+    expected = [loaded.train_on_batch(x, y) for _ in range(2)]
+    assert_close([r["loss"] for r in runs], expected, atol=1e-5)
+
+
+class OwnStep(tf_keras.Model):
+    def train_step(self, data):
+        return super().train_step(data)
+
+
+def test_own_train_step_is_refused_and_no_loss_gets_the_serve_graph(tmp_path, caplog):
+    inputs = tf_keras.Input((4,), name="x")
+    own = OwnStep(inputs, tf_keras.layers.Dense(2)(inputs))
+    own.compile(optimizer="adam", loss="mse")
+    with pytest.raises(ValueError, match="overrides `train_step` in OwnStep"):
+        export_saved_model(own, str(tmp_path / "own"))
+    assert not (tmp_path / "own").exists()
+    export_saved_model(own, str(tmp_path / "own"), serving_only=True)
+
+    no_loss = _dense("adam")
+    no_loss.compile(optimizer="adam")
+    export_saved_model(no_loss, str(tmp_path / "no_loss"))
+    tags = [
+        m.meta_info_def.tags
+        for m in loader.read_saved_model(str(tmp_path / "no_loss")).meta_graphs
+    ]
+    assert tags == [["serve"]]
+    assert "compiled with no loss" in caplog.text

@@ -4,8 +4,9 @@
 The same functions as `keras3` (see there); importing this module imports
 `tf_keras`, so `keras_api` imports it only for a `tf_keras` model or export.
 Keras 2 internals read here: `Model._is_compiled` (no public flag),
-`Layer._flatten_layers` (every nested layer) and whether unsafe
-deserialization was enabled (a setter, no getter).
+`Layer._flatten_layers` (every nested layer), whether unsafe
+deserialization was enabled (a setter, no getter) and a legacy optimizer's
+`_create_all_weights` (its slots, before its first step).
 """
 
 from __future__ import annotations
@@ -101,11 +102,12 @@ def is_compiled(model) -> bool:
 
 
 def has_loss(model) -> bool:
-    """True when training the model minimizes something."""
+    """True when training the model minimizes something (Keras 2 keeps an
+    empty container for `compile(loss=None)`)."""
+    loss = getattr(model, "loss", None)
+    empty = loss is None or (isinstance(loss, (dict, list, tuple)) and not loss)
     return (
-        getattr(model, "loss", None) is not None
-        or overrides(model, "compute_loss") is not None
-        or bool(model.losses)
+        not empty or overrides(model, "compute_loss") is not None or bool(model.losses)
     )
 
 
@@ -120,13 +122,17 @@ def overrides(model, method: str) -> str | None:
 def build_optimizer(model) -> None:
     """Creates the optimizer's slots (under a strategy, in its scope).
 
-    Keras 2's legacy optimizers create them on their first step instead.
+    Keras 2's legacy optimizers (`tf_keras.optimizers.legacy`) have no
+    `build`; their `_create_all_weights` creates the same state, in the
+    order their first step would.
     """
     optimizer = model.optimizer
-    if getattr(optimizer, "_built", False) or not hasattr(optimizer, "build"):
-        return
     with model.distribute_strategy.scope():
-        optimizer.build(model.trainable_variables)
+        if hasattr(optimizer, "build"):
+            if not getattr(optimizer, "_built", False):
+                optimizer.build(model.trainable_variables)
+        else:
+            optimizer._create_all_weights(model.trainable_variables)
 
 
 def step(model, x, targets, training: bool):
