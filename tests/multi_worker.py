@@ -57,6 +57,7 @@ def main(export_dir: str, log_dir: str) -> None:
                 else [],
                 "logs": os.path.exists(log_dir),
                 "predictions": model.predict(X, verbose=0).tolist(),
+                "iterations": int(model.optimizer.iterations.numpy()),
             }
         ),
         flush=True,

@@ -10,7 +10,10 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from helpers import assert_close, cluster_configs, events, run_python
+from kerassave_callbacks import load_from_saved_model
+from kerassave_callbacks.core import loader
+
+from helpers import assert_close, cluster_configs, events, run_python, run_tf1
 
 
 def test_only_the_chief_writes_in_tf_keras_fit(tmp_path):
@@ -50,6 +53,16 @@ def test_only_the_chief_writes_in_tf_keras_fit(tmp_path):
     x = np.linspace(-1, 1, 64, dtype=np.float32).reshape(16, 4)
     out = served.signatures["serving_default"](x=tf.constant(x))["y"]
     assert_close(out, chief["predictions"], atol=1e-6)
+    # With its train and eval graphs, traced on a single-device copy, and
+    # the optimizer state of the trained model.
+    saved = loader.read_saved_model(str(newest))
+    tags = sorted(tag for m in saved.meta_graphs for tag in m.meta_info_def.tags)
+    assert tags == ["eval", "serve", "train"]
+    loaded = load_from_saved_model(str(newest))
+    assert int(loaded.optimizer.iterations) == chief["iterations"] == 12
+    y = np.stack([x.sum(axis=1), x[:, 0] - x[:, 3]], axis=1)
+    (trained,) = run_tf1(str(newest), "train", "train", {"x": x, "y_target": y})
+    assert_close(trained["loss"], loaded.train_on_batch(x, y)[0], atol=1e-5)
     steps = [
         e.step
         for e in events(tmp_path / "logs_0" / "export").Tensors(
@@ -78,3 +91,28 @@ def test_a_keras_3_model_under_multi_worker_strategy_is_refused(tmp_path):
     )
     assert "MultiWorkerMirroredStrategy" in out and "tf_keras" in out
     assert not (tmp_path / "exports").exists()
+
+
+def test_a_distributed_model_that_cannot_be_rebuilt_exports_its_serve_graph(
+    tmp_path,
+):
+    """The train and eval graphs of a distributed tf_keras model are traced
+    on a copy rebuilt from its config; a model whose loss is a local
+    function cannot be rebuilt, and gets the serve graph with a warning."""
+    out = run_python(
+        "import sys, numpy as np, tensorflow as tf, tf_keras\n"
+        "from kerassave_callbacks import export_saved_model\n"
+        "from kerassave_callbacks.core import loader\n"
+        "def local_loss(y, p):\n"
+        "    return tf.reduce_mean(tf.abs(y - p))\n"
+        "strategy = tf.distribute.MultiWorkerMirroredStrategy()\n"
+        "with strategy.scope():\n"
+        "    m = tf_keras.Sequential([tf_keras.Input((2,)), tf_keras.layers.Dense(1)])\n"
+        "    m.compile(optimizer='adam', loss=local_loss)\n"
+        "    m.fit(np.ones((4, 2)), np.ones((4, 1)), verbose=0)\n"
+        "    export_saved_model(m, sys.argv[1])\n"
+        "saved = loader.read_saved_model(sys.argv[1])\n"
+        "print([list(g.meta_info_def.tags) for g in saved.meta_graphs])\n",
+        tmp_path / "export",
+    )
+    assert out == "[['serve']]"

@@ -220,19 +220,8 @@ def variable_name(variable) -> str:
     return variable.name
 
 
-def no_training_graphs(model) -> str | None:
-    """Why the train and eval graphs of `model` cannot be traced, or None.
-
-    Keras 2 updates its metrics (`SyncOnReadVariable`s under a distribution
-    strategy) only in a replica context, which a traced single-device step
-    is not; the serve graph, which holds the trained weights, traces fine.
-    """
-    if any(isinstance(v, tf.distribute.DistributedValues) for v in model.variables):
-        return (
-            "a tf_keras model with distributed variables (trained under "
-            f"{type(model.distribute_strategy).__name__}) cannot trace a "
-            "single-device train step. For train and eval graphs, export a "
-            "copy of the model built outside the strategy, e.g. after fit: "
-            "export_saved_model(copy, path)."
-        )
-    return None
+def steps_only_on_a_copy(model) -> bool:
+    """True when a step of `model` can be traced only on a single-device
+    copy: Keras 2 updates its metrics (`SyncOnReadVariable`s under a
+    distribution strategy) only in a replica context."""
+    return any(isinstance(v, tf.distribute.DistributedValues) for v in model.variables)

@@ -268,7 +268,8 @@ def variable_name(variable) -> str:
     return getattr(variable, "path", None) or variable.name
 
 
-def no_training_graphs(model) -> str | None:
-    """Why the train and eval graphs of `model` cannot be traced, or None."""
+def steps_only_on_a_copy(model) -> bool:
+    """False: Keras 3 traces the steps of a distributed model itself
+    (outside `strategy.scope()`)."""
     del model
-    return None
+    return False

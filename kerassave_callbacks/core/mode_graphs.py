@@ -9,7 +9,11 @@ one MetaGraph per mode tag, each keeping only its own signature.
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
+import os
 import posixpath
+import tempfile
 
 import tensorflow as tf
 from absl import logging
@@ -76,27 +80,36 @@ class ModeGraphs:
         self.output_names: list[str] = []  # Known once `serve` is traced.
         self._output_keys: list[str] | None = None  # Raw keys of dict outputs.
         self.modes = (modes.SERVE,)
+        self._model_json = self.keras.to_json(model)
+        self._layer_assets = self.keras.layer_assets(model)
+        # The model whose graphs are traced: `model`, or a single-device copy
+        # of it (see `_single_device_copy`).
+        self.traced_model = model
         with _tf_logs.quiet():
             functions = self._trace(serving_only, target_signature)
         self.signatures = {m.signature_key: functions[m] for m in self.modes}
+        # Their concrete functions, taken in the thread that traced them: in
+        # another context (a strategy's scope) a tf.function traces anew.
+        self._concrete = {m.signature_key: self._concrete[m] for m in self.modes}
         self._object_graph = None  # Set with the graph bytes on the first save.
         self._graph_files: dict[bool, bytes] = {}  # as_text -> file contents
         # assets/ path -> bytes of what tf.saved_model.save wrote there
         # (vocabulary files of tables): known after the first save.
         self._saved_assets: dict[str, bytes] = {}
-        self._model_json = self.keras.to_json(model)
-        self._layer_assets = self.keras.layer_assets(model)
         # Optimizer slots and compiled metrics are created while tracing:
         # collect what to save only now.
+        traced = self.traced_model
         self.root = tf.Module()
-        setattr(self.root, MODEL_VARIABLES, self.keras.model_variables(model))
+        setattr(self.root, MODEL_VARIABLES, self.keras.model_variables(traced))
         if modes.TRAIN in self.modes:
-            optimizer_variables = self.keras.optimizer_variables(model)
+            optimizer_variables = self.keras.optimizer_variables(traced)
             setattr(self.root, OPTIMIZER_VARIABLES, optimizer_variables)
-            setattr(self.root, METRIC_VARIABLES, self.keras.metric_variables(model))
+            setattr(self.root, METRIC_VARIABLES, self.keras.metric_variables(traced))
         # Tracked, so that tf.saved_model.save saves them and makes the init
         # op that initializes them when a TF1 session or TF Serving loads.
-        setattr(self.root, RESOURCES, _captured_resources(model, functions.values()))
+        setattr(
+            self.root, RESOURCES, _captured_resources(traced, self._concrete.values())
+        )
         # (checkpoint key, variable) of every variable the export holds.
         self._variables = [
             (variable_key(group, i), v)
@@ -107,16 +120,102 @@ class ModeGraphs:
         self._distributed = any(
             isinstance(v, tf.distribute.DistributedValues) for _, v in self._variables
         )
+        # Where each saved value is read from: the variable itself, or the
+        # model's own when the graphs are a copy's (metrics: saved as zeros).
+        self._sources = [v for _, v in self._variables]
+        if traced is not model:
+            self._sources = self._model_sources()
 
     def _trace(self, serving_only: bool, target_signature) -> dict:
         """Traces the mode functions; sets `self.modes`."""
         model = self.model
-        functions = {modes.SERVE: self._trace_serve()}
-        if (
+        training = (
             not serving_only
             and self.keras.is_compiled(model)
             and _trains_as_keras(model, self.keras)
-        ):
+        )
+        if training and self.keras.steps_only_on_a_copy(model):
+            copy = self._single_device_copy()
+            if copy is not None:
+                self.traced_model = copy
+                # Outside the strategy's scope, which is thread-local.
+                return _in_a_fresh_thread(
+                    lambda: self._trace_modes(True, target_signature)
+                )
+            training = False
+        return self._trace_modes(training, target_signature)
+
+    def _single_device_copy(self):
+        """A copy of the model outside its distribution strategy, for
+        tracing, or None (with a warning) when it cannot be built.
+
+        Keras 2 updates its metrics (`SyncOnReadVariable`s under a
+        strategy) only in a replica context, which a traced single-device
+        step is not. So the graphs of such a model are traced on a copy
+        rebuilt from its config in a thread of its own (where no strategy
+        is in scope), with its weights and layer state; every export then
+        saves the values of the model itself (`snapshot`).
+        """
+        model = self.model
+        try:
+            if self._model_json is None:
+                raise ValueError("the model has no config")
+            values = [v.numpy() for v in self.keras.model_variables(model)]
+            return _in_a_fresh_thread(
+                lambda: _rebuild(
+                    self.keras,
+                    model,
+                    json.loads(self._model_json),
+                    values,
+                    self._layer_assets,
+                )
+            )
+        except Exception as e:  # Any failure to rebuild: export serve only.
+            logging.warning(
+                "Model %r gets only the serve graph: its train and eval graphs "
+                "are traced on a single-device copy of it (it trains under %s), "
+                "and that copy could not be rebuilt from its config: %s",
+                model.name,
+                type(getattr(model, "distribute_strategy", None)).__name__,
+                e,
+            )
+            return None
+
+    def _model_sources(self) -> list:
+        """The model's own variables in the order of the copy's (None for
+        metrics, which are saved as zeros).
+
+        Raises:
+          ValueError: the copy's state does not match the model's.
+        """
+        own = {
+            MODEL_VARIABLES: self.keras.model_variables(self.model),
+            OPTIMIZER_VARIABLES: self.keras.optimizer_variables(self.model)
+            if modes.TRAIN in self.modes
+            else [],
+        }
+        sources = []
+        for group in (MODEL_VARIABLES, OPTIMIZER_VARIABLES, METRIC_VARIABLES):
+            copies = getattr(self.root, group, [])
+            if group == METRIC_VARIABLES:
+                sources.extend([None] * len(copies))
+                continue
+            shapes = [tuple(v.shape) for v in own[group]]
+            if shapes != [tuple(v.shape) for v in copies]:
+                raise ValueError(
+                    f"Cannot export model {self.model.name!r}: its {group} "
+                    f"({len(shapes)}) do not match those of its single-device "
+                    f"copy ({len(copies)}). Pass serving_only=True."
+                )
+            sources.extend(own[group])
+        return sources
+
+    def _trace_modes(self, training: bool, target_signature) -> dict:
+        """Traces the serve function, and with `training` the train and
+        eval functions, of `traced_model`."""
+        model = self.traced_model
+        functions = {modes.SERVE: self._trace_serve()}
+        if training:
             outputs = functions[modes.SERVE].get_concrete_function().structured_outputs
             self._targets = specs.target_specs(
                 model,
@@ -130,6 +229,7 @@ class ModeGraphs:
             functions[modes.TRAIN] = self._trace_step(training=True)
             functions[modes.EVAL] = self._trace_step(training=False)
             self.modes = (modes.SERVE, modes.TRAIN, modes.EVAL)
+        self._concrete = {m: f.get_concrete_function() for m, f in functions.items()}
         return functions
 
     def _call_inputs(self, flat_args):
@@ -140,7 +240,7 @@ class ModeGraphs:
 
     def _trace_serve(self):
         def serve(*args):
-            outputs = self.model(self._call_inputs(args), training=False)
+            outputs = self.traced_model(self._call_inputs(args), training=False)
             if not self.output_names:
                 self.output_names = specs.output_names(self.model, outputs)
                 if isinstance(outputs, dict):
@@ -155,7 +255,7 @@ class ModeGraphs:
         return tf.nest.pack_sequence_as(outputs, list(flat_targets))
 
     def _trace_step(self, training: bool):
-        model = self.model
+        model = self.traced_model
         n_inputs = len(self._input_specs)
 
         def step(*args):
@@ -192,8 +292,8 @@ class ModeGraphs:
         """
         metric_ids = {id(v) for v in getattr(self.root, METRIC_VARIABLES, [])}
         return [
-            tf.zeros_like(v) if id(v) in metric_ids else v.read_value()
-            for _, v in self._variables
+            tf.zeros_like(v) if id(v) in metric_ids else source.read_value()
+            for (_, v), source in zip(self._variables, self._sources, strict=True)
         ]
 
     def save(self, path: str, *, as_text: bool = False) -> None:
@@ -230,9 +330,15 @@ class ModeGraphs:
             warmup.write(path, self._warmup)
 
     def _serialize_graphs(self, path: str) -> None:
-        try:
+        def save():
             with _tf_logs.quiet():
                 tf.saved_model.save(self.root, path, signatures=self._to_save())
+
+        try:
+            if self.traced_model is self.model:
+                save()
+            else:  # The copy's graphs, saved outside the model's strategy.
+                _in_a_fresh_thread(save)
         except AssertionError as e:  # TF's word for an untracked resource.
             raise ValueError(
                 f"Cannot save the graphs of model {self.model.name!r}: {e}"
@@ -289,7 +395,7 @@ class ModeGraphs:
         """
         if self._distributed:
             return self.signatures
-        return {k: f.get_concrete_function() for k, f in self.signatures.items()}
+        return self._concrete
 
     def _write_keras_assets(self, path: str) -> None:
         assets = posixpath.join(path, "assets")
@@ -308,11 +414,9 @@ def model_resources(model) -> list:
     ]
 
 
-def _captured_resources(model, functions) -> list:
+def _captured_resources(model, concrete_functions) -> list:
     """The resources of the model that the traced graphs use."""
-    captured = {
-        id(t) for fn in functions for t in fn.get_concrete_function().captured_inputs
-    }
+    captured = {id(t) for fn in concrete_functions for t in fn.captured_inputs}
     return [r for r in model_resources(model) if id(r.resource_handle) in captured]
 
 
@@ -322,9 +426,8 @@ def _trains_as_keras(model, adapter) -> bool:
     They run Keras' own step (`compute_loss`, the optimizer, the compiled
     metrics). A model whose `train_step` or `test_step` is its own is
     refused, since a graph that trains differently from `fit` would be
-    silently wrong; a model compiled with no loss, or one the adapter cannot
-    trace a step of (a distributed `tf_keras` model), gets only the serve
-    graph, with a warning.
+    silently wrong; a model compiled with no loss gets only the serve graph,
+    with a warning.
 
     Raises:
       ValueError: `train_step` or `test_step` is overridden.
@@ -346,10 +449,6 @@ def _trains_as_keras(model, adapter) -> bool:
             model.name,
         )
         return False
-    reason = adapter.no_training_graphs(model)
-    if reason:
-        logging.warning("Model %r gets only the serve graph: %s", model.name, reason)
-        return False
     return True
 
 
@@ -366,6 +465,47 @@ def _check_not_in_strategy_scope(model) -> None:
             "strategy.scope():` block (the model keeps its distributed "
             "variables), or pass serving_only=True."
         )
+
+
+def _rebuild(
+    adapter, model, config: dict, values: list, layer_assets: dict[str, bytes]
+):
+    """`model` rebuilt from its `config` (compiled, its optimizer not built)
+    with its weights `values` and its layers' state, as the loader would
+    rebuild it from an export. Its own classes serve as custom objects.
+
+    Raises:
+      ValueError: the rebuilt model's weights do not fit `values`.
+    """
+    custom = {type(o).__name__: type(o) for o in [model, *adapter.all_layers(model)]}
+    copy = adapter.from_config(config, custom, True)
+    weights = adapter.model_variables(copy)
+    if [tuple(w.shape) for w in weights] != [v.shape for v in values]:
+        raise ValueError("its weights do not fit the rebuilt model")
+    for weight, value in zip(weights, values, strict=True):
+        weight.assign(value)
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = {}
+        for rel, data in layer_assets.items():
+            index, name = rel.split("/", 1)
+            folders[index] = os.path.join(tmp, index)
+            os.makedirs(folders[index], exist_ok=True)
+            with open(os.path.join(folders[index], name), "wb") as f:
+                f.write(data)
+        adapter.restore_layer_state(copy, folders)
+    return copy
+
+
+def _in_a_fresh_thread(fn):
+    """`fn()` run in a new thread (no distribution strategy in scope there),
+    its TF INFO lines kept quiet as in this one."""
+
+    def quietly():
+        with _tf_logs.quiet():
+            return fn()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(quietly).result()
 
 
 def _traced(fn, input_signature):
