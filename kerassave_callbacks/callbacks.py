@@ -45,20 +45,11 @@ def _strategy(model) -> tf.distribute.Strategy:
     return getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
 
 
-def _multi_worker(strategy: tf.distribute.Strategy) -> bool:
-    return isinstance(
-        strategy,
-        (
-            tf.distribute.MultiWorkerMirroredStrategy,
-            tf.distribute.experimental.MultiWorkerMirroredStrategy,
-        ),
-    )
-
-
 def _check_supported(model, strategy: tf.distribute.Strategy) -> None:
     """Refuses a Keras 3 model under MultiWorkerMirroredStrategy, where its
     `fit` does not run (keras-team/keras#20585) and saving would hang."""
-    if _multi_worker(strategy) and keras_api.adapter_for(model) is keras3:
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if multi_worker and keras_api.adapter_for(model) is keras3:
         raise ValueError(
             f"Model {model.name!r} is a Keras 3 model under "
             "MultiWorkerMirroredStrategy, which Keras 3's fit does not support "

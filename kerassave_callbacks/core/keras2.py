@@ -211,11 +211,6 @@ def restore_layer_state(model, assets: dict[str, str]) -> None:
         layer.finalize_state()
 
 
-def build_loaded_optimizer(model) -> None:
-    """Creates the slots of a loaded model's optimizer, to restore into."""
-    build_optimizer(model)
-
-
 def variable_name(variable) -> str:
     return variable.name
 

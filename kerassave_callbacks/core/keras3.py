@@ -257,12 +257,6 @@ def restore_layer_state(model: keras.Model, assets: dict[str, str]) -> None:
             layer.load_assets(assets[str(index)])
 
 
-def build_loaded_optimizer(model: keras.Model) -> None:
-    """Creates the slots of a loaded model's optimizer, to restore into."""
-    if not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)
-
-
 def variable_name(variable) -> str:
     """The Keras path of a variable (its TF name for a `tf.Variable`)."""
     return getattr(variable, "path", None) or variable.name

@@ -261,7 +261,7 @@ def load_from_saved_model(
     with tempfile.TemporaryDirectory() as tmp:
         adapter.restore_layer_state(model, _copy_layer_assets(saved_model_path, tmp))
     if restore_optimizer and adapter.is_compiled(model):
-        adapter.build_loaded_optimizer(model)
+        adapter.build_optimizer(model)  # Its slots, to restore into.
         optimizer = model.optimizer
         _restore(
             _group(values, mode_graphs.OPTIMIZER_VARIABLES, saved_model_path),

@@ -46,11 +46,6 @@ def variable_key(group: str, index: int) -> str:
     return f"{group}/{index}/.ATTRIBUTES/VARIABLE_VALUE"
 
 
-def has_training_graphs(model) -> bool:
-    """True when the model is compiled with an optimizer (train/eval exist)."""
-    return keras_api.adapter_for(model).is_compiled(model)
-
-
 class ModeGraphs:
     """The traced mode functions of one model, ready to be saved many times.
 
@@ -88,9 +83,6 @@ class ModeGraphs:
         with _tf_logs.quiet():
             functions = self._trace(serving_only, target_signature)
         self.signatures = {m.signature_key: functions[m] for m in self.modes}
-        # Their concrete functions, taken in the thread that traced them: in
-        # another context (a strategy's scope) a tf.function traces anew.
-        self._concrete = {m.signature_key: self._concrete[m] for m in self.modes}
         self._object_graph = None  # Set with the graph bytes on the first save.
         self._graph_files: dict[bool, bytes] = {}  # as_text -> file contents
         # assets/ path -> bytes of what tf.saved_model.save wrote there
@@ -229,7 +221,11 @@ class ModeGraphs:
             functions[modes.TRAIN] = self._trace_step(training=True)
             functions[modes.EVAL] = self._trace_step(training=False)
             self.modes = (modes.SERVE, modes.TRAIN, modes.EVAL)
-        self._concrete = {m: f.get_concrete_function() for m, f in functions.items()}
+        # Their concrete functions, taken in the thread that traced them: in
+        # another context (a strategy's scope) a tf.function traces anew.
+        self._concrete = {
+            m.signature_key: f.get_concrete_function() for m, f in functions.items()
+        }
         return functions
 
     def _call_inputs(self, flat_args):
@@ -485,13 +481,8 @@ def _rebuild(
     for weight, value in zip(weights, values, strict=True):
         weight.assign(value)
     with tempfile.TemporaryDirectory() as tmp:
-        folders = {}
-        for rel, data in layer_assets.items():
-            index, name = rel.split("/", 1)
-            folders[index] = os.path.join(tmp, index)
-            os.makedirs(folders[index], exist_ok=True)
-            with open(os.path.join(folders[index], name), "wb") as f:
-                f.write(data)
+        write_files(tmp, layer_assets)
+        folders = {index: os.path.join(tmp, index) for index in os.listdir(tmp)}
         adapter.restore_layer_state(copy, folders)
     return copy
 
