@@ -16,7 +16,6 @@ import tf_keras
 
 from kerassave_callbacks.core import keras3
 
-NAME = "tf_keras"
 # Written into the JSON config (as Keras 2's own `to_json` does), so the
 # loader knows which Keras wrote the export.
 VERSION_KEY = "keras_version"
@@ -164,7 +163,7 @@ def to_json(model) -> str | None:
     try:
         config = tf_keras.saving.serialize_keras_object(model)
     except NotImplementedError as e:
-        keras3._warn_no_config(model, e)
+        keras3.warn_no_config(model, e)
         return None
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and config.get("compile_config"):

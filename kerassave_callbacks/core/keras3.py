@@ -31,7 +31,6 @@ from keras.src.export import export_utils
 
 from kerassave_callbacks import _files
 
-NAME = "keras"
 # The module prefix of Keras' own classes (see `overrides`).
 _PREFIX = "keras."
 
@@ -164,7 +163,7 @@ def to_json(model: keras.Model) -> str | None:
     try:
         config = json.loads(model.to_json())
     except NotImplementedError as e:
-        _warn_no_config(model, e)
+        warn_no_config(model, e)
         return None
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and config.get("compile_config"):
@@ -172,7 +171,7 @@ def to_json(model: keras.Model) -> str | None:
     return dumps(config)
 
 
-def _warn_no_config(model, error: Exception) -> None:
+def warn_no_config(model, error: Exception) -> None:
     logging.warning(
         "Model %r has no get_config(), so the export holds no %s and "
         "load_from_saved_model cannot rebuild it (tf.saved_model.load still "
