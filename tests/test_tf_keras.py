@@ -85,8 +85,11 @@ def _subclassed():
     return model, x, target, {name: x, "output_0_target": target}
 
 
-KINDS = {"sequential": _sequential, "functional_dict": _functional_dict}
-KINDS["subclassed"] = _subclassed
+KINDS = {
+    "sequential": _sequential,
+    "functional_dict": _functional_dict,
+    "subclassed": _subclassed,
+}
 
 
 @pytest.mark.parametrize("make", KINDS.values(), ids=KINDS.keys())
