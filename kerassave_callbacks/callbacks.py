@@ -41,10 +41,6 @@ def _uncommitted(failure: exporter_lib.ExportError | None) -> bool:
     return failure is not None and failure.committed is None
 
 
-def _strategy(model) -> tf.distribute.Strategy:
-    return getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
-
-
 def _check_supported(model, strategy: tf.distribute.Strategy) -> None:
     """Refuses a Keras 3 model under MultiWorkerMirroredStrategy, where its
     `fit` does not run (keras-team/keras#20585) and saving would hang."""
@@ -281,7 +277,7 @@ class SavedModelExporter(keras.callbacks.Callback):
         self._last_batch_seen = -1
         self._epoch = None
         self._last_step = None
-        strategy = _strategy(self.model)
+        strategy = keras3.strategy_of(self.model)
         _check_supported(self.model, strategy)
         if not strategy.extended.should_checkpoint:
             self.exporter = None  # Not the chief: only the chief writes.

@@ -103,19 +103,12 @@ def is_compiled(model) -> bool:
 def has_loss(model) -> bool:
     """True when training the model minimizes something (Keras 2 keeps an
     empty container for `compile(loss=None)`)."""
-    loss = getattr(model, "loss", None)
-    empty = loss is None or (isinstance(loss, (dict, list, tuple)) and not loss)
-    return (
-        not empty or overrides(model, "compute_loss") is not None or bool(model.losses)
-    )
+    return keras3.has_loss_of(model, _PREFIX)
 
 
 def overrides(model, method: str) -> str | None:
     """The class that overrides Keras' `method`, or None for Keras' own."""
-    for cls in type(model).__mro__:
-        if method in cls.__dict__:
-            return None if cls.__module__.startswith(_PREFIX) else cls.__qualname__
-    return None
+    return keras3.overrides_of(model, method, _PREFIX)
 
 
 def build_optimizer(model) -> None:

@@ -96,29 +96,44 @@ def is_compiled(model: keras.Model) -> bool:
 
 def has_loss(model: keras.Model) -> bool:
     """True when training the model minimizes something."""
+    return has_loss_of(model, _PREFIX)
+
+
+def has_loss_of(model, prefix: str) -> bool:
+    """`has_loss` of a model whose Keras classes live under `prefix`. An
+    empty loss container (Keras 2's for `compile(loss=None)`) is no loss."""
+    loss = getattr(model, "loss", None)
+    empty = loss is None or (isinstance(loss, (dict, list, tuple)) and not loss)
     return (
-        getattr(model, "loss", None) is not None
-        or overrides(model, "compute_loss") is not None
+        not empty
+        or overrides_of(model, "compute_loss", prefix) is not None
         or bool(model.losses)
     )
 
 
 def overrides(model, method: str) -> str | None:
     """The class that overrides Keras' `method`, or None for Keras' own."""
+    return overrides_of(model, method, _PREFIX)
+
+
+def overrides_of(model, method: str, prefix: str) -> str | None:
+    """`overrides` for a Keras whose own classes live under `prefix`."""
     for cls in type(model).__mro__:
         if method in cls.__dict__:
-            return None if cls.__module__.startswith(_PREFIX) else cls.__qualname__
+            return None if cls.__module__.startswith(prefix) else cls.__qualname__
     return None
+
+
+def strategy_of(model) -> tf.distribute.Strategy:
+    """The distribution strategy `model` was built under (any Keras)."""
+    return getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
 
 
 def build_optimizer(model: keras.Model) -> None:
     """Creates the optimizer's slots (under a strategy, in its scope)."""
     if model.optimizer.built:
         return
-    strategy = (
-        getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
-    )
-    with strategy.scope():
+    with strategy_of(model).scope():
         model.optimizer.build(model.trainable_variables)
 
 
