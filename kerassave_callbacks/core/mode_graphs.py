@@ -18,11 +18,17 @@ import tempfile
 import tensorflow as tf
 from absl import logging
 from google.protobuf import text_format
-from tensorflow.core.framework import attr_value_pb2, node_def_pb2, variable_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
 from kerassave_callbacks import _files
-from kerassave_callbacks.core import _tf_logs, keras_api, modes, specs, warmup
+from kerassave_callbacks.core import (
+    _tf_logs,
+    graph_split,
+    keras_api,
+    modes,
+    specs,
+    warmup,
+)
 
 SAVED_MODEL_PB = _files.SAVED_MODEL_PB
 SAVED_MODEL_PBTXT = _files.SAVED_MODEL_PBTXT
@@ -326,9 +332,18 @@ class ModeGraphs:
             warmup.write(path, self._warmup)
 
     def _serialize_graphs(self, path: str) -> None:
+        # With several MetaGraphs, each gets a saver of its own over its own
+        # variables (see graph_split), so TF's, traced over all of them and
+        # copied into every MetaGraph, is not built.
+        options = tf.saved_model.SaveOptions(
+            experimental_skip_saver=len(self.modes) > 1
+        )
+
         def save():
             with _tf_logs.quiet():
-                tf.saved_model.save(self.root, path, signatures=self._to_save())
+                tf.saved_model.save(
+                    self.root, path, signatures=self._to_save(), options=options
+                )
 
         try:
             if self.traced_model is self.model:
@@ -345,21 +360,12 @@ class ModeGraphs:
                 rel: _read_file(posixpath.join(assets, rel))
                 for rel in _files.list_files(assets)
             }
-        pb_path = posixpath.join(path, SAVED_MODEL_PB)
-        with tf.io.gfile.GFile(pb_path, "rb") as f:
-            saved = saved_model_pb2.SavedModel.FromString(f.read())
-        self._saved_model = split_by_mode(saved, self.modes)
-        tf.io.gfile.remove(pb_path)
-        # TF fingerprints the graph it wrote; after the split that
-        # fingerprint no longer describes the file, so it is left out.
-        fingerprint = posixpath.join(path, _FINGERPRINT)
-        if tf.io.gfile.exists(fingerprint):
-            tf.io.gfile.remove(fingerprint)
         reader = tf.compat.v1.train.NewCheckpointReader(
             posixpath.join(path, _files.VARIABLES_PREFIX)
         )
+        shapes = reader.get_variable_to_shape_map()
         expected = set(self._keys)
-        written = set(reader.get_variable_to_shape_map())
+        written = set(shapes)
         if written != expected:
             raise ValueError(
                 f"Cannot export model {self.model.name!r}: its graphs use state "
@@ -367,6 +373,16 @@ class ModeGraphs:
                 f"saved under checkpoint keys {sorted(written ^ expected)}. "
                 "Keep such state in variables or in tf.lookup.StaticHashTable."
             )
+        pb_path = posixpath.join(path, SAVED_MODEL_PB)
+        with tf.io.gfile.GFile(pb_path, "rb") as f:
+            saved = saved_model_pb2.SavedModel.FromString(f.read())
+        self._saved_model = graph_split.split_by_mode(saved, self.modes, shapes)
+        tf.io.gfile.remove(pb_path)
+        # TF fingerprints the graph it wrote; after the split that
+        # fingerprint no longer describes the file, so it is left out.
+        fingerprint = posixpath.join(path, _FINGERPRINT)
+        if tf.io.gfile.exists(fingerprint):
+            tf.io.gfile.remove(fingerprint)
         self._object_graph = tf.constant(reader.get_tensor(_OBJECT_GRAPH_KEY))
 
     @property
@@ -513,177 +529,6 @@ def _traced(fn, input_signature):
     fn = tf.function(fn, input_signature=input_signature, autograph=False)
     fn.get_concrete_function()
     return fn
-
-
-def split_by_mode(
-    saved: saved_model_pb2.SavedModel, mode_list
-) -> saved_model_pb2.SavedModel:
-    """One MetaGraph per mode, each with only that mode's signature."""
-    (base,) = saved.meta_graphs
-    out = saved_model_pb2.SavedModel(
-        saved_model_schema_version=saved.saved_model_schema_version
-    )
-    for mode in mode_list:
-        meta = out.meta_graphs.add()
-        meta.CopyFrom(base)
-        del meta.meta_info_def.tags[:]
-        meta.meta_info_def.tags.append(mode.tag)
-        for key in list(meta.signature_def):
-            # Keys with a double underscore (the init op) serve every mode.
-            if key != mode.signature_key and not key.startswith("__"):
-                del meta.signature_def[key]
-        meta.signature_def[mode.signature_key].method_name = mode.method_name
-        if len(mode_list) > 1:
-            _prune_graph(meta, keep_save=mode is modes.TRAIN)
-            _add_variable_collection(meta)
-    return out
-
-
-def _add_variable_collection(meta) -> None:
-    """Lists every variable of the graph in the v1 `variables` collection.
-
-    TF reads a SavedModel with several MetaGraphs through its v1 loader,
-    which lifts only the variables of that collection into the loaded
-    object: with it, `tf.saved_model.load(path, tags=["serve"])` exposes the
-    variables, so freezing, tf2onnx and other TF2 tools see the weights, as
-    with a SavedModel written by TF1's `Builder`.
-    """
-    graph = meta.graph_def
-    names = {node.name for node in graph.node}
-    defs = []
-    for node in list(graph.node):
-        if node.op != "VarHandleOp":
-            continue
-        read = f"{node.name}/Read/ReadVariableOp"
-        if read not in names:
-            graph.node.append(
-                node_def_pb2.NodeDef(
-                    name=read,
-                    op="ReadVariableOp",
-                    input=[node.name],
-                    attr={
-                        "dtype": attr_value_pb2.AttrValue(type=node.attr["dtype"].type)
-                    },
-                )
-            )
-        defs.append(
-            variable_pb2.VariableDef(
-                variable_name=f"{node.name}:0",
-                initializer_name=node.name,
-                snapshot_name=f"{read}:0",
-                is_resource=True,
-            ).SerializeToString()
-        )
-    collection = meta.collection_def["variables"].bytes_list
-    del collection.value[:]
-    collection.value.extend(defs)
-
-
-def _tensor_node(name: str) -> str:
-    return name.split(":")[0].lstrip("^")
-
-
-def _prune_graph(meta, keep_save: bool) -> None:
-    """Keeps only the nodes and functions this MetaGraph's signatures, saver
-    and init op need: the serve graph then carries no training functions.
-
-    Only for exports with several MetaGraphs, which every loader reads
-    through the graph (TF2 too, via its v1 loader). Their object graph,
-    which would name the functions pruned away, is dropped.
-    """
-    needed = [
-        _tensor_node(t.name)
-        for sig in meta.signature_def.values()
-        for t in list(sig.inputs.values()) + list(sig.outputs.values())
-    ]
-    # Loaders only restore; only the train graph, whose weights change,
-    # keeps the op that saves them (the serve and eval graphs then hold no
-    # copy of the save function: a quarter of their size).
-    saver = meta.saver_def
-    needed += [
-        _tensor_node(n)
-        for n in (
-            saver.filename_tensor_name,
-            saver.save_tensor_name if keep_save else "",
-            saver.restore_op_name,
-        )
-        if n
-    ]
-    for collection in meta.collection_def.values():
-        needed += [_tensor_node(n) for n in collection.node_list.value]
-    graph = _sub_graph(meta.graph_def, needed)
-    library = graph.library
-    functions = {f.signature.name: f for f in library.function}
-    custom = {g.registered_op_type: g for g in library.registered_gradients}
-    used, kept_types = _functions_used(graph.node, functions, custom)
-    kept = [f for f in library.function if f.signature.name in used]
-    del library.function[:]
-    library.function.extend(kept)
-    gradients = [g for g in library.gradient if g.function_name in used]
-    del library.gradient[:]
-    library.gradient.extend(gradients)
-    registered = [custom[t] for t in sorted(kept_types)]
-    del library.registered_gradients[:]
-    library.registered_gradients.extend(registered)
-    meta.graph_def.CopyFrom(graph)
-    meta.ClearField("object_graph_def")
-
-
-def _sub_graph(graph_def, needed: list[str]):
-    """The nodes of `graph_def` that `needed` reach through their inputs.
-
-    What the deprecated `tf.compat.v1.graph_util.extract_sub_graph` did,
-    keeping the nodes in their original order.
-    """
-    by_name = {node.name: node for node in graph_def.node}
-    kept: set[str] = set()
-    stack = [name for name in needed if name in by_name]
-    while stack:
-        name = stack.pop()
-        if name in kept:
-            continue
-        kept.add(name)
-        stack.extend(_tensor_node(i) for i in by_name[name].input)
-    out = type(graph_def)()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
-    out.node.extend(node for node in graph_def.node if node.name in kept)
-    return out
-
-
-def _functions_used(nodes, functions: dict, custom: dict) -> tuple[set, set]:
-    """The library functions that `nodes` need, and the custom gradients.
-
-    A function is needed when a needed node calls it (as its op or through
-    a function attr). A custom gradient is found through the
-    `_gradient_op_type` attr of the ops it differentiates: its gradient
-    function is needed when such an op is. One pass over the nodes.
-
-    Returns:
-      (names of the needed functions, the op types of the custom gradients
-      kept), `custom` mapping an op type to its registered gradient.
-    """
-    used: set[str] = set()
-    types: set[str] = set()
-    stack = list(nodes)
-    while stack:
-        node = stack.pop()
-        called = [node.op]
-        for key, attr in node.attr.items():
-            if attr.HasField("func"):
-                called.append(attr.func.name)
-            elif attr.list.func:
-                called.extend(f.name for f in attr.list.func)
-            elif key == "_gradient_op_type":
-                op_type = attr.s.decode()
-                if op_type in custom and op_type not in types:
-                    types.add(op_type)
-                    called.append(custom[op_type].gradient_func)
-        for name in called:
-            if name in functions and name not in used:
-                used.add(name)
-                stack.extend(functions[name].node_def)
-    return used, types
 
 
 def to_text(saved: saved_model_pb2.SavedModel) -> bytes:
