@@ -340,3 +340,19 @@ def test_a_re_adapted_lookup_table_is_exported_not_the_old_one(tmp_path):
     words = _words()
     served = serve_tf2(newest, {"text": words.numpy()})["score"]
     assert_close(served, model.predict(words, verbose=0))
+
+
+def test_signature_outputs_keep_their_static_shapes(tmp_path):
+    model, path, _, _ = trained_export(tmp_path)
+    served = tf.saved_model.load(path, tags=["serve"]).signatures["serving_default"]
+    assert served.structured_outputs["logits"].shape.as_list() == [None, 3]
+    for tag in ("train", "eval"):
+        with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+            meta = tf.compat.v1.saved_model.load(sess, [tag], path)
+            outputs = meta.signature_def[tag].outputs
+            shapes = {
+                key: sess.graph.get_tensor_by_name(t.name).shape.as_list()
+                for key, t in outputs.items()
+            }
+        assert shapes["loss"] == []
+        assert shapes["predictions/logits"] == [None, 3]

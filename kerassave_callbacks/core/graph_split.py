@@ -321,7 +321,8 @@ def _prune_graph(meta) -> None:
 
     Only for exports with several MetaGraphs, which every loader reads
     through the graph (TF2 too, via its v1 loader). Their object graph,
-    which would name the functions pruned away, is dropped.
+    which would name the functions pruned away, is dropped, and so are the
+    `_output_shapes` of the nodes inside functions.
     """
     needed = [
         _tensor_node(t.name)
@@ -344,6 +345,12 @@ def _prune_graph(meta) -> None:
     registered = [custom[t] for t in sorted(kept_types)]
     del library.registered_gradients[:]
     library.registered_gradients.extend(registered)
+    # The shapes TF records on every node of a function body (a sixth of
+    # the train graph) are hints: the v1 loaders that read these graphs,
+    # TF Serving and the converters infer them again.
+    for function in library.function:
+        for node in function.node_def:
+            del node.attr["_output_shapes"]
     meta.graph_def.CopyFrom(graph)
     meta.ClearField("object_graph_def")
 
