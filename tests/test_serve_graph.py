@@ -117,6 +117,53 @@ def test_loading_serve_or_eval_logs_no_custom_gradient_warning(tag, tmp_path):
     assert "custom gradient" not in out.stderr
 
 
+GRADIENTS = """
+import sys
+import numpy as np
+import tensorflow as tf
+path, x = sys.argv[1], np.load(sys.argv[2])
+with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+    meta = tf.compat.v1.saved_model.load(sess, ["serve"], path)
+    sig = meta.signature_def["serving_default"]
+    inputs = sess.graph.get_tensor_by_name(sig.inputs["features"].name)
+    logits = sess.graph.get_tensor_by_name(sig.outputs["logits"].name)
+    (grad,) = sess.run(tf.compat.v1.gradients(logits, inputs), {inputs: x})
+np.save(sys.argv[3], grad)
+for tag in ("serve", "eval", "train"):
+    tf.saved_model.load(path, tags=[tag])
+print("ok")
+"""
+
+
+def test_a_swish_model_loads_quietly_and_differentiates_in_tf1(tmp_path):
+    # swish is a TF custom gradient: the ops of its forward pass carry it by
+    # name, which TF's loaders look up in vain in a fresh process.
+    x, y = classifier_data()
+    inputs = keras.Input((4,), name="features")
+    hidden = keras.layers.Dense(8, activation="swish")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(hidden))
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(x, np.eye(3)[y], epochs=1, verbose=0)
+    path = str(tmp_path / "export")
+    export_saved_model(model, path)
+    np.save(tmp_path / "x.npy", x)
+    out = subprocess.run(
+        [sys.executable, "-c", GRADIENTS, path, tmp_path / "x.npy", tmp_path / "g"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "custom gradient" not in out.stderr
+
+    tensor = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(tensor)
+        total = tf.reduce_sum(model(tensor))
+    assert_close(np.load(tmp_path / "g.npy"), tape.gradient(total, tensor))
+
+
 # 2. Lookup tables and other resources.
 
 TEXTS = np.array(

@@ -321,8 +321,8 @@ def _prune_graph(meta) -> None:
 
     Only for exports with several MetaGraphs, which every loader reads
     through the graph (TF2 too, via its v1 loader). Their object graph,
-    which would name the functions pruned away, is dropped, and so are the
-    `_output_shapes` of the nodes inside functions.
+    which would name the functions pruned away, is dropped, and so are two
+    attrs of the nodes inside functions, see `_strip_function_hints`.
     """
     needed = [
         _tensor_node(t.name)
@@ -334,25 +334,35 @@ def _prune_graph(meta) -> None:
     graph = _sub_graph(meta.graph_def, needed)
     library = graph.library
     functions = {f.signature.name: f for f in library.function}
-    custom = {g.registered_op_type: g for g in library.registered_gradients}
-    used, kept_types = _functions_used(graph.node, functions, custom)
+    used = _functions_used(graph.node, functions)
     kept = [f for f in library.function if f.signature.name in used]
     del library.function[:]
     library.function.extend(kept)
     gradients = [g for g in library.gradient if g.function_name in used]
     del library.gradient[:]
     library.gradient.extend(gradients)
-    registered = [custom[t] for t in sorted(kept_types)]
-    del library.registered_gradients[:]
-    library.registered_gradients.extend(registered)
-    # The shapes TF records on every node of a function body (a sixth of
-    # the train graph) are hints: the v1 loaders that read these graphs,
-    # TF Serving and the converters infer them again.
-    for function in library.function:
-        for node in function.node_def:
-            del node.attr["_output_shapes"]
+    _strip_function_hints(library)
     meta.graph_def.CopyFrom(graph)
     meta.ClearField("object_graph_def")
+
+
+def _strip_function_hints(library) -> None:
+    """Drops the `_output_shapes` and `_gradient_op_type` of the nodes in
+    `library`'s functions.
+
+    `_output_shapes` (a sixth of the train graph) are hints: TF's v1
+    loaders, TF Serving and the converters infer shapes again.
+    `_gradient_op_type` names a Python custom gradient (TF's swish has
+    one) that is not saved here (`experimental_custom_gradients=False`):
+    a graph read through the v1 loaders cannot use a saved one (TF2 cannot
+    differentiate such a graph at all; TF1's `tf.gradients` differentiates
+    the recorded ops), so the attr only made TF2 loads warn about it.
+    """
+    for function in library.function:
+        for node in function.node_def:
+            for hint in ("_output_shapes", "_gradient_op_type"):
+                if hint in node.attr:
+                    del node.attr[hint]
 
 
 def _sub_graph(graph_def, needed: list[str]):
@@ -377,36 +387,21 @@ def _sub_graph(graph_def, needed: list[str]):
     return out
 
 
-def _functions_used(nodes, functions: dict, custom: dict) -> tuple[set, set]:
-    """The library functions that `nodes` need, and the custom gradients.
-
-    A function is needed when a needed node calls it (as its op or through
-    a function attr). A custom gradient is found through the
-    `_gradient_op_type` attr of the ops it differentiates: its gradient
-    function is needed when such an op is. One pass over the nodes.
-
-    Returns:
-      (names of the needed functions, the op types of the custom gradients
-      kept), `custom` mapping an op type to its registered gradient.
-    """
+def _functions_used(nodes, functions: dict) -> set[str]:
+    """The names of the library functions that `nodes` need: those a needed
+    node calls, as its op or through a function attr."""
     used: set[str] = set()
-    types: set[str] = set()
     stack = list(nodes)
     while stack:
         node = stack.pop()
         called = [node.op]
-        for key, attr in node.attr.items():
+        for attr in node.attr.values():
             if attr.HasField("func"):
                 called.append(attr.func.name)
             elif attr.list.func:
                 called.extend(f.name for f in attr.list.func)
-            elif key == "_gradient_op_type":
-                op_type = attr.s.decode()
-                if op_type in custom and op_type not in types:
-                    types.add(op_type)
-                    called.append(custom[op_type].gradient_func)
         for name in called:
             if name in functions and name not in used:
                 used.add(name)
                 stack.extend(functions[name].node_def)
-    return used, types
+    return used

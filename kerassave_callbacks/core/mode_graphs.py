@@ -334,9 +334,12 @@ class ModeGraphs:
     def _serialize_graphs(self, path: str) -> None:
         # With several MetaGraphs, each gets a saver of its own over its own
         # variables (see graph_split), so TF's, traced over all of them and
-        # copied into every MetaGraph, is not built.
+        # copied into every MetaGraph, is not built; nor are custom
+        # gradients, which no loader of such an export can use.
+        several = len(self.modes) > 1
         options = tf.saved_model.SaveOptions(
-            experimental_skip_saver=len(self.modes) > 1
+            experimental_skip_saver=several,
+            experimental_custom_gradients=not several,
         )
 
         def save():
