@@ -110,17 +110,30 @@ def variable_keys(meta, checkpoint_shapes: dict) -> dict[str, str]:
         captured = arguments[len(arguments) - len(function.bound_inputs) :]
         for name, object_id in zip(captured, function.bound_inputs, strict=True):
             name = _tensor_node(name)
-            if by_name[name].op == "VarHandleOp":
-                keys[name] = paths[object_id].rstrip("/") + _VARIABLE_SUFFIX
+            if by_name[name].op != "VarHandleOp":
+                continue
+            key = paths[object_id].rstrip("/") + _VARIABLE_SUFFIX
+            if keys.setdefault(name, key) != key:
+                _cannot_map(name, f"found as both {keys[name]!r} and {key!r}")
     for name, key in keys.items():
-        shape = [d.size for d in by_name[name].attr["shape"].shape.dim]
-        if key not in checkpoint_shapes or list(checkpoint_shapes[key]) != shape:
+        shape = by_name[name].attr["shape"].shape
+        if key not in checkpoint_shapes or not _fits(shape, checkpoint_shapes[key]):
             _cannot_map(
                 name,
-                f"found as {key!r} (shape {shape}), which the "
-                "checkpoint does not hold with that shape",
+                f"found as {key!r}, which the checkpoint does not hold with "
+                f"its shape {[d.size for d in shape.dim]}",
             )
     return keys
+
+
+def _fits(shape, values_shape) -> bool:
+    """Whether values of `values_shape` fit a variable of `shape` (a
+    TensorShapeProto, in which -1 is any size)."""
+    if shape.unknown_rank:
+        return True
+    return len(shape.dim) == len(values_shape) and all(
+        d.size in (-1, n) for d, n in zip(shape.dim, values_shape, strict=True)
+    )
 
 
 def _cannot_map(variable: str, why: str):
@@ -141,7 +154,8 @@ def _variables(graph) -> list:
 
 
 def _attr(**kwargs) -> dict:
-    """NodeDef attrs from `type=`, `types=`, `shape=` and `tensor=`."""
+    """NodeDef attrs by name, from a TensorProto, a TensorShapeProto, a list
+    of dtypes or a dtype."""
     attrs = {}
     for name, value in kwargs.items():
         if isinstance(value, tensor_pb2.TensorProto):
@@ -230,13 +244,16 @@ def _add_saver(meta, variables: list, keys: dict[str, str], saves: bool) -> None
                 dtype=types_pb2.DT_STRING, value=_strings([""] * len(variables))
             ),
         ),
-        node_def_pb2.NodeDef(
-            name=f"{scope}/RestoreV2",
-            op="RestoreV2",
-            input=[filename, tensor_names, slices],
-            attr=_attr(dtypes=dtypes),
-        ),
     ]
+    if variables:  # RestoreV2 and SaveV2 take at least one tensor.
+        nodes.append(
+            node_def_pb2.NodeDef(
+                name=f"{scope}/RestoreV2",
+                op="RestoreV2",
+                input=[filename, tensor_names, slices],
+                attr=_attr(dtypes=dtypes),
+            )
+        )
     assigns = []
     for i, variable in enumerate(variables):
         assigns.append(f"{scope}/Assign_{i}")
@@ -255,7 +272,7 @@ def _add_saver(meta, variables: list, keys: dict[str, str], saves: bool) -> None
             input=["^" + a for a in assigns],
         )
     )
-    if saves:
+    if saves and variables:
         reads = [_read_name(graph, v, names) for v in variables]
         nodes += [
             node_def_pb2.NodeDef(

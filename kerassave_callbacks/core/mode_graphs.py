@@ -4,7 +4,8 @@ TensorFlow 2.21 with Keras 3 has no graph mode for Keras, so the mode graphs
 of the old `tf.keras.experimental.export_saved_model` are rebuilt on TF2
 tracing: each mode is a `tf.function` traced once, saved together with
 `tf.saved_model.save`, and the one MetaGraph that writes is then split into
-one MetaGraph per mode tag, each keeping only its own signature.
+one MetaGraph per mode tag, each keeping only its own signature
+(`graph_split`).
 """
 
 from __future__ import annotations
