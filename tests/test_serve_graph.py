@@ -22,7 +22,13 @@ from kerassave_callbacks import (
 from kerassave_callbacks.core import keras3
 
 from conftest import classifier, classifier_data
-from helpers import assert_close, run_tf1, serve_tf2, trained_export
+from helpers import (
+    assert_close,
+    run_tf1,
+    saved_model_cli,
+    serve_tf2,
+    trained_export,
+)
 
 # 1. TF2 tools read the serve graph of a full export.
 
@@ -93,6 +99,40 @@ def test_tf2onnx_converts_the_serve_graph_and_onnxruntime_predicts(tmp_path):
     (inp,) = session.get_inputs()
     (logits,) = session.run(None, {inp.name: x})
     assert_close(logits, model(x))
+
+
+def test_saved_model_cli_compiles_the_serve_graph_ahead_of_time(tmp_path):
+    # XLA's AOT compiler freezes the variables of the serve graph: it needs
+    # them in the graph, and a static input shape.
+    path = str(tmp_path / "export")
+    export_saved_model(
+        classifier(),
+        path,
+        input_signature=[tf.TensorSpec([2, 4], tf.float32, name="features")],
+    )
+    prefix = str(tmp_path / "aot" / "model")
+    command = [
+        "aot_compile_cpu",
+        "--dir",
+        path,
+        "--tag_set",
+        "serve",
+        "--signature_def_key",
+        "serving_default",
+        "--output_prefix",
+        prefix,
+        "--cpp_class",
+        "Classifier",
+    ]
+    out = subprocess.run(
+        saved_model_cli() + command, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    header = open(prefix + ".h").read()
+    assert "class Classifier final" in header
+    assert "arg_feed_features_data" in header
+    assert "result_fetch_logits_data" in header
+    assert os.path.getsize(prefix + ".o") > 0
 
 
 GRADIENTS = """
