@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from kerassave_callbacks import _files, retention
 from kerassave_callbacks import export_dir as export_dir_lib
-from kerassave_callbacks.core import loader, modes, warmup
+from kerassave_callbacks.core import _tf_logs, loader, modes, warmup
 
 OK, FAILED, USAGE = 0, 1, 2
 
@@ -143,7 +143,8 @@ def _load_and_run(path: str, tags: list[str], requests) -> list[str]:
     requests (or on one row of zeros), comparing each warm-up reply with the
     signature run through `tf.saved_model.load`."""
     with tf.compat.v1.Session(graph=tf.Graph()) as sess:
-        meta = tf.compat.v1.saved_model.load(sess, tags, path)
+        with _tf_logs.quiet():
+            meta = tf.compat.v1.saved_model.load(sess, tags, path)
         if modes.SERVE.tag not in tags:
             return []
         sig = meta.signature_def.get(modes.SERVE.signature_key)
