@@ -5,15 +5,16 @@ functions that signature and the init op need, and a saver of its own over
 the variables it holds: written here as graph nodes (`RestoreV2` and one
 `AssignVariableOp` per variable, and in the train graph `SaveV2`), as TF1's
 `Saver` built them. `tf.saved_model.save` is asked for no saver of its own
-(`experimental_skip_saver`): its save and restore functions are traced over
-every variable and were copied into every MetaGraph, a third of the file.
-Only `tensorflow.core` protos are used.
+(`save_options`): its save and restore functions are traced over every
+variable and were copied into every MetaGraph, a third of the file. The
+graphs are edited as `tensorflow.core` protos.
 """
 
 from __future__ import annotations
 
 import collections
 
+import tensorflow as tf
 from tensorflow.core.framework import (
     attr_value_pb2,
     node_def_pb2,
@@ -30,6 +31,19 @@ from kerassave_callbacks.core import modes
 SAVER_SCOPE = "save"
 _CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
 _VARIABLE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def save_options(mode_list) -> tf.saved_model.SaveOptions:
+    """How `tf.saved_model.save` saves what `split_by_mode` then splits.
+
+    With several modes, no saver (each MetaGraph gets its own) and no custom
+    gradients (see `_strip_function_hints`); the serve mode alone is saved
+    as TF saves it, for TF2 to read natively.
+    """
+    several = len(mode_list) > 1
+    return tf.saved_model.SaveOptions(
+        experimental_skip_saver=several, experimental_custom_gradients=not several
+    )
 
 
 def split_by_mode(

@@ -333,15 +333,7 @@ class ModeGraphs:
             warmup.write(path, self._warmup)
 
     def _serialize_graphs(self, path: str) -> None:
-        # With several MetaGraphs, each gets a saver of its own over its own
-        # variables (see graph_split), so TF's, traced over all of them and
-        # copied into every MetaGraph, is not built; nor are custom
-        # gradients, which no loader of such an export can use.
-        several = len(self.modes) > 1
-        options = tf.saved_model.SaveOptions(
-            experimental_skip_saver=several,
-            experimental_custom_gradients=not several,
-        )
+        options = graph_split.save_options(self.modes)
 
         def save():
             with _tf_logs.quiet():
