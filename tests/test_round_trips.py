@@ -121,7 +121,21 @@ def _regularizers():
     return _dense_net(dense)
 
 
+def _application():
+    # A keras.applications model (weights=None: nothing is downloaded):
+    # BatchNormalization in every block, 262 variables.
+    model = keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=3
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x = RNG.normal(size=(N, 32, 32, 3)).astype("float32")
+    y = RNG.integers(0, 3, size=(N,))
+    (name,) = [t.name for t in model.inputs]
+    return model, x, y, {name: x, "predictions_target": y}
+
+
 ZOO = {
+    "application": (_application, {}),
     "dict_io": (_dict_io, {}),
     "subclassed": (_subclassed, {}),
     "custom_layer_and_loss": (_custom_layer_and_loss, {}),
@@ -171,6 +185,24 @@ def test_round_trip(make, options, tmp_path):
         loaded.reset_metrics()
         keras_losses.append(loaded.train_on_batch(x, y, return_dict=True)["loss"])
     assert_close([r["loss"] for r in runs], keras_losses, atol=1e-5)
+
+
+def test_an_application_serves_exactly_with_only_its_weights(tmp_path):
+    model, x, y, feeds = _application()
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    path = str(tmp_path / "export")
+    export_saved_model(model, path)
+    expected = model.predict(x, verbose=0)
+    (name,) = [t.name for t in model.inputs]
+
+    (tf1,) = run_tf1(path, "serve", "serving_default", {name: x})
+    assert_close(tf1["predictions"], expected)
+    assert_close(serve_tf2(path, {name: x})["predictions"], expected)
+    # The serve graph holds the weights, with their values, and nothing else.
+    served = tf.saved_model.load(path, tags=["serve"]).variables
+    assert sorted(np.asarray(v).tobytes() for v in served) == sorted(
+        np.asarray(w).tobytes() for w in model.weights
+    )
 
 
 # Silent wrong results.
