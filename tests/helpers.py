@@ -75,6 +75,12 @@ def trained_export(tmp_path):
     return model, path, x, y
 
 
+def value_bytes(variables) -> list[bytes]:
+    """The values of `variables`, as a sorted list of bytes: equal lists
+    mean the same values, whatever the variables are named or ordered."""
+    return sorted(np.asarray(v).tobytes() for v in variables)
+
+
 def assert_close(a, b, atol=1e-5):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=atol, rtol=1e-5)
 

@@ -21,7 +21,7 @@ from kerassave_callbacks import (
 )
 
 from conftest import ConfigurableDoubler, classifier, classifier_data, two_tower
-from helpers import assert_close, run_python, run_tf1, serve_tf2
+from helpers import assert_close, run_python, run_tf1, serve_tf2, value_bytes
 
 RNG = np.random.default_rng(3)
 N = 16
@@ -200,9 +200,7 @@ def test_an_application_serves_exactly_with_only_its_weights(tmp_path):
     assert_close(serve_tf2(path, {name: x})["predictions"], expected)
     # The serve graph holds the weights, with their values, and nothing else.
     served = tf.saved_model.load(path, tags=["serve"]).variables
-    assert sorted(np.asarray(v).tobytes() for v in served) == sorted(
-        np.asarray(w).tobytes() for w in model.weights
-    )
+    assert value_bytes(served) == value_bytes(model.weights)
 
 
 # Silent wrong results.

@@ -28,13 +28,10 @@ from helpers import (
     saved_model_cli,
     serve_tf2,
     trained_export,
+    value_bytes,
 )
 
 # 1. TF2 tools read the serve graph of a full export.
-
-
-def _values(variables) -> list[bytes]:
-    return sorted(np.asarray(v).tobytes() for v in variables)
 
 
 def test_each_graph_exposes_the_variables_its_signature_uses(tmp_path):
@@ -46,7 +43,7 @@ def test_each_graph_exposes_the_variables_its_signature_uses(tmp_path):
     }
 
     # Serving: the weights with their values, and no optimizer state.
-    assert _values(loaded["serve"].variables) == _values(model.weights)
+    assert value_bytes(loaded["serve"].variables) == value_bytes(model.weights)
     assert len(loaded["eval"].variables) == len(model.weights) + len(metrics)
     assert len(loaded["train"].variables) == (
         len(model.weights) + len(optimizer) + len(metrics)

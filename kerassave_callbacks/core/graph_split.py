@@ -68,10 +68,19 @@ def split_by_mode(
     out = saved_model_pb2.SavedModel(
         saved_model_schema_version=saved.saved_model_schema_version
     )
-    keys = variable_keys(base, checkpoint_shapes) if len(mode_list) > 1 else {}
+    several = len(mode_list) > 1
+    keys = _variable_keys(base, checkpoint_shapes) if several else {}
+    # What every MetaGraph starts from: with several, all but the graph and
+    # the object graph, which `_pruned_graph` builds from `base` per mode.
+    shell = base
+    if several:
+        shell = type(base)()
+        shell.CopyFrom(base)
+        shell.ClearField("graph_def")
+        shell.ClearField("object_graph_def")
     for mode in mode_list:
         meta = out.meta_graphs.add()
-        meta.CopyFrom(base)
+        meta.CopyFrom(shell)
         del meta.meta_info_def.tags[:]
         meta.meta_info_def.tags.append(mode.tag)
         for key in list(meta.signature_def):
@@ -79,8 +88,8 @@ def split_by_mode(
             if key != mode.signature_key and not key.startswith("__"):
                 del meta.signature_def[key]
         meta.signature_def[mode.signature_key].method_name = mode.method_name
-        if len(mode_list) > 1:
-            _prune_graph(meta)
+        if several:
+            meta.graph_def.CopyFrom(_pruned_graph(meta, base.graph_def))
             variables = _variables(meta.graph_def)
             for variable in variables:
                 if variable.name not in keys:
@@ -90,7 +99,7 @@ def split_by_mode(
     return out
 
 
-def variable_keys(meta, checkpoint_shapes: dict) -> dict[str, str]:
+def _variable_keys(meta, checkpoint_shapes: dict) -> dict[str, str]:
     """`VarHandleOp` node name -> checkpoint key, for the variables that the
     functions `meta` calls capture.
 
@@ -345,15 +354,15 @@ def _tensor_node(name: str) -> str:
     return name.split(":")[0].lstrip("^")
 
 
-def _prune_graph(meta) -> None:
-    """Keeps only the nodes and functions this MetaGraph's signatures and
+def _pruned_graph(meta, graph_def):
+    """The nodes and functions of `graph_def` that `meta`'s signatures and
     init op need: the serve graph then carries no training functions, and
     no variables only training uses (optimizer slots).
 
     Only for exports with several MetaGraphs, which every loader reads
-    through the graph (TF2 too, via its v1 loader). Their object graph,
-    which would name the functions pruned away, is dropped, and so are two
-    attrs of the nodes inside functions, see `_strip_function_hints`.
+    through the graph (TF2 too, via its v1 loader); their object graph,
+    which would name the functions pruned away, is left out. Functions are
+    copied without two hints, see `_strip_function_hints`.
     """
     needed = [
         _tensor_node(t.name)
@@ -362,19 +371,20 @@ def _prune_graph(meta) -> None:
     ]
     for collection in meta.collection_def.values():
         needed += [_tensor_node(n) for n in collection.node_list.value]
-    graph = _sub_graph(meta.graph_def, needed)
-    library = graph.library
+    graph = type(graph_def)()
+    graph.versions.CopyFrom(graph_def.versions)
+    graph.node.extend(_sub_graph(graph_def, needed))
+    library = graph_def.library
     functions = {f.signature.name: f for f in library.function}
     used = _functions_used(graph.node, functions)
-    kept = [f for f in library.function if f.signature.name in used]
-    del library.function[:]
-    library.function.extend(kept)
-    gradients = [g for g in library.gradient if g.function_name in used]
-    del library.gradient[:]
-    library.gradient.extend(gradients)
-    _strip_function_hints(library)
-    meta.graph_def.CopyFrom(graph)
-    meta.ClearField("object_graph_def")
+    graph.library.function.extend(
+        f for f in library.function if f.signature.name in used
+    )
+    graph.library.gradient.extend(
+        g for g in library.gradient if g.function_name in used
+    )
+    _strip_function_hints(graph.library)
+    return graph
 
 
 def _strip_function_hints(library) -> None:
@@ -396,7 +406,7 @@ def _strip_function_hints(library) -> None:
                     del node.attr[hint]
 
 
-def _sub_graph(graph_def, needed: list[str]):
+def _sub_graph(graph_def, needed: list[str]) -> list:
     """The nodes of `graph_def` that `needed` reach through their inputs.
 
     What the deprecated `tf.compat.v1.graph_util.extract_sub_graph` did,
@@ -411,11 +421,7 @@ def _sub_graph(graph_def, needed: list[str]):
             continue
         kept.add(name)
         stack.extend(_tensor_node(i) for i in by_name[name].input)
-    out = type(graph_def)()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
-    out.node.extend(node for node in graph_def.node if node.name in kept)
-    return out
+    return [node for node in graph_def.node if node.name in kept]
 
 
 def _functions_used(nodes, functions: dict) -> set[str]:
