@@ -211,4 +211,4 @@ def steps_only_on_a_copy(model) -> bool:
     """True when a step of `model` can be traced only on a single-device
     copy: Keras 2 updates its metrics (`SyncOnReadVariable`s under a
     distribution strategy) only in a replica context."""
-    return any(isinstance(v, tf.distribute.DistributedValues) for v in model.variables)
+    return keras3.any_distributed(model_variables(model))

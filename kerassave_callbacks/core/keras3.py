@@ -277,7 +277,17 @@ def variable_name(variable) -> str:
 
 
 def steps_only_on_a_copy(model) -> bool:
-    """False: Keras 3 traces the steps of a distributed model itself
-    (outside `strategy.scope()`)."""
-    del model
-    return False
+    """True when the train and eval steps of `model` must be traced on a
+    single-device copy: its variables are distributed (MirroredStrategy).
+
+    Traced outside the strategy's scope, Keras 3's step on mirrored
+    variables applies each update once per replica (two replicas: steps
+    twice as large as `train_on_batch`'s), so the graphs are traced on a
+    copy with plain variables, as for Keras 2 (`ModeGraphs`).
+    """
+    return any_distributed(model_variables(model))
+
+
+def any_distributed(variables) -> bool:
+    """True when any of these `tf.Variable`s is distributed by a strategy."""
+    return any(isinstance(v, tf.distribute.DistributedValues) for v in variables)

@@ -134,6 +134,8 @@ class ModeGraphs:
             and _trains_as_keras(model, self.keras)
         )
         if training and self.keras.steps_only_on_a_copy(model):
+            # The model's own slots too: every export saves its values.
+            self.keras.build_optimizer(model)
             copy = self._single_device_copy()
             if copy is not None:
                 self.traced_model = copy
