@@ -264,6 +264,54 @@ def commit(temp: str, final: str) -> None:
     remove_tree(temp)
 
 
+def check_can_create(path: str, argument: str) -> None:
+    """Refuses a local `path` that cannot be created or written, before
+    anything is written (other file systems answer only when written to).
+
+    Raises:
+      ValueError: an ancestor of `path` is a file.
+      PermissionError: the nearest existing ancestor is not writable.
+    """
+    if not is_local(path):
+        return
+    ancestor = os.path.abspath(_local(path))
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise ValueError(
+            f"{argument}={path!r} cannot be created: {ancestor!r} is a file. "
+            "Pass a directory path."
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"{argument}={path!r} is not writable: no write permission on "
+            f"{ancestor!r}. Pass a directory you can write to."
+        )
+
+
+def remove_empty_dir(path: str) -> None:
+    """Removes a directory only if it is empty; never anything inside it.
+
+    Raises:
+      FileExistsError: `path` holds something (or is a link).
+    """
+    if is_link(path):
+        raise FileExistsError(errno.EEXIST, "a symbolic link", path)
+    if is_local(path):
+        try:
+            os.rmdir(_local(path))
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise FileExistsError(errno.EEXIST, "not empty", path) from e
+            raise
+        return
+    if tf.io.gfile.listdir(path):
+        raise FileExistsError(errno.EEXIST, "not empty", path)
+    tf.io.gfile.remove(path)
+
+
 def list_files(root: str) -> list[str]:
     """Paths of the files under `root`, relative to it."""
     files = []

@@ -154,20 +154,7 @@ def check_export_dir(export_dir) -> str:
             f"export_dir={export_dir!r} is an existing file. Pass a directory "
             "(it is created if missing)."
         )
-    if _files.is_local(export_dir):
-        ancestor = os.path.abspath(export_dir.removeprefix("file://"))
-        while not os.path.exists(ancestor):
-            ancestor = os.path.dirname(ancestor)
-        if not os.path.isdir(ancestor):
-            raise ValueError(
-                f"export_dir={export_dir!r} cannot be created: {ancestor!r} is a "
-                "file. Pass a directory path."
-            )
-        if not os.access(ancestor, os.W_OK | os.X_OK):
-            raise PermissionError(
-                f"export_dir={export_dir!r} is not writable: no write permission "
-                f"on {ancestor!r}. Pass a directory you can write to."
-            )
+    _files.check_can_create(export_dir, "export_dir")
     return export_dir
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+
 import keras
 import pytest
 import tensorflow as tf
@@ -63,3 +67,56 @@ def test_target_signature_for_an_unknown_output(tmp_path):
             target_signature={"nope": tf.TensorSpec([None], tf.int64)},
         )
     assert not (tmp_path / "export").exists()
+
+
+def test_an_input_named_like_a_target_is_refused(tmp_path):
+    features = keras.Input((2,), name="features")
+    out_target = keras.Input((1,), name="out_target")
+    merged = keras.layers.Concatenate()([features, out_target])
+    model = keras.Model([features, out_target], keras.layers.Dense(1, name="out")(merged))
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match=r"input 'out_target' .* output 'out'"):
+        export_saved_model(model, str(tmp_path / "export"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    export_saved_model(model, str(tmp_path / "serve"), serving_only=True)
+    assert (tmp_path / "serve" / "saved_model.pb").exists()
+
+
+def test_files_written_into_the_target_meanwhile_are_never_deleted(tmp_path):
+    # The target is empty when checked; while the export is traced and
+    # written (its temporary appears), someone writes into the target.
+    target = tmp_path / "export"
+    target.mkdir()
+    stop = threading.Event()
+
+    def write_meanwhile():
+        while not stop.is_set():
+            if any(p.name.startswith("temp-") for p in tmp_path.iterdir()):
+                (target / "theirs.txt").write_text("keep me")
+                return
+            time.sleep(0.001)
+
+    writer = threading.Thread(target=write_meanwhile)
+    writer.start()
+    try:
+        with pytest.raises(SavedModelExistsError, match="left as it is"):
+            export_saved_model(classifier(), str(target))
+    finally:
+        stop.set()
+        writer.join()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    assert [p.name for p in target.iterdir()] == ["theirs.txt"]
+    assert (target / "theirs.txt").read_text() == "keep me"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_a_read_only_parent_is_a_permission_error_naming_the_path(tmp_path):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        with pytest.raises(PermissionError, match="saved_model_path=.*ro/export"):
+            export_saved_model(classifier(), str(parent / "export"))
+    finally:
+        parent.chmod(0o755)
+    assert list(parent.iterdir()) == []

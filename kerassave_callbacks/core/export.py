@@ -121,8 +121,10 @@ def export_saved_model(
         or it overrides `train_step`/`test_step` and `serving_only` is off,
         or `warmup_inputs` do not match the serve signature.
       ImportError: `warmup_inputs` without the `serving` extra.
-      SavedModelExistsError: `saved_model_path` is a file or not empty (also
-        an `AssertionError`, as in the original API).
+      SavedModelExistsError: `saved_model_path` is a file or not empty, or
+        something was written there while the export was made (also an
+        `AssertionError`, as in the original API); nothing there is removed.
+      PermissionError: `saved_model_path` cannot be written.
     """
     del custom_objects  # The export serializes configs; only loading needs them.
     check_model(model)
@@ -140,6 +142,7 @@ def export_saved_model(
             "'/tmp/my_model' or 'gs://bucket/my_model'."
         )
     check_empty_target(saved_model_path)
+    _files.check_can_create(saved_model_path, "saved_model_path")
     graphs = mode_graphs.ModeGraphs(
         model,
         input_signature=input_signature,
@@ -152,13 +155,21 @@ def export_saved_model(
         graphs.save(temp, as_text=as_text)
         if _files.is_local(temp):
             _files.fsync_tree(temp)
+        # Empty when checked, but tracing took a while: only an empty
+        # directory is removed, never what someone wrote there meanwhile.
         if tf.io.gfile.isdir(saved_model_path):
-            tf.io.gfile.rmtree(saved_model_path)  # Empty: checked above.
+            _files.remove_empty_dir(saved_model_path)
         _files.commit(temp, saved_model_path)
     except FileExistsError as e:
         raise SavedModelExistsError(
-            f"saved_model_path={saved_model_path!r} was created by someone else "
-            "while this export was written. Pass a new directory."
+            f"saved_model_path={saved_model_path!r} was written to by someone "
+            "else while this export was traced and written; it was left as it "
+            "is. Pass a new directory."
+        ) from e
+    except tf.errors.PermissionDeniedError as e:
+        raise PermissionError(
+            f"saved_model_path={saved_model_path!r} is not writable: "
+            f"{e.message}. Pass a directory you can write to."
         ) from e
     finally:
         if tf.io.gfile.exists(temp):

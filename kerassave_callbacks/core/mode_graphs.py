@@ -224,6 +224,7 @@ class ModeGraphs:
                 [outputs[n] for n in self.output_names],
                 target_signature,
                 loss_keys=self._output_keys,
+                input_names=[s.name for s in self._input_specs],
             )
             _check_not_in_strategy_scope(model)
             self.keras.build_optimizer(model)

@@ -142,6 +142,7 @@ def target_specs(
     outputs: list[tf.TensorSpec],
     override,
     loss_keys: list[str] | None = None,
+    input_names: Sequence[str] = (),
 ) -> list[tf.TensorSpec]:
     """One target spec per output, named `<output_name>_target`.
 
@@ -151,7 +152,12 @@ def target_specs(
     model, or a dict of output name -> TensorSpec) replaces the default.
     `loss_keys` are the model's own output keys (a dict output's keys before
     they were made into signature names), which a dict loss is keyed by.
+
+    Raises:
+      ValueError: a target name is taken by one of `input_names` (a client
+        feeding it would feed the model's input instead).
     """
+    _check_no_input_named_like_a_target(model, names, input_names)
     if override is not None and not isinstance(override, Mapping):
         if len(names) != 1:
             raise ValueError(
@@ -184,3 +190,17 @@ def target_specs(
             tf.TensorSpec(spec.shape, spec.dtype, name=name + modes.TARGET_SUFFIX)
         )
     return specs
+
+
+def _check_no_input_named_like_a_target(model, names, input_names) -> None:
+    taken = {n + modes.TARGET_SUFFIX: n for n in names}
+    clashes = sorted(set(input_names) & set(taken))
+    if clashes:
+        name = clashes[0]
+        raise ValueError(
+            f"Cannot export the train and eval graphs of model {model.name!r}: "
+            f"its input {name!r} has the name of the target of its output "
+            f"{taken[name]!r} (targets are named <output>{modes.TARGET_SUFFIX}). "
+            "Rename the input (e.g. keras.Input(..., name='features')) or the "
+            "output, or pass serving_only=True."
+        )
