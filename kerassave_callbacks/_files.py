@@ -7,11 +7,13 @@ temporary sibling whose name TF Serving ignores and committed when complete.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import posixpath
 import re
 import shutil
 import socket
+import time
 import uuid
 
 import tensorflow as tf
@@ -27,14 +29,19 @@ MODEL_JSON = "assets/saved_model.json"
 EXPORT_INFO = "assets.extra/export_info.json"
 WARMUP_REQUESTS = "assets.extra/tf_serving_warmup_requests"
 TEMP_PREFIX = "temp-"
-# temp-<unix seconds>-<host>-<pid>-<random>: never all digits.
-_TEMP_RE = re.compile(r"^temp-(\d+)-(.+)-(\d+)-([0-9a-f]{8})$")
+# temp-<unix seconds>-<host>-<pid namespace>-<pid>-<random>: never all
+# digits. The namespace says whose PIDs <pid> is one of (see `_namespace`).
+_TEMP_RE = re.compile(r"^temp-(\d+)-([A-Za-z0-9._]+)-([0-9a-f]{8})-(\d+)-[0-9a-f]{8}$")
+# Written by earlier releases, with no namespace: judged by age alone.
+_OLD_TEMP_RE = re.compile(r"^temp-(\d+)-([A-Za-z0-9._]+)-(\d+)-[0-9a-f]{8}$")
 # Schemes whose directory rename is atomic. Elsewhere (gs://, s3://, ram://)
 # a rename copies file by file, so a version is committed by a copy that
 # writes saved_model.pb last.
 _RENAME_SCHEMES = ("", "file", "hdfs")
-# A temporary of another host, or an incomplete version on a copy-commit
-# file system, is taken as abandoned once it is this old.
+# A temporary whose writer's liveness cannot be checked (another host, or
+# another PID namespace: a container beside this one), or an incomplete
+# version on a copy-commit file system, is taken as abandoned once it is
+# this old: far longer than any export takes.
 STALE_SECONDS = 3600.0
 
 
@@ -42,17 +49,43 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
 
 
+def _namespace() -> str:
+    """Whose PIDs this process's PID is one of: a digest of the kernel's
+    boot id and this process's PID namespace. Containers of one pod share
+    the host name but not their PID namespaces; two machines never share a
+    boot id."""
+    parts = []
+    for path, read in (
+        ("/proc/sys/kernel/random/boot_id", lambda p: open(p).read().strip()),
+        ("/proc/self/ns/pid", os.readlink),
+    ):
+        try:
+            parts.append(read(path))
+        except OSError:
+            parts.append("?")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:8]
+
+
 def temp_name(now: float) -> str:
     """A fresh temporary name, carrying who writes it and since when."""
-    return f"{TEMP_PREFIX}{int(now)}-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return (
+        f"{TEMP_PREFIX}{int(now)}-{_host()}-{_namespace()}-{os.getpid()}-"
+        f"{uuid.uuid4().hex[:8]}"
+    )
 
 
-def parse_temp_name(name: str) -> tuple[int, str, int] | None:
-    """(created, host, pid) of a temporary name, or None for other names."""
+def parse_temp_name(name: str) -> tuple[int, str, str | None, int] | None:
+    """(created, host, PID namespace, pid) of a temporary name, or None for
+    other names. The namespace is None in names earlier releases wrote."""
     match = _TEMP_RE.match(name)
-    if not match:
-        return None
-    return int(match.group(1)), match.group(2), int(match.group(3))
+    if match:
+        created, host, namespace, pid = match.groups()
+        return int(created), host, namespace, int(pid)
+    match = _OLD_TEMP_RE.match(name)
+    if match:
+        created, host, pid = match.groups()
+        return int(created), host, None, int(pid)
+    return None
 
 
 def version_name(name: str) -> int | None:
@@ -103,6 +136,27 @@ def is_link(path: str) -> bool:
     return is_local(path) and os.path.islink(_local(path))
 
 
+def linked_versions(export_dir: str) -> set[int]:
+    """The versions of `export_dir` that a symbolic link in it points to.
+
+    Such a version is pinned like the link itself: deleting it would leave
+    the link dangling.
+    """
+    if not is_local(export_dir):
+        return set()
+    root = os.path.realpath(_local(export_dir))
+    linked = set()
+    for name in entries(export_dir):
+        path = posixpath.join(export_dir, name)
+        if not is_link(path):
+            continue
+        target = os.path.realpath(_local(path))
+        version = version_name(os.path.basename(target))
+        if version is not None and os.path.dirname(target) == root:
+            linked.add(version)
+    return linked
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -114,12 +168,19 @@ def _pid_alive(pid: int) -> bool:
 
 
 def temp_is_abandoned(name: str, now: float) -> bool:
-    """True for a temporary whose writer is gone (or silent for an hour)."""
+    """True for a temporary whose writer is gone.
+
+    Its PID is checked only when the writer ran on this host in this PID
+    namespace (the same kernel boot, too), where that PID means the same
+    process; any other temporary (another host, a container beside this one,
+    a name without a namespace) is abandoned only once it is
+    `STALE_SECONDS` old, far longer than any export takes.
+    """
     parsed = parse_temp_name(name)
     if parsed is None:
         return False
-    created, host, pid = parsed
-    if host == _host():
+    created, host, namespace, pid = parsed
+    if host == _host() and namespace == _namespace():
         return not _pid_alive(pid)
     return now - created > STALE_SECONDS
 
@@ -168,6 +229,35 @@ def complete_versions(export_dir: str) -> list[int]:
 
 def has_graph(path: str) -> bool:
     return any(tf.io.gfile.exists(posixpath.join(path, f)) for f in GRAPH_FILES)
+
+
+def missing_files(path: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """What a SavedModel directory lacks to be loaded: its graph file, the
+    variables index and data, and the `extra` files; [] when complete."""
+    missing = [] if has_graph(path) else [" or ".join(GRAPH_FILES)]
+    variables = posixpath.dirname(posixpath.join(path, VARIABLES_PREFIX))
+    names = entries(variables)
+    stem = posixpath.basename(VARIABLES_PREFIX)
+    if f"{stem}.index" not in names:
+        missing.append(f"{VARIABLES_PREFIX}.index")
+    if not any(n.startswith(f"{stem}.data-") for n in names):
+        missing.append(f"{VARIABLES_PREFIX}.data-*")
+    missing += [f for f in extra if not tf.io.gfile.exists(posixpath.join(path, f))]
+    return missing
+
+
+class IncompleteExportError(ValueError):
+    """A staged SavedModel lacks files (someone removed them): not committed."""
+
+
+def _check_complete(path: str, extra: tuple[str, ...]) -> None:
+    missing = missing_files(path, extra)
+    if missing:
+        raise IncompleteExportError(
+            f"{path} lacks {', '.join(missing)}: something removed files of "
+            "this export while it was written (a cleanup from another "
+            "container or host?), so it is not published."
+        )
 
 
 def remove_tree(path: str) -> None:
@@ -242,26 +332,74 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def commit(temp: str, final: str) -> None:
-    """Moves a complete version from `temp` to `final`.
+def commit(temp: str, final: str, extra: tuple[str, ...] = ()) -> None:
+    """Moves a complete SavedModel from `temp` to `final`.
+
+    The staged tree is checked first (`missing_files`, with `extra`); where
+    renames are atomic, `final` is checked again after the rename and taken
+    out of sight if something removed files in between.
 
     Raises:
       FileExistsError: `final` exists already (another writer took it).
+      IncompleteExportError: the staged tree lacks files; nothing was
+        published.
     """
+    _check_complete(temp, extra)
     if renames_atomically(final):
+        _rename(temp, final)
         try:
-            tf.io.gfile.rename(temp, final, overwrite=False)
-        except tf.errors.AlreadyExistsError as e:
-            raise FileExistsError(errno.EEXIST, "version exists", final) from e
-        except tf.errors.FailedPreconditionError as e:  # rename(2): ENOTEMPTY
-            raise FileExistsError(errno.EEXIST, "version exists", final) from e
-        if is_local(final):
-            _fsync_dir(posixpath.dirname(_local(final)) or ".")
+            _check_complete(final, extra)
+        except IncompleteExportError:
+            retired = retire_version(final, time.time())
+            if retired is not None:
+                remove_tree(retired)
+            raise
         return
     if tf.io.gfile.exists(final):
         raise FileExistsError(errno.EEXIST, "version exists", final)
     _copy_graph_last(temp, final)
     remove_tree(temp)
+
+
+def _rename(temp: str, final: str) -> None:
+    try:
+        tf.io.gfile.rename(temp, final, overwrite=False)
+    except tf.errors.AlreadyExistsError as e:
+        raise FileExistsError(errno.EEXIST, "version exists", final) from e
+    except tf.errors.FailedPreconditionError as e:  # rename(2): ENOTEMPTY
+        raise FileExistsError(errno.EEXIST, "version exists", final) from e
+    if is_local(final):
+        _fsync_dir(posixpath.dirname(_local(final)) or ".")
+
+
+def check_export_dir(export_dir) -> str:
+    """Returns `export_dir` as a str; refuses a file or an unwritable place."""
+    if not isinstance(export_dir, (str, os.PathLike)):
+        raise TypeError(
+            f"`export_dir` must be a path. Received: export_dir={export_dir!r}."
+        )
+    export_dir = os.fspath(export_dir)
+    if not export_dir.strip():
+        raise ValueError(
+            f"export_dir={export_dir!r} is empty. Pass the directory the "
+            "versions go to, e.g. export_dir='exports'."
+        )
+    _, _, rest = export_dir.rpartition("://")
+    local_root = is_local(export_dir) and os.path.abspath(rest) == "/"
+    if not rest.strip("/") or local_root:
+        raise ValueError(
+            f"export_dir={export_dir!r} is the root of a file system; retention "
+            "there would delete integer-named directories that are not "
+            "versions. Pass a directory of its own, e.g. '/models/my_model'."
+        )
+    export_dir = export_dir.rstrip("/")
+    if tf.io.gfile.exists(export_dir) and not tf.io.gfile.isdir(export_dir):
+        raise ValueError(
+            f"export_dir={export_dir!r} is an existing file. Pass a directory "
+            "(it is created if missing)."
+        )
+    check_can_create(export_dir, "export_dir")
+    return export_dir
 
 
 def check_can_create(path: str, argument: str) -> None:

@@ -100,6 +100,10 @@ class SavedModelExporter(keras.callbacks.Callback):
         restarts). Defaults to False.
       keep_every_n_hours: also keep one version per this many hours.
         Defaults to None.
+      grace_seconds: a version retention drops is deleted only once it has
+        been superseded for this long, so a server that picked it as the
+        newest can finish loading it; the end of `fit` waits the last grace
+        period out (at most this long). 0 deletes at once. Defaults to 10.
       serving_only, input_signature, custom_objects, as_text,
         target_signature, warmup_inputs: passed to `export_saved_model`.
         Default to False, None, None, False, None, None.
@@ -143,6 +147,7 @@ class SavedModelExporter(keras.callbacks.Callback):
         keep_best: int | None = None,
         save_best_only: bool = False,
         keep_every_n_hours: float | None = None,
+        grace_seconds: float = retention.DEFAULT_GRACE_SECONDS,
         serving_only: bool = False,
         input_signature=None,
         custom_objects: dict | None = None,
@@ -173,6 +178,7 @@ class SavedModelExporter(keras.callbacks.Callback):
             monitor=monitor,
             mode=mode,
             keep_every_n_hours=keep_every_n_hours,
+            grace_seconds=grace_seconds,
             serving_only=serving_only,
             input_signature=input_signature,
             custom_objects=custom_objects,
@@ -184,7 +190,13 @@ class SavedModelExporter(keras.callbacks.Callback):
         # Every exporter argument is checked now; nothing is written until
         # the chief begins training.
         self.export_dir = exporter_lib.check_arguments(
-            export_dir, keep, keep_best, monitor, mode, keep_every_n_hours
+            export_dir,
+            keep,
+            keep_best,
+            monitor,
+            mode,
+            keep_every_n_hours,
+            grace_seconds,
         )
         if warmup_inputs is not None:
             warmup.check(warmup_inputs)

@@ -4,7 +4,7 @@
     kerassave inspect PATH [--json]
     kerassave verify PATH [--json]
     kerassave prune EXPORT_DIR --keep N [--keep_best K --monitor NAME
-                    --mode min|max|auto] [--dry_run] [--json]
+                    --mode min|max|auto] [--grace_seconds S] [--dry_run] [--json]
     kerassave cleanup EXPORT_DIR [--json]
     kerassave serving_config EXPORT_DIR --name NAME [--policy latest|best|all]
                     [--monitor NAME --mode min|max|auto]
@@ -28,7 +28,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from kerassave_callbacks import _files, retention
+from kerassave_callbacks import _files, deleter, retention
 from kerassave_callbacks import export_dir as export_dir_lib
 from kerassave_callbacks.core import _tf_logs, loader, modes, warmup
 
@@ -51,6 +51,16 @@ def _export_dir(path: str) -> export_dir_lib.ExportDir:
             f"{path} is one SavedModel, not an export directory of versions"
         )
     return export_dir
+
+
+def _deletable_export_dir(path: str) -> export_dir_lib.ExportDir:
+    """`_export_dir` for the commands that delete: refuses every path the
+    exporter refuses (empty, a file system root, a bucket root)."""
+    try:
+        _files.check_export_dir(path)
+    except (TypeError, ValueError, PermissionError) as e:
+        raise UsageError(str(e)) from e
+    return _export_dir(path)
 
 
 def _saved_model(path: str):
@@ -104,8 +114,16 @@ def _one_row(info) -> np.ndarray:
     return np.zeros(shape, dtype=dtype.as_numpy_dtype)
 
 
-def verify_version(path: str) -> list[str]:
-    """The problems TF Serving would have with one version ([] when none)."""
+def verify_version(path: str, *, versioned: bool = False) -> list[str]:
+    """The problems TF Serving would have with one SavedModel ([] when none).
+
+    With `versioned` (a version of an export directory), its
+    `export_info.json` is required too.
+    """
+    extra = (_files.EXPORT_INFO,) if versioned else ()
+    missing = _files.missing_files(path, extra)
+    if missing:
+        return [f"missing {', '.join(missing)}"]
     try:
         saved = loader.read_saved_model(path)
         loader.read_all_values(loader.open_checkpoint(path), path)
@@ -229,16 +247,19 @@ def cmd_inspect(args) -> tuple[int, object]:
 
 def cmd_verify(args) -> tuple[int, object]:
     path = args.path.rstrip("/") or "/"
-    if _files.has_graph(path):
+    versioned = not _files.has_graph(path)
+    if not versioned:
         paths = [path]
     else:
+        # Every integer-named entry: one without a graph file is what TF
+        # Serving would pick as the newest, and fail to load.
         export_dir = _export_dir(path)
-        paths = [export_dir.version_path(v) for v in export_dir.versions()]
+        paths = [export_dir.version_path(v) for v in export_dir.all_versions()]
         if not paths:
             raise UsageError(f"{path} holds no versions")
     rows = []
     for p in paths:
-        problems = verify_version(p)
+        problems = verify_version(p, versioned=versioned)
         name = posixpath.basename(p)
         rows.append(
             {
@@ -259,36 +280,42 @@ def cmd_verify(args) -> tuple[int, object]:
 
 
 def cmd_prune(args) -> tuple[int, object]:
-    export_dir = _export_dir(args.export_dir)
+    export_dir = _deletable_export_dir(args.export_dir)
     if args.keep_best and not args.monitor:
         raise UsageError("--keep_best needs --monitor, the metric to rank by")
     policy = retention.Policy(
         keep=args.keep or None,
         keep_best=args.keep_best or None,
         mode=retention.resolve_mode(args.mode, args.monitor),
+        grace_seconds=args.grace_seconds,
     )
-    doomed = retention.versions_to_delete(
-        export_dir.for_retention(args.monitor), policy
-    )
+    known = export_dir.for_retention(args.monitor)
+    doomed = retention.versions_to_delete(known, policy)
+    now = time.time()
+    due = retention.deletion_times(known, doomed, policy.grace_seconds)
+    ready = [v for v in doomed if due[v] <= now]
     if not args.dry_run:
-        for version in doomed:
-            retired = _files.retire_version(
-                export_dir.version_path(version), time.time()
-            )
-            if retired is not None:
-                _files.remove_tree(retired)
-    result = {"deleted": [] if args.dry_run else doomed, "would_delete": doomed}
+        for version in ready:
+            deleter.delete_version(export_dir.version_path(version), now)
+    result = {
+        "deleted": [] if args.dry_run else ready,
+        "would_delete": ready,
+        "in_grace": [v for v in doomed if v not in ready],
+    }
     if args.json:
         return OK, result
     verb = "would delete" if args.dry_run else "deleted"
-    return OK, "\n".join(
-        [f"{verb} {export_dir.version_path(v)}" for v in doomed]
-        or ["nothing to delete"]
-    )
+    lines = [f"{verb} {export_dir.version_path(v)}" for v in ready]
+    lines += [
+        f"kept {export_dir.version_path(v)} for {due[v] - now:.0f}s more "
+        "(superseded less than --grace_seconds ago)"
+        for v in result["in_grace"]
+    ]
+    return OK, "\n".join(lines or ["nothing to delete"])
 
 
 def cmd_cleanup(args) -> tuple[int, object]:
-    export_dir = _export_dir(args.export_dir)
+    export_dir = _deletable_export_dir(args.export_dir)
     removed = _files.leftovers(export_dir.path, time.time())
     for path in removed:
         _files.remove_tree(path)
@@ -381,6 +408,12 @@ def parser() -> argparse.ArgumentParser:
     prune.add_argument("--monitor", default="", help="metric for --keep_best")
     prune.add_argument("--mode", choices=retention.MODES, default="auto")
     prune.add_argument("--dry_run", action="store_true", help="delete nothing")
+    prune.add_argument(
+        "--grace_seconds",
+        type=float,
+        default=retention.DEFAULT_GRACE_SECONDS,
+        help="keep a version until it was superseded this long; 0: off",
+    )
     add("cleanup", cmd_cleanup, "remove what crashed exports left", "export_dir")
     config = add(
         "serving_config",
@@ -404,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     try:
         args = parser().parse_args(argv)
-        for name in ("keep", "keep_best"):
+        for name in ("keep", "keep_best", "grace_seconds"):
             if getattr(args, name, 0) < 0:
                 raise UsageError(f"--{name} must be >= 0")
         code, result = args.fn(args)

@@ -80,12 +80,21 @@ class ExportDir:
         """The complete versions (integer names holding a graph), oldest first."""
         return _files.complete_versions(self.path)
 
+    def all_versions(self) -> list[int]:
+        """Every integer-named entry, complete or not, oldest first (what TF
+        Serving would consider)."""
+        names = (_files.version_name(n) for n in _files.entries(self.path))
+        return sorted(v for v in names if v is not None)
+
     def info(self, version: int) -> dict:
         """The version's `export_info.json`, or {} when missing or unreadable."""
         return read_info(self.version_path(version))
 
     def is_pinned(self, version: int) -> bool:
-        return _files.is_link(self.version_path(version))
+        """True for a link the user put in, or a version a link points to."""
+        return _files.is_link(self.version_path(version)) or (
+            version in _files.linked_versions(self.path)
+        )
 
     def describe(self, versions: list[int] | None = None) -> list[Version]:
         """A `Version` per complete version (or per one of `versions`)."""
@@ -119,8 +128,9 @@ class ExportDir:
             read from disk and added to it.
         """
         known = []
+        linked = _files.linked_versions(self.path)
         for version in self.versions():
-            if self.is_pinned(version):
+            if version in linked or _files.is_link(self.version_path(version)):
                 known.append(retention.Version(version, float(version), pinned=True))
                 continue
             info = infos.get(version) if infos is not None else None

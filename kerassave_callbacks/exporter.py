@@ -6,7 +6,6 @@ import concurrent.futures
 import dataclasses
 import json
 import math
-import os
 import posixpath
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ import tensorflow as tf
 from absl import logging
 
 from kerassave_callbacks import _files, retention
+from kerassave_callbacks import deleter as deleter_lib
 from kerassave_callbacks import export_dir as export_dir_lib
 from kerassave_callbacks._version import __version__
 from kerassave_callbacks.core import export as core_export
@@ -128,38 +128,28 @@ def check_hours(value) -> None:
         )
 
 
-def check_export_dir(export_dir) -> str:
-    """Returns `export_dir` as a str; refuses a file or an unwritable place."""
-    if not isinstance(export_dir, (str, os.PathLike)):
+def check_seconds(name: str, value) -> None:
+    """Validates a duration argument such as `grace_seconds` (0 or more)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(
-            f"`export_dir` must be a path. Received: export_dir={export_dir!r}."
+            f"Invalid value for argument `{name}`. Received: {name}={value!r} "
+            f"of type {type(value).__name__}. Expected a number of seconds >= 0."
         )
-    export_dir = os.fspath(export_dir)
-    if not export_dir.strip():
+    if not 0 <= value < math.inf:
         raise ValueError(
-            f"export_dir={export_dir!r} is empty. Pass the directory the "
-            "versions go to, e.g. export_dir='exports'."
+            f"Invalid value for argument `{name}`. Received: {name}={value}. "
+            "Expected a finite number of seconds >= 0 (0 turns it off)."
         )
-    _, _, rest = export_dir.rpartition("://")
-    local_root = _files.is_local(export_dir) and os.path.abspath(rest) == "/"
-    if not rest.strip("/") or local_root:
-        raise ValueError(
-            f"export_dir={export_dir!r} is the root of a file system; retention "
-            "there would delete integer-named directories that are not "
-            "versions. Pass a directory of its own, e.g. '/models/my_model'."
-        )
-    export_dir = export_dir.rstrip("/")
-    if tf.io.gfile.exists(export_dir) and not tf.io.gfile.isdir(export_dir):
-        raise ValueError(
-            f"export_dir={export_dir!r} is an existing file. Pass a directory "
-            "(it is created if missing)."
-        )
-    _files.check_can_create(export_dir, "export_dir")
-    return export_dir
 
 
 def check_arguments(
-    export_dir, keep, keep_best, monitor, mode, keep_every_n_hours
+    export_dir,
+    keep,
+    keep_best,
+    monitor,
+    mode,
+    keep_every_n_hours,
+    grace_seconds=retention.DEFAULT_GRACE_SECONDS,
 ) -> str:
     """Validates the exporter's arguments; returns `export_dir` as a str.
 
@@ -171,12 +161,13 @@ def check_arguments(
     check_count("keep_best", keep_best, "keeps no best versions")
     check_choice("mode", mode, retention.MODES)
     check_hours(keep_every_n_hours)
+    check_seconds("grace_seconds", grace_seconds)
     if keep_best is not None and not monitor:
         raise ValueError(
             f"`keep_best={keep_best}` needs `monitor`, the metric to rank "
             "versions by. Pass e.g. monitor='val_loss'."
         )
-    return check_export_dir(export_dir)
+    return _files.check_export_dir(export_dir)
 
 
 def _model_key(model, tables: bool) -> tuple:
@@ -267,6 +258,11 @@ class VersionedExporter:
         to "auto".
       keep_every_n_hours: also keep one version per this many hours.
         Defaults to None.
+      grace_seconds: a version retention drops is deleted only once it
+        has been superseded for this long, so that a server that picked it
+        as the newest can finish loading it; until then it stays on disk
+        and listed. `wait()` and `close()` wait the grace periods out (at
+        most this long). 0 deletes at once. Defaults to 10.
       serving_only: write only the `serve` graph. Defaults to False.
       input_signature: passed to `export_saved_model`. Defaults to None.
       custom_objects: passed to `export_saved_model`. Defaults to None.
@@ -297,6 +293,7 @@ class VersionedExporter:
         monitor: str | None = None,
         mode: str = "auto",
         keep_every_n_hours: float | None = None,
+        grace_seconds: float = retention.DEFAULT_GRACE_SECONDS,
         serving_only: bool = False,
         input_signature=None,
         custom_objects: dict | None = None,
@@ -308,7 +305,13 @@ class VersionedExporter:
         clock: Callable[[], float] = time.time,
     ):
         self.export_dir = check_arguments(
-            export_dir, keep, keep_best, monitor, mode, keep_every_n_hours
+            export_dir,
+            keep,
+            keep_best,
+            monitor,
+            mode,
+            keep_every_n_hours,
+            grace_seconds,
         )
         self.monitor = monitor
         self._dir = export_dir_lib.ExportDir(self.export_dir)
@@ -317,6 +320,7 @@ class VersionedExporter:
             keep_best=keep_best,
             mode=retention.resolve_mode(mode, monitor),
             keep_every_n_hours=keep_every_n_hours,
+            grace_seconds=float(grace_seconds),
         )
         if warmup_inputs is not None:
             warmup.check(warmup_inputs)
@@ -336,11 +340,10 @@ class VersionedExporter:
         self._last_version = 0
         self._infos: dict[int, dict] = {}
         self._pending: concurrent.futures.Future | None = None
-        # Both made at first use: the writer of async exports, and the
-        # deleter that removes retired versions off the export's critical path.
+        # The writer of async exports, made at first use.
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._deleter: concurrent.futures.ThreadPoolExecutor | None = None
-        self._deletions: list[concurrent.futures.Future] = []
+        # Removes what retention drops, after its grace period.
+        self._deleter = deleter_lib.Deleter(clock)
         self._closed = False
         self.cleanup()
 
@@ -366,10 +369,10 @@ class VersionedExporter:
         try:
             self.wait()
         finally:
-            for pool in (self._executor, self._deleter):
-                if pool is not None:
-                    pool.shutdown(wait=True)
-            self._executor = self._deleter = None
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+            self._deleter.close()
 
     def __enter__(self) -> VersionedExporter:
         return self
@@ -526,7 +529,8 @@ class VersionedExporter:
 
     def wait(self, *, deletions: bool = True) -> None:
         """Blocks until the pending async export is committed, and (unless
-        `deletions` is False) retention's deletions are done.
+        `deletions` is False) every deletion retention decided is done,
+        grace periods waited out (at most `grace_seconds`).
 
         Example:
 
@@ -535,8 +539,7 @@ class VersionedExporter:
 
         Args:
           deletions: also wait for the background deletion of the versions
-            retention retired (they are out of sight already). Defaults to
-            True.
+            retention dropped. Defaults to True.
 
         Raises:
           ExportError: that export failed.
@@ -547,8 +550,7 @@ class VersionedExporter:
                 pending.result()
         finally:
             if deletions:
-                done, self._deletions = self._deletions, []
-                concurrent.futures.wait(done)
+                self._deleter.wait()
 
     def _write(self, graphs, values, info: dict, started: float) -> ExportRecord:
         temp = posixpath.join(self.export_dir, _files.temp_name(self._clock()))
@@ -611,7 +613,7 @@ class VersionedExporter:
         for _ in range(_COMMIT_ATTEMPTS):
             final = self._path(info["version"])
             try:
-                _files.commit(temp, final)
+                _files.commit(temp, final, (_files.EXPORT_INFO,))
                 return final
             except FileExistsError:
                 # Another writer took this version: take the next one.
@@ -639,42 +641,48 @@ class VersionedExporter:
     # Retention.
 
     def _known_versions(self) -> list[retention.Version]:
-        return self._dir.for_retention(self.monitor, self._infos)
+        known = self._dir.for_retention(self.monitor, self._infos)
+        listed = {v.version for v in known}
+        for version in [v for v in self._infos if v not in listed]:
+            del self._infos[version]
+        return known
 
     def _apply_retention(
         self, just_written: int
     ) -> tuple[list[int], list[int], list[Exception]]:
-        """Retires what the policy drops.
+        """Hands what the policy drops to the deleter, each version to be
+        deleted when its grace period is over.
 
         Returns:
-          The versions removed, the versions kept, and the
-          errors of versions that could not be retired (they stay, and
-          count as kept).
+          The versions dropped, the versions kept, and the errors of versions
+          that could not be retired (they stay, and count as kept).
         """
         known = self._known_versions()
         doomed = retention.versions_to_delete(known, self.policy, [just_written])
-        removed, failures = [], []
+        due = retention.deletion_times(known, doomed, self.policy.grace_seconds)
+        pending = self._deleter.pending()  # Dropped by an earlier pass.
+        removed, stay, failures = [], [], []
         for version in doomed:
             path = self._path(version)
+            if path in pending:
+                continue
             try:
-                retired = _files.retire_version(path, self._clock())
+                self._deleter.delete_at(
+                    path, due[version], at_most=self.policy.grace_seconds
+                )
             except (OSError, ValueError, tf.errors.OpError) as e:
                 failures.append(
                     ExportError(f"retention could not remove version {path}: {e}")
                 )
+                stay.append(version)
                 continue
-            if retired is not None:
-                if self._deleter is None:
-                    self._deleter = concurrent.futures.ThreadPoolExecutor(
-                        1, thread_name_prefix="kerassave-delete"
-                    )
-                self._deletions = [f for f in self._deletions if not f.done()]
-                self._deletions.append(
-                    self._deleter.submit(_files.remove_tree, retired)
-                )
-            self._infos.pop(version, None)
             removed.append(version)
-        kept = sorted(v.version for v in known if v.version not in removed)
+        failures += [
+            ExportError(f"retention could not remove a version: {e}")
+            for e in self._deleter.take_failures()
+        ]
+        dropped = set(doomed) - set(stay)
+        kept = sorted(v.version for v in known if v.version not in dropped)
         return removed, kept, failures
 
 

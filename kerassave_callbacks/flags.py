@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from absl import flags
 
+from kerassave_callbacks import retention
 from kerassave_callbacks.callbacks import SavedModelExporter
 
 # name -> (kind, default, help, extra keyword arguments of the DEFINE call).
@@ -81,6 +82,13 @@ _FLAGS = {
         "float",
         0.0,
         "Also keep one version per n hours; 0: off.",
+        {"lower_bound": 0.0},
+    ),
+    "export_grace_seconds": (
+        "float",
+        retention.DEFAULT_GRACE_SECONDS,
+        "Delete a version retention drops only once it has been superseded "
+        "this long (a model server may be loading it); 0: at once.",
         {"lower_bound": 0.0},
     ),
     "export_async": ("boolean", False, "Write versions in a background thread.", {}),
@@ -175,6 +183,7 @@ def exporter_from_flags(
         keep_best=v.export_keep_best or None,
         save_best_only=v.export_save_best_only,
         keep_every_n_hours=v.export_keep_every_n_hours or None,
+        grace_seconds=v.export_grace_seconds,
         async_export=v.export_async,
         on_error=v.export_on_error,
     )

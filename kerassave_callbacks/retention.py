@@ -13,6 +13,10 @@ from collections.abc import Iterable
 from absl import logging
 
 MODES = ("min", "max", "auto")
+# How long a superseded version stays on disk before retention deletes it:
+# TF Serving lists the directory every second and may have just started to
+# load the version that a newer export superseded.
+DEFAULT_GRACE_SECONDS = 10.0
 _MAX_HINTS = ("acc", "auc", "precision", "recall", "f1", "fmeasure")
 
 
@@ -46,12 +50,16 @@ class Policy:
       keep_every_n_hours: also one version per this many hours (the oldest,
         then each one at least this long after the last one so kept), as
         `tf.train.CheckpointManager` does; None for none.
+      grace_seconds: a version retention drops is deleted only once it has
+        been superseded (a newer version was created) this long; 0 deletes
+        at once.
     """
 
     keep: int | None = 5
     keep_best: int | None = None
     mode: str = "min"
     keep_every_n_hours: float | None = None
+    grace_seconds: float = DEFAULT_GRACE_SECONDS
 
 
 def resolve_mode(mode: str, monitor: str | None) -> str:
@@ -123,3 +131,24 @@ def versions_to_delete(
     for version in doomed:
         logging.vlog(1, "Retention removes version %d (policy %s)", version, policy)
     return doomed
+
+
+def deletion_times(
+    versions: Iterable[Version], doomed: Iterable[int], grace_seconds: float
+) -> dict[int, float]:
+    """When each doomed version may be deleted (unix time): `grace_seconds`
+    after it was superseded, i.e. after the next newer version was created,
+    so that a server that picked it as the newest can finish loading it.
+
+    Example:
+
+        versions = [Version(1, created=0.0), Version(2, created=5.0)]
+        deletion_times(versions, [1], grace_seconds=10.0)  # {1: 15.0}
+    """
+    by_version = sorted(versions, key=lambda v: v.version)
+    times = {}
+    for version in doomed:
+        newer = [v.created for v in by_version if v.version > version]
+        superseded = min(newer) if newer else float("-inf")
+        times[version] = superseded + grace_seconds
+    return times

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -141,6 +142,53 @@ def test_verify_passes_good_versions_and_names_each_damaged_one(exports, tmp_pat
     assert f"{third}: FAILED" in one
 
 
+def test_verify_checks_every_integer_named_entry(exports, tmp_path):
+    export_dir, versions, _ = _copy(exports, tmp_path)
+    # What a cleanup from another container left: the newest version TF
+    # Serving would pick, without its graph; and a version with no info.
+    newest = export_dir / str(versions[-1] + 1)
+    shutil.copytree(export_dir / str(versions[-1]), newest)
+    (newest / "saved_model.pb").unlink()
+    (export_dir / str(versions[0]) / _files.EXPORT_INFO).unlink()
+
+    rows = json.loads(kerassave("verify", export_dir, "--json", check_code=1).stdout)
+
+    assert [(r["version"], r["ok"]) for r in rows] == [
+        (versions[0], False),
+        (versions[1], True),
+        (versions[2], True),
+        (versions[-1] + 1, False),
+    ]
+    assert rows[0]["problems"] == [f"missing {_files.EXPORT_INFO}"]
+    assert rows[-1]["problems"] == ["missing saved_model.pb or saved_model.pbtxt"]
+
+
+def test_prune_leaves_versions_in_their_grace_period(exports, tmp_path):
+    export_dir, versions, _ = _copy(exports, tmp_path)
+    newest_created = json.loads(
+        (export_dir / str(versions[-1]) / _files.EXPORT_INFO).read_text()
+    )["created"]
+    grace = time.time() - newest_created + 600  # The oldest is out of it.
+
+    out = kerassave(
+        "prune",
+        export_dir,
+        "--keep",
+        1,
+        "--grace_seconds",
+        grace,
+        "--json",
+        check_code=0,
+    )
+
+    assert json.loads(out.stdout) == {
+        "deleted": [],
+        "would_delete": [],
+        "in_grace": versions[:2],
+    }
+    assert sorted(map(int, os.listdir(export_dir))) == versions
+
+
 def test_prune_keeps_links_and_user_files_and_dry_run_deletes_nothing(
     exports, tmp_path
 ):
@@ -152,7 +200,16 @@ def test_prune_keeps_links_and_user_files_and_dry_run_deletes_nothing(
     (export_dir / "0123").mkdir()
     best = min(losses, key=losses.get)
 
-    dry = kerassave("prune", export_dir, "--keep", 1, "--dry_run", check_code=0)
+    dry = kerassave(
+        "prune",
+        export_dir,
+        "--keep",
+        1,
+        "--grace_seconds",
+        0,
+        "--dry_run",
+        check_code=0,
+    )
     assert sorted(os.listdir(export_dir)) == sorted(
         [*map(str, versions), "1", "notes.txt", "0123"]
     )
@@ -166,6 +223,8 @@ def test_prune_keeps_links_and_user_files_and_dry_run_deletes_nothing(
         1,
         "--monitor",
         "val_loss",
+        "--grace_seconds",
+        0,
         check_code=0,
     )
 
@@ -226,8 +285,24 @@ def test_serving_config_parses_as_a_model_server_config(policy, exports):
         (["inspect", "{dir}"], "holds no saved_model.pb"),
         (["prune", "{dir}", "--keep", "1", "--keep_best", "1"], "needs --monitor"),
         (["serving_config", "{dir}", "--name", "m", "--policy", "best"], "--monitor"),
+        (["prune", "/", "--keep", "1", "--dry_run"], "root of a file system"),
+        (["prune", "", "--keep", "1", "--dry_run"], "is empty"),
+        (["prune", "ram://", "--keep", "1"], "root of a file system"),
+        (["cleanup", "/"], "root of a file system"),
+        (["prune", "{dir}", "--keep", "1", "--grace_seconds", "-1"], "must be >= 0"),
     ],
-    ids=["unknown_flag", "not_a_dir", "not_a_saved_model", "prune", "best"],
+    ids=[
+        "unknown_flag",
+        "not_a_dir",
+        "not_a_saved_model",
+        "prune",
+        "best",
+        "prune_root",
+        "prune_empty",
+        "prune_bucket_root",
+        "cleanup_root",
+        "negative_grace",
+    ],
 )
 def test_bad_usage_exits_2_with_one_line(args, fragment, exports, tmp_path):
     export_dir, _, _ = exports

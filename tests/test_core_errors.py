@@ -73,7 +73,9 @@ def test_an_input_named_like_a_target_is_refused(tmp_path):
     features = keras.Input((2,), name="features")
     out_target = keras.Input((1,), name="out_target")
     merged = keras.layers.Concatenate()([features, out_target])
-    model = keras.Model([features, out_target], keras.layers.Dense(1, name="out")(merged))
+    model = keras.Model(
+        [features, out_target], keras.layers.Dense(1, name="out")(merged)
+    )
     model.compile(optimizer="sgd", loss="mse")
     with pytest.raises(ValueError, match=r"input 'out_target' .* output 'out'"):
         export_saved_model(model, str(tmp_path / "export"))

@@ -3,17 +3,22 @@ half-written, and the next exporter cleans up after them."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
-from kerassave_callbacks import VersionedExporter
+from kerassave_callbacks import VersionedExporter, _files, export_saved_model
+
+from conftest import classifier
 
 KILLS = 6
 
@@ -56,3 +61,67 @@ def test_sigkill_at_random_moments_leaves_only_loadable_versions(tmp_path):
         served = tf.saved_model.load(str(tmp_path / name), tags=["serve"])
         (out,) = served.signatures["serving_default"](x=tf.ones([1, 64])).values()
         assert out.shape == (1, 4) and np.isfinite(out.numpy()).all()
+
+
+@pytest.fixture(scope="module")
+def staged_export(tmp_path_factory):
+    """A complete staged version: a real export plus its export info."""
+    path = tmp_path_factory.mktemp("staged") / "export"
+    export_saved_model(classifier(), str(path))
+    info = path / "assets.extra" / "export_info.json"
+    info.parent.mkdir()
+    info.write_text('{"version": 5}')
+    return path
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "saved_model.pb",
+        "variables/variables.index",
+        "variables/variables.data-00000-of-00001",
+        "assets.extra/export_info.json",
+    ],
+)
+def test_a_damaged_staged_tree_is_never_published(tmp_path, staged_export, damage):
+    staged = tmp_path / _files.temp_name(time.time())
+    shutil.copytree(staged_export, staged)
+    (staged / damage).unlink()
+
+    with pytest.raises(_files.IncompleteExportError, match=f"lacks {damage[:9]}"):
+        _files.commit(str(staged), str(tmp_path / "5"), (_files.EXPORT_INFO,))
+    assert not (tmp_path / "5").exists()
+    assert VersionedExporter(str(tmp_path)).versions() == []
+
+
+def test_a_complete_staged_tree_is_published(tmp_path, staged_export):
+    staged = tmp_path / _files.temp_name(time.time())
+    shutil.copytree(staged_export, staged)
+    _files.commit(str(staged), str(tmp_path / "5"), (_files.EXPORT_INFO,))
+    assert sorted(os.listdir(tmp_path)) == ["5"]
+
+
+def _unshare_works() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs unshare --pid (root)")
+def test_cleanup_in_another_pid_namespace_spares_a_live_writers_temporary(tmp_path):
+    # This process is the live writer; a cleaner in a PID namespace of its
+    # own (a sidecar container of the same pod) cannot see its PID.
+    temp = tmp_path / _files.temp_name(time.time())
+    (temp / "variables").mkdir(parents=True)
+    (temp / "variables" / "variables.index").write_bytes(b"being written")
+    out = subprocess.run(
+        ["unshare", "--pid", "--fork", sys.executable, "-m", "kerassave_callbacks"]
+        + ["cleanup", str(tmp_path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout) == {"removed": []}
+    assert (temp / "variables" / "variables.index").read_bytes() == b"being written"

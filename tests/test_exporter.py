@@ -88,7 +88,7 @@ def test_keep_n_deletes_only_old_version_directories(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     (tmp_path / "12abc").mkdir()
     (tmp_path / "tmp").mkdir()
-    exporter = VersionedExporter(str(tmp_path), keep=2, clock=Clock())
+    exporter = VersionedExporter(str(tmp_path), keep=2, grace_seconds=0, clock=Clock())
     model = classifier()
     for _ in range(5):
         exporter.export(model)
@@ -103,12 +103,22 @@ def test_keep_best_ranks_by_the_monitor_and_survives_a_restart(tmp_path):
     model = classifier()
     losses = [0.9, 0.2, 0.8, 0.1, 0.7, 0.6]
     first = VersionedExporter(
-        str(tmp_path), keep=1, keep_best=2, monitor="val_loss", clock=Clock()
+        str(tmp_path),
+        keep=1,
+        keep_best=2,
+        monitor="val_loss",
+        grace_seconds=0,
+        clock=Clock(),
     )
     for loss in losses[:3]:
         first.export(model, metrics={"val_loss": loss})
     second = VersionedExporter(
-        str(tmp_path), keep=1, keep_best=2, monitor="val_loss", clock=Clock()
+        str(tmp_path),
+        keep=1,
+        keep_best=2,
+        monitor="val_loss",
+        grace_seconds=0,
+        clock=Clock(),
     )
     for loss in losses[3:]:
         second.export(model, metrics={"val_loss": loss})
@@ -119,7 +129,7 @@ def test_keep_best_ranks_by_the_monitor_and_survives_a_restart(tmp_path):
 def test_keep_every_n_hours(tmp_path):
     clock = Clock()
     exporter = VersionedExporter(
-        str(tmp_path), keep=1, keep_every_n_hours=1, clock=clock
+        str(tmp_path), keep=1, keep_every_n_hours=1, grace_seconds=0, clock=clock
     )
     model = classifier()
     for _ in range(6):
@@ -130,7 +140,7 @@ def test_keep_every_n_hours(tmp_path):
 
 def test_export_to_ram_filesystem_keeps_and_loads():
     base = "ram://exporter_ram/exports"
-    exporter = VersionedExporter(base, keep=2, clock=Clock())
+    exporter = VersionedExporter(base, keep=2, grace_seconds=0, clock=Clock())
     model = classifier()
     x, _ = classifier_data()
     for _ in range(3):
@@ -365,7 +375,7 @@ def test_input_signature_passes_through_for_an_unbuilt_model(tmp_path):
 def test_on_commit_reports_each_export(tmp_path):
     records = []
     exporter = VersionedExporter(
-        str(tmp_path), keep=1, on_commit=records.append, clock=Clock()
+        str(tmp_path), keep=1, on_commit=records.append, grace_seconds=0, clock=Clock()
     )
     model = classifier()
     exporter.export(model, epoch=0)

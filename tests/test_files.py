@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
@@ -20,6 +21,7 @@ from kerassave_callbacks import _files
         ("-5", None),
         ("١٢٣", None),  # Arabic-Indic digits: isdigit() but not a TF Serving version.
         ("temp-1700000000-host-1-0123abcd", None),
+        ("temp-1700000000-host-0123abcd-1-0123abcd", None),
         ("", None),
     ],
 )
@@ -29,11 +31,49 @@ def test_version_name(name, expected):
 
 def test_temp_name_round_trips_and_is_never_a_version():
     name = _files.temp_name(1700000000.7)
-    created, host, pid = _files.parse_temp_name(name)
+    created, host, namespace, pid = _files.parse_temp_name(name)
     assert (created, pid) == (1700000000, os.getpid())
     assert host and "-" not in host  # Hyphens separate the fields.
+    assert namespace == _files.temp_name(0).split("-")[3]  # This process's.
     assert _files.version_name(name) is None
     assert name.startswith(_files.TEMP_PREFIX)
+
+
+def _dead_pid() -> int:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    return dead.pid
+
+
+def _with(name: str, *, pid: int, namespace: str | None = None) -> str:
+    created, host, own, _ = _files.parse_temp_name(name)
+    return f"temp-{created}-{host}-{namespace or own}-{pid}-0123abcd"
+
+
+NOW = 1_700_000_000
+LIVENESS = {
+    # (whose, age in seconds) -> abandoned?
+    "this_process_fresh": ("live", 0, False),
+    "dead_pid_this_namespace": ("dead", 0, True),
+    "dead_pid_other_namespace_fresh": ("other_namespace", 0, False),
+    "dead_pid_other_namespace_59_minutes": ("other_namespace", 3540, False),
+    "dead_pid_other_namespace_stale": ("other_namespace", 3601, True),
+    "earlier_release_name_fresh": ("old_name", 0, False),
+    "earlier_release_name_stale": ("old_name", 3601, True),
+}
+
+
+@pytest.mark.parametrize("whose,age,abandoned", LIVENESS.values(), ids=LIVENESS)
+def test_a_pid_is_checked_only_in_the_writers_own_pid_namespace(whose, age, abandoned):
+    name = _files.temp_name(NOW)
+    if whose == "dead":
+        name = _with(name, pid=_dead_pid())
+    elif whose == "other_namespace":
+        name = _with(name, pid=_dead_pid(), namespace="ffffffff")
+    elif whose == "old_name":
+        created, host, _, _ = _files.parse_temp_name(name)
+        name = f"temp-{created}-{host}-{_dead_pid()}-0123abcd"
+    assert _files.temp_is_abandoned(name, NOW + age) is abandoned
 
 
 @pytest.mark.parametrize(

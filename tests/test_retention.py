@@ -9,6 +9,7 @@ import pytest
 from kerassave_callbacks.retention import (
     Policy,
     Version,
+    deletion_times,
     resolve_mode,
     versions_to_delete,
 )
@@ -85,3 +86,16 @@ def test_order_of_input_does_not_matter():
 )
 def test_resolve_mode(mode, monitor, expected):
     assert resolve_mode(mode, monitor) == expected
+
+
+GRACE = {
+    "next_newer_created_plus_grace": ([1, 2, 3], [1, 2], 10.0, {1: 30.0, 2: 40.0}),
+    "no_grace_at_its_superseding": ([1, 2, 3], [1], 0.0, {1: 20.0}),
+    "superseded_by_the_nearest_newer": ([1, 5, 9], [1, 5], 1.0, {1: 51.0, 5: 91.0}),
+}
+
+
+@pytest.mark.parametrize("versions,doomed,grace,expected", GRACE.values(), ids=GRACE)
+def test_deletion_times(versions, doomed, grace, expected):
+    known = [Version(v, created=10.0 * v) for v in reversed(versions)]
+    assert deletion_times(known, doomed, grace) == expected

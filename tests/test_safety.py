@@ -72,6 +72,18 @@ def test_a_linked_version_and_its_target_survive_retention(tmp_path, pinned):
     assert len(versions) == 2 and versions[0] == 1
 
 
+def test_a_version_a_link_points_to_is_pinned_too(tmp_path):
+    export_dir = tmp_path / "exports"
+    model = classifier()
+    with VersionedExporter(str(export_dir), keep=2, grace_seconds=0) as exporter:
+        first = int(os.path.basename(exporter.export(model)))
+        (export_dir / "served").symlink_to(export_dir / str(first))
+        later = [int(os.path.basename(exporter.export(model))) for _ in range(3)]
+
+    assert exporter.versions() == [first, *later[-2:]]
+    assert os.path.exists(export_dir / "served" / "saved_model.pb")
+
+
 def test_a_link_inside_a_version_is_unlinked_not_followed(tmp_path, pinned):
     export_dir = tmp_path / "exports"
     exporter = VersionedExporter(str(export_dir), keep=1)
@@ -164,7 +176,11 @@ def test_warn_trains_through_a_retention_failure(tmp_path):
         pytest.skip("chattr +i is not permitted here")
     try:
         exporter = SavedModelExporter(
-            str(export_dir), keep=1, on_error="warn", log_dir=str(tmp_path / "logs")
+            str(export_dir),
+            keep=1,
+            grace_seconds=0,
+            on_error="warn",
+            log_dir=str(tmp_path / "logs"),
         )
         fit_classifier([exporter], epochs=3, initial_epoch=1, model=model)
     finally:
