@@ -213,6 +213,12 @@ class SavedModelExporter(keras.callbacks.Callback):
         self._events: events_lib.ExportEvents | None = None
         self._best: float | None = None
         self._last_step: int | None = None
+        # Whether the last export carried its epoch's end-of-epoch metrics.
+        self._last_at_epoch_end = False
+        # The export info of the last export that failed and left nothing,
+        # until a later one commits: retried at train end if the model has
+        # not trained since.
+        self._retry: dict | None = None
         self._steps_since_export = 0
         self._last_batch_seen = -1
         self._epoch: int | None = None
@@ -289,6 +295,7 @@ class SavedModelExporter(keras.callbacks.Callback):
         self._last_batch_seen = -1
         self._epoch = None
         self._last_step = None
+        self._retry = None
         strategy = keras3.strategy_of(self.model)
         _check_supported(self.model, strategy)
         if not strategy.extended.should_checkpoint:
@@ -305,7 +312,7 @@ class SavedModelExporter(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every_n_epochs == 0:
-            self._maybe_export(epoch, _scalar_logs(logs))
+            self._maybe_export(epoch, _scalar_logs(logs), at_epoch_end=True)
 
     def _on_train_batch_end(self, batch, logs=None):
         # As ModelCheckpoint counts save_freq: `batch` is the index of the
@@ -326,13 +333,16 @@ class SavedModelExporter(keras.callbacks.Callback):
         if self.exporter is None:
             return
         try:
-            if _uncommitted(self._guard(self.exporter.wait)):
-                self._last_step = None  # The last async export failed: retry.
+            self._wait_for_pending()
             if keras_api.adapter_for(self.model).uses_ema(self.model):
                 # fit() has just put the moving averages into the weights.
                 self._last_step = None
+            retry = self._retry
             if self.export_on_train_end:
                 self._export(self._epoch, _scalar_logs(logs))
+            elif retry is not None and retry.get("step") == self._step():
+                # The failed export was of this very state: try it again.
+                self._export(retry.get("epoch"), retry.get("metrics") or {})
             self._guard(self.exporter.wait)
         finally:
             if self._events is not None:
@@ -357,10 +367,16 @@ class SavedModelExporter(keras.callbacks.Callback):
             return None
         return metrics[self.monitor]
 
-    def _maybe_export(self, epoch: int | None, metrics: dict) -> None:
-        """Exports unless `save_best_only` and the monitor did not improve."""
-        value = self._monitored(metrics)
+    def _maybe_export(
+        self, epoch: int | None, metrics: dict, *, at_epoch_end: bool = False
+    ) -> None:
+        """Exports unless `save_best_only` and the monitor did not improve
+        on the best value committed so far."""
+        if self.exporter is None:
+            return  # Not the chief.
         if self.save_best_only:
+            self._wait_for_pending()  # The best so far counts only if committed.
+            value = self._monitored(metrics)
             if not _improved(value, self._best, self.mode):
                 if self.verbose:
                     self._say(
@@ -368,8 +384,7 @@ class SavedModelExporter(keras.callbacks.Callback):
                         f"{self._best}; no export."
                     )
                 return
-            self._best = value
-        self._export(epoch, metrics)
+        self._export(epoch, metrics, at_epoch_end=at_epoch_end)
 
     # Exporting.
 
@@ -377,22 +392,34 @@ class SavedModelExporter(keras.callbacks.Callback):
         optimizer = getattr(self.model, "optimizer", None)
         return int(optimizer.iterations.numpy()) if optimizer is not None else None
 
-    def _export(self, epoch, metrics: dict) -> None:
+    def _export(self, epoch, metrics: dict, *, at_epoch_end: bool = False) -> None:
         if self.exporter is None:
             return
         step = self._step()
         if step is not None and step == self._last_step:
-            return  # Nothing trained since the last export.
-        self._last_step = step
+            # Nothing trained since the last export; but an epoch's end
+            # exports again after a step export of the same step, so that a
+            # version carries that epoch's metrics.
+            if not at_epoch_end or self._last_at_epoch_end:
+                return
+        self._last_step, self._last_at_epoch_end = step, at_epoch_end
         # A failed async export surfaces here; with "warn" this one goes on.
-        self._guard(lambda: self.exporter.wait(deletions=False))
+        self._wait_for_pending()
         failure = self._guard(
             lambda: self.exporter.export(
                 self.model, epoch=epoch, step=step, metrics=metrics
             )
         )
+        self._note_failure(failure)
+
+    def _wait_for_pending(self) -> None:
+        """Waits for the async export in flight (its deletions go on)."""
+        self._note_failure(self._guard(lambda: self.exporter.wait(deletions=False)))
+
+    def _note_failure(self, failure: exporter_lib.ExportError | None) -> None:
         if _uncommitted(failure):
-            self._last_step = None  # The export at train end tries again.
+            self._last_step = None  # The next export tries again.
+            self._retry = failure.info
 
     def _guard(self, fn) -> exporter_lib.ExportError | None:
         """Runs an export step; a failure raises or warns as `on_error` says.
@@ -430,6 +457,10 @@ class SavedModelExporter(keras.callbacks.Callback):
             )
 
     def _on_commit(self, record: exporter_lib.ExportRecord) -> None:
+        self._retry = None
+        value = (record.info.get("metrics") or {}).get(self.monitor)
+        if self.save_best_only and _improved(value, self._best, self.mode):
+            self._best = value
         if self._events is not None:
             step = record.info.get("step")
             self._events.record(

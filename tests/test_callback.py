@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 
 import keras
 import numpy as np
@@ -352,3 +353,74 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert result["versions"] == 2
     assert result["serve_error"] < 1e-5
     assert result["loader_error"] < 1e-5
+
+
+def _chattr(flag: str, path) -> bool:
+    try:
+        out = subprocess.run(["chattr", flag, str(path)], capture_output=True)
+    except FileNotFoundError:
+        return False
+    return out.returncode == 0
+
+
+class FreezeDir(keras.callbacks.Callback):
+    """Makes `path` immutable (nothing can be created in it) during the
+    epochs in `frozen`: their exports fail, the versions on disk stay. It is
+    thawed at the start of any other epoch and when training ends."""
+
+    def __init__(self, path, frozen):
+        super().__init__()
+        self.path, self.frozen = path, frozen
+
+    def on_epoch_begin(self, epoch, logs=None):
+        _chattr("+i" if epoch in self.frozen else "-i", self.path)
+
+    def on_train_end(self, logs=None):
+        _chattr("-i", self.path)
+
+
+@pytest.fixture
+def freezable(tmp_path):
+    path = tmp_path / "exports"
+    path.mkdir()
+    if not _chattr("+i", path) or not _chattr("-i", path):
+        pytest.skip("chattr +i is not permitted here")
+    return path
+
+
+@pytest.mark.parametrize(
+    "scores, frozen, on_disk",
+    [
+        # The 0.5 export fails: 0.7 still beats everything on disk.
+        ([1.0, 0.5, 0.7], {1}, [1.0, 0.7]),
+        # The last, improving export fails: train end tries it again.
+        ([1.0, 0.5], {1}, [1.0, 0.5]),
+    ],
+    ids=["next_epoch_end", "train_end"],
+)
+def test_save_best_only_moves_the_best_only_when_an_export_commits(
+    freezable, scores, frozen, on_disk
+):
+    exporter = SavedModelExporter(
+        str(freezable),
+        keep=None,
+        monitor="my_loss",
+        save_best_only=True,
+        on_error="warn",
+    )
+    callbacks = [Scripted("my_loss", scores), FreezeDir(freezable, frozen), exporter]
+    fit_classifier(callbacks, epochs=len(scores))
+    assert [i["metrics"]["my_loss"] for i in _infos(freezable)] == on_disk
+
+
+def test_a_step_export_at_an_epoch_end_leaves_a_version_with_its_metrics(tmp_path):
+    # 3 steps an epoch: step exports at steps 2, 4, 6; epochs end at 3 and 6,
+    # where a step export was taken before the epoch's metrics were known.
+    exporter = SavedModelExporter(
+        str(tmp_path), keep=None, every_n_steps=2, monitor="val_loss"
+    )
+    fit_classifier([exporter], epochs=2, validation_split=0.25)
+    infos = _infos(tmp_path)
+
+    with_val = [i["step"] for i in infos if "val_loss" in i["metrics"]]
+    assert with_val == [3, 6]
