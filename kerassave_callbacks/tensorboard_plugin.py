@@ -80,6 +80,23 @@ def export_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
+def _parse(datum) -> dict:
+    """One export record; one that cannot be read becomes a failed row
+    saying so, and never hides the other records or runs."""
+    try:
+        record = json.loads(datum.numpy.item().decode("utf-8"))
+        if not isinstance(record, dict):
+            raise ValueError(f"a JSON {type(record).__name__}, not an object")
+    except (ValueError, UnicodeDecodeError, AttributeError) as e:
+        record = {
+            "status": "failed",
+            "step": datum.step,
+            "error": f"This export record could not be read: {e}",
+        }
+    record.setdefault("wall_time", datum.wall_time)
+    return record
+
+
 class ExportsPlugin(base_plugin.TBPlugin):
     """The "Exports" dashboard.
 
@@ -125,12 +142,7 @@ class ExportsPlugin(base_plugin.TBPlugin):
         )
         result = {}
         for run_name, tags in data.items():
-            records = []
-            for datum in tags.get(events.RECORD, []):
-                record = json.loads(datum.numpy.item().decode("utf-8"))
-                record.setdefault("wall_time", datum.wall_time)
-                records.append(record)
-            result[run_name] = records
+            result[run_name] = [_parse(d) for d in tags.get(events.RECORD, [])]
         return result
 
     @wrappers.Request.application

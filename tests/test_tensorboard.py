@@ -7,8 +7,9 @@ import shutil
 import subprocess
 
 import pytest
+import tensorflow as tf
 
-from kerassave_callbacks import SavedModelExporter
+from kerassave_callbacks import SavedModelExporter, events
 
 from helpers import BreakExportDir, fit_classifier, get_json, tensorboard_server
 
@@ -93,3 +94,31 @@ def test_chromium_renders_the_table(trained_with_a_failure, tmp_path):
     assert ">served<" in dom and ">best<" in dom
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert screenshot.stat().st_size > 10_000
+
+
+def test_an_unreadable_record_is_a_failed_row_and_hides_no_run(
+    trained_with_a_failure, tmp_path
+):
+    root, _ = trained_with_a_failure
+    logs = tmp_path / "logs"
+    shutil.copytree(root / "logs", logs / "good")
+    writer = tf.summary.create_file_writer(str(logs / "bad"))
+    with writer.as_default():
+        for step, value in ((1, "not json {"), (2, "[1, 2]")):
+            tf.summary.write(
+                events.RECORD,
+                tf.constant(value),
+                step=step,
+                metadata=events._RECORD_META,
+            )
+    writer.close()
+
+    with tensorboard_server(logs, _enabled) as base:
+        runs = get_json(f"{base}/data/plugin/{PLUGIN}/runs")
+        bad = get_json(f"{base}/data/plugin/{PLUGIN}/exports?run=bad")
+        good = get_json(f"{base}/data/plugin/{PLUGIN}/exports?run=good/export")
+
+    assert runs == ["bad", "good/export"]
+    assert [(r["step"], r["status"]) for r in bad] == [(1, "failed"), (2, "failed")]
+    assert all("could not be read" in r["error"] for r in bad)
+    assert [r["status"] for r in good] == ["removed", "removed", "failed", "on disk"]
