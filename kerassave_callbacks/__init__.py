@@ -1,35 +1,48 @@
 """Versioned SavedModel exports of Keras models for TensorFlow Serving.
 
-Public API: everything else in this package is private.
+Public API: everything else in this package is private. The names are
+loaded at first use (PEP 562), so that `kerassave --help`, and `kerassave
+list` of a local directory, start without importing TensorFlow or Keras.
+
+Example:
+
+    from kerassave_callbacks import SavedModelExporter
+
+    model.fit(x, y, epochs=5, callbacks=[SavedModelExporter("/tmp/exports")])
 """
 
-from kerassave_callbacks._version import __version__
-from kerassave_callbacks.callbacks import SavedModelExporter
-from kerassave_callbacks.core import (
-    SavedModelExistsError,
-    export_saved_model,
-    load_from_saved_model,
-)
-from kerassave_callbacks.export_dir import ExportDir
-from kerassave_callbacks.exporter import (
-    ExportError,
-    ExportRecord,
-    PendingExport,
-    VersionedExporter,
-)
-from kerassave_callbacks.flags import define_export_flags, exporter_from_flags
+from __future__ import annotations
 
-__all__ = [
-    "ExportDir",
-    "ExportError",
-    "ExportRecord",
-    "PendingExport",
-    "SavedModelExistsError",
-    "SavedModelExporter",
-    "VersionedExporter",
-    "__version__",
-    "define_export_flags",
-    "export_saved_model",
-    "exporter_from_flags",
-    "load_from_saved_model",
-]
+import importlib
+
+from kerassave_callbacks._version import __version__ as __version__
+
+# Public name -> the module that defines it.
+_HOMES = {
+    "ExportDir": "kerassave_callbacks.export_dir",
+    "ExportError": "kerassave_callbacks.exporter",
+    "ExportRecord": "kerassave_callbacks.exporter",
+    "PendingExport": "kerassave_callbacks.exporter",
+    "SavedModelExistsError": "kerassave_callbacks.core",
+    "SavedModelExporter": "kerassave_callbacks.callbacks",
+    "VersionedExporter": "kerassave_callbacks.exporter",
+    "define_export_flags": "kerassave_callbacks.flags",
+    "export_saved_model": "kerassave_callbacks.core",
+    "exporter_from_flags": "kerassave_callbacks.flags",
+    "load_from_saved_model": "kerassave_callbacks.core",
+}
+
+__all__ = sorted([*_HOMES, "__version__"])
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'kerassave_callbacks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])

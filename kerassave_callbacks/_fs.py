@@ -188,6 +188,16 @@ def rename(src: str, dst: str) -> None:
         raise
 
 
+def replace(src: str, dst: str) -> None:
+    """Renames the file `src` over `dst` (atomic on local disks; one object
+    on object stores)."""
+    if is_local(src):
+        os.replace(local(src), local(dst))
+        return
+    with _builtin_errors(dst):
+        _gfile().rename(src, dst, overwrite=True)
+
+
 def copy(src: str, dst: str) -> None:
     """Copies one file, never over an existing one."""
     if is_local(src) and is_local(dst):

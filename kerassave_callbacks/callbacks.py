@@ -213,8 +213,10 @@ class SavedModelExporter(keras.callbacks.Callback):
         self._events: events_lib.ExportEvents | None = None
         self._best: float | None = None
         self._last_step: int | None = None
-        # Whether the last export carried its epoch's end-of-epoch metrics.
+        # Whether the last export carried its epoch's end-of-epoch metrics,
+        # and the version it committed.
         self._last_at_epoch_end = False
+        self._last_version: int | None = None
         # The export info of the last export that failed and left nothing,
         # until a later one commits: retried at train end if the model has
         # not trained since.
@@ -374,9 +376,9 @@ class SavedModelExporter(keras.callbacks.Callback):
         on the best value committed so far."""
         if self.exporter is None:
             return  # Not the chief.
+        value = self._monitored(metrics)
         if self.save_best_only:
             self._wait_for_pending()  # The best so far counts only if committed.
-            value = self._monitored(metrics)
             if not _improved(value, self._best, self.mode):
                 if self.verbose:
                     self._say(
@@ -397,11 +399,11 @@ class SavedModelExporter(keras.callbacks.Callback):
             return
         step = self._step()
         if step is not None and step == self._last_step:
-            # Nothing trained since the last export; but an epoch's end
-            # exports again after a step export of the same step, so that a
-            # version carries that epoch's metrics.
-            if not at_epoch_end or self._last_at_epoch_end:
-                return
+            # Nothing trained since the last export. If that was a step
+            # export of this very step, the epoch's metrics go into it.
+            if at_epoch_end and not self._last_at_epoch_end:
+                self._add_epoch_metrics(epoch, metrics)
+            return
         self._last_step, self._last_at_epoch_end = step, at_epoch_end
         # A failed async export surfaces here; with "warn" this one goes on.
         self._wait_for_pending()
@@ -411,6 +413,19 @@ class SavedModelExporter(keras.callbacks.Callback):
             )
         )
         self._note_failure(failure)
+
+    def _add_epoch_metrics(self, epoch, metrics: dict) -> None:
+        """Records an epoch's metrics into the step export of the same step
+        (or exports again, if that export failed)."""
+        self._wait_for_pending()
+        if self._last_step is None:  # It failed: export this state now.
+            self._export(epoch, metrics, at_epoch_end=True)
+            return
+        self._last_at_epoch_end = True
+        version = self._last_version
+        failure = self._guard(lambda: self.exporter.record_metrics(version, metrics))
+        if failure is None:
+            self._note_committed(metrics)
 
     def _wait_for_pending(self) -> None:
         """Waits for the async export in flight (its deletions go on)."""
@@ -456,11 +471,16 @@ class SavedModelExporter(keras.callbacks.Callback):
                 e,
             )
 
-    def _on_commit(self, record: exporter_lib.ExportRecord) -> None:
+    def _note_committed(self, metrics: dict) -> None:
+        """A version with `metrics` is on disk: the best moves (only) now."""
         self._retry = None
-        value = (record.info.get("metrics") or {}).get(self.monitor)
+        value = metrics.get(self.monitor) if self.monitor else None
         if self.save_best_only and _improved(value, self._best, self.mode):
             self._best = value
+
+    def _on_commit(self, record: exporter_lib.ExportRecord) -> None:
+        self._last_version = record.version
+        self._note_committed(record.info.get("metrics") or {})
         if self._events is not None:
             step = record.info.get("step")
             self._events.record(

@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable
 
-import tensorflow as tf
 from absl import logging
 
 from kerassave_callbacks import _files
@@ -26,7 +25,7 @@ def delete_version(path: str, now: float) -> None:
 
     Raises:
       ValueError: `path` is a symbolic link (never deleted).
-      OSError, tf.errors.OpError: it could not be retired; it stays.
+      OSError: it could not be retired; it stays.
     """
     retired = _files.retire_version(path, now)
     if retired is not None:
@@ -66,7 +65,7 @@ class Deleter:
         """Takes the version out of sight now; removes its files later.
 
         Raises:
-          ValueError, OSError, tf.errors.OpError: as `delete_version`.
+          ValueError, OSError: as `delete_version`.
         """
         retired = _files.retire_version(path, self._clock())
         if retired is not None:
@@ -88,7 +87,7 @@ class Deleter:
         time.sleep(max(0.0, deadline - time.monotonic()))
         try:
             delete_version(path, self._clock())
-        except (OSError, ValueError, tf.errors.OpError) as e:
+        except (OSError, ValueError) as e:
             logging.warning(
                 "Retention could not delete %s (the next pass retries): %s", path, e
             )

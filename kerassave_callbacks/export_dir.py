@@ -1,22 +1,21 @@
 """ExportDir: a read-only view of an export directory and its versions.
 
-The one place that knows where things are in an export directory (the
-names come from `_files`): which versions are complete, what each one's
-`export_info.json` says, its size, tags and signatures. Nothing here writes
-or deletes; `VersionedExporter` and the `kerassave` command build on it.
+The one reader of an export directory (the names come from `layout`):
+which versions are complete, what each one's `export_info.json` says, its
+size and tags. Nothing here writes or deletes; `VersionedExporter`, the
+`kerassave` command and the dashboard build on it. A local directory is read
+without importing TensorFlow or Keras; only the tags of an export written
+by an earlier release (which did not record them) are read from its graph.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import posixpath
 
-import tensorflow as tf
-
-from kerassave_callbacks import _files, retention
-from kerassave_callbacks.core import loader
+from kerassave_callbacks import _files, _fs, layout, retention
+from kerassave_callbacks.layout import finite_or_none  # noqa: F401 (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +70,7 @@ class ExportDir:
 
     def exists(self) -> bool:
         """True when the path is a directory."""
-        return tf.io.gfile.isdir(self.path)
+        return _fs.isdir(self.path)
 
     def version_path(self, version: int) -> str:
         return posixpath.join(self.path, str(version))
@@ -83,7 +82,7 @@ class ExportDir:
     def all_versions(self) -> list[int]:
         """Every integer-named entry, complete or not, oldest first (what TF
         Serving would consider)."""
-        names = (_files.version_name(n) for n in _files.entries(self.path))
+        names = (layout.version_name(n) for n in _files.entries(self.path))
         return sorted(v for v in names if v is not None)
 
     def info(self, version: int) -> dict:
@@ -102,6 +101,7 @@ class ExportDir:
         for version in self.versions() if versions is None else versions:
             path = self.version_path(version)
             info = self.info(version)
+            recorded = info.get("tags")
             rows.append(
                 Version(
                     version=version,
@@ -111,7 +111,7 @@ class ExportDir:
                     step=info.get("step"),
                     metrics=dict(info.get("metrics") or {}),
                     size_bytes=_files.dir_size(path),
-                    tags=tags(path),
+                    tags=list(recorded) if recorded else tags(path),
                     pinned=self.is_pinned(version),
                 )
             )
@@ -151,28 +151,21 @@ class ExportDir:
 
 def read_info(version_path: str) -> dict:
     """`export_info.json` of a version directory; {} when missing or unreadable."""
-    path = posixpath.join(version_path, _files.EXPORT_INFO)
+    path = posixpath.join(version_path, layout.EXPORT_INFO)
     try:
-        with tf.io.gfile.GFile(path, "r") as f:
-            info = json.loads(f.read())
-    except (tf.errors.NotFoundError, ValueError):
+        info = json.loads(_fs.read_bytes(path).decode("utf-8"))
+    except (OSError, ValueError):
         return {}
     return info if isinstance(info, dict) else {}
 
 
 def tags(saved_model_path: str) -> list[str]:
-    """The tag sets of a SavedModel's MetaGraphs ([] when it cannot be read)."""
+    """The tag sets of a SavedModel's MetaGraphs, read from its graph file
+    ([] when it cannot be read). Imports TensorFlow."""
+    from kerassave_callbacks.core import loader
+
     try:
         saved = loader.read_saved_model(saved_model_path)
     except (FileNotFoundError, ValueError):
         return []
     return [",".join(m.meta_info_def.tags) for m in saved.meta_graphs]
-
-
-def finite_or_none(value) -> float | None:
-    """`value` as a finite float, or None (missing, NaN, not a number)."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None

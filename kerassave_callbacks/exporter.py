@@ -13,7 +13,7 @@ from collections.abc import Callable
 import tensorflow as tf
 from absl import logging
 
-from kerassave_callbacks import _files, retention
+from kerassave_callbacks import _files, _fs, layout, retention
 from kerassave_callbacks import deleter as deleter_lib
 from kerassave_callbacks import export_dir as export_dir_lib
 from kerassave_callbacks._version import __version__
@@ -475,21 +475,16 @@ class VersionedExporter:
             )
         # Retention's deletions go on in the background meanwhile.
         self.wait(deletions=False)
-        info = {
-            "version": None,
-            "epoch": epoch,
-            "step": step,
-            "metrics": {
-                str(k): export_dir_lib.finite_or_none(v)
-                for k, v in (metrics or {}).items()
-            },
-            "created": None,
-            "library": {
+        info = layout.ExportInfo(
+            epoch=epoch,
+            step=step,
+            metrics=dict(metrics or {}),
+            library={
                 "kerassave_callbacks": __version__,
                 "tensorflow": tf.__version__,
                 "keras": keras_api.adapter_for(model).version(),
             },
-        }
+        ).to_json()
         try:
             graphs = self._graphs_for(model)
             values = graphs.snapshot()
@@ -503,6 +498,7 @@ class VersionedExporter:
             ) from e
         info["version"] = self._next_version()
         info["created"] = self._clock()
+        info["tags"] = [m.tag for m in graphs.modes]
         write = lambda: self._write(graphs, values, info, started)  # noqa: E731
         # Tracing happened above, in this thread; what is left (for a first
         # export also tf.saved_model.save) runs in the background, unless
@@ -553,7 +549,7 @@ class VersionedExporter:
                 self._deleter.wait()
 
     def _write(self, graphs, values, info: dict, started: float) -> ExportRecord:
-        temp = posixpath.join(self.export_dir, _files.temp_name(self._clock()))
+        temp = posixpath.join(self.export_dir, layout.temp_name(self._clock()))
         try:
             tf.io.gfile.makedirs(self.export_dir)
             graphs.write(temp, values, as_text=self.as_text)
@@ -606,14 +602,14 @@ class VersionedExporter:
         return record
 
     def _commit(self, temp: str, info: dict) -> str:
-        info_path = posixpath.join(temp, _files.EXPORT_INFO)
+        info_path = posixpath.join(temp, layout.EXPORT_INFO)
         _write_json(info_path, info)
         if _files.is_local(temp):
             _files.fsync_tree(temp)
         for _ in range(_COMMIT_ATTEMPTS):
             final = self._path(info["version"])
             try:
-                _files.commit(temp, final, (_files.EXPORT_INFO,))
+                _files.commit(temp, final, (layout.EXPORT_INFO,))
                 return final
             except FileExistsError:
                 # Another writer took this version: take the next one.
@@ -625,6 +621,41 @@ class VersionedExporter:
             f"Could not find a free version name in {self.export_dir!r} after "
             f"{_COMMIT_ATTEMPTS} attempts."
         )
+
+    def record_metrics(self, version: int, metrics: dict) -> None:
+        """Adds `metrics` to the export info of a committed version.
+
+        For metrics known only after the version was taken (an epoch's
+        validation metrics, after a step export of that same step). The info
+        file is replaced whole, never seen half-written; TF Serving does not
+        read it. Retention's next pass ranks the version by them.
+
+        Example:
+
+            path = exporter.export(model, step=300)
+            exporter.record_metrics(int(os.path.basename(path)),
+                                    {"val_loss": 0.21})
+
+        Raises:
+          ExportError: the version's info could not be read or replaced.
+        """
+        path = posixpath.join(self._path(version), layout.EXPORT_INFO)
+        info = export_dir_lib.read_info(self._path(version))
+        if not info:
+            raise ExportError(f"Version {version} has no readable {path}.")
+        info = layout.ExportInfo.from_json(info)
+        info = dataclasses.replace(info, metrics={**info.metrics, **metrics})
+        staged = f"{path}.{layout.temp_name(self._clock())}"
+        try:
+            _write_json(staged, info.to_json())
+            _fs.replace(staged, path)
+        except (OSError, tf.errors.OpError) as e:
+            raise ExportError(
+                f"Could not add metrics to version {version} ({path}): {e}",
+                info=info.to_json(),
+                committed=self._path(version),
+            ) from e
+        self._infos[version] = info.to_json()
 
     def best_value(self) -> float | None:
         """The best `monitor` value recorded by the versions on disk, or None.

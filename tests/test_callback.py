@@ -81,7 +81,12 @@ def test_keep_best_by_a_scripted_metric(tmp_path):
     callbacks = [
         Scripted("score", scores),
         SavedModelExporter(
-            str(tmp_path), keep=1, keep_best=2, monitor="score", mode="max"
+            str(tmp_path),
+            keep=1,
+            keep_best=2,
+            monitor="score",
+            mode="max",
+            grace_seconds=0,
         ),
     ]
     fit_classifier(callbacks, epochs=6)
@@ -161,7 +166,11 @@ def test_missing_monitor_warns_once_naming_the_keys(tmp_path, caplog):
 def test_events_record_each_export_at_the_optimizer_step(tmp_path):
     export_dir = tmp_path / "exports"
     exporter = SavedModelExporter(
-        str(export_dir), keep=1, log_dir=str(tmp_path / "logs"), monitor="loss"
+        str(export_dir),
+        keep=1,
+        grace_seconds=0,
+        log_dir=str(tmp_path / "logs"),
+        monitor="loss",
     )
     fit_classifier([exporter], epochs=3)
     acc = events(tmp_path / "logs" / "export")
@@ -272,11 +281,15 @@ def test_async_export_in_fit_commits_every_version(tmp_path):
 def test_resume_continues_versions_and_retention_beside_backup_and_restore(tmp_path):
     export_dir = str(tmp_path / "exports")
     backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
-    model = fit_classifier([backup, SavedModelExporter(export_dir, keep=2)], epochs=3)
+    model = fit_classifier(
+        [backup, SavedModelExporter(export_dir, keep=2, grace_seconds=0)], epochs=3
+    )
     first = sorted(os.listdir(export_dir))
     backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
     fit_classifier(
-        [backup, SavedModelExporter(export_dir, keep=2)], epochs=5, model=model
+        [backup, SavedModelExporter(export_dir, keep=2, grace_seconds=0)],
+        epochs=5,
+        model=model,
     )
     second = sorted(os.listdir(export_dir))
 
@@ -286,7 +299,10 @@ def test_resume_continues_versions_and_retention_beside_backup_and_restore(tmp_p
 
 
 def test_verbose_prints_one_line_per_export(tmp_path, capsys):
-    fit_classifier([SavedModelExporter(str(tmp_path), keep=1, verbose=1)], epochs=2)
+    fit_classifier(
+        [SavedModelExporter(str(tmp_path), keep=1, grace_seconds=0, verbose=1)],
+        epochs=2,
+    )
     out = capsys.readouterr().out.splitlines()
     lines = [line for line in out if "Exported version" in line]
     assert len(lines) == 2
@@ -422,5 +438,7 @@ def test_a_step_export_at_an_epoch_end_leaves_a_version_with_its_metrics(tmp_pat
     fit_classifier([exporter], epochs=2, validation_split=0.25)
     infos = _infos(tmp_path)
 
+    # One version per state: the epoch's metrics went into the step export.
+    assert [i["step"] for i in infos] == [2, 3, 4, 6]
     with_val = [i["step"] for i in infos if "val_loss" in i["metrics"]]
     assert with_val == [3, 6]

@@ -16,7 +16,7 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from kerassave_callbacks import SavedModelExporter, _files, export_saved_model
+from kerassave_callbacks import SavedModelExporter, export_saved_model, layout
 from kerassave_callbacks.core import warmup
 
 from conftest import classifier, classifier_data
@@ -57,7 +57,7 @@ def exports(tmp_path_factory):
     versions = callback.versions()
     losses = {}
     for v in versions:
-        info = json.loads((export_dir / str(v) / _files.EXPORT_INFO).read_text())
+        info = json.loads((export_dir / str(v) / layout.EXPORT_INFO).read_text())
         losses[v] = info["metrics"]["val_loss"]
     return export_dir, versions, losses
 
@@ -149,7 +149,7 @@ def test_verify_checks_every_integer_named_entry(exports, tmp_path):
     newest = export_dir / str(versions[-1] + 1)
     shutil.copytree(export_dir / str(versions[-1]), newest)
     (newest / "saved_model.pb").unlink()
-    (export_dir / str(versions[0]) / _files.EXPORT_INFO).unlink()
+    (export_dir / str(versions[0]) / layout.EXPORT_INFO).unlink()
 
     rows = json.loads(kerassave("verify", export_dir, "--json", check_code=1).stdout)
 
@@ -159,14 +159,14 @@ def test_verify_checks_every_integer_named_entry(exports, tmp_path):
         (versions[2], True),
         (versions[-1] + 1, False),
     ]
-    assert rows[0]["problems"] == [f"missing {_files.EXPORT_INFO}"]
+    assert rows[0]["problems"] == [f"missing {layout.EXPORT_INFO}"]
     assert rows[-1]["problems"] == ["missing saved_model.pb or saved_model.pbtxt"]
 
 
 def test_prune_leaves_versions_in_their_grace_period(exports, tmp_path):
     export_dir, versions, _ = _copy(exports, tmp_path)
     newest_created = json.loads(
-        (export_dir / str(versions[-1]) / _files.EXPORT_INFO).read_text()
+        (export_dir / str(versions[-1]) / layout.EXPORT_INFO).read_text()
     )["created"]
     grace = time.time() - newest_created + 600  # The oldest is out of it.
 
@@ -237,7 +237,7 @@ def test_cleanup_removes_only_what_crashed_exports_left(tmp_path, exports):
     export_dir, _, _ = _copy(exports, tmp_path)
     dead = subprocess.Popen(["true"])
     dead.wait()
-    leftover = _files.temp_name(1_700_000_000).replace(
+    leftover = layout.temp_name(1_700_000_000).replace(
         f"-{os.getpid()}-", f"-{dead.pid}-"
     )
     (export_dir / leftover).mkdir()
@@ -347,3 +347,33 @@ def test_bad_warmup_inputs_are_refused_before_anything_is_written(
     ):
         export_saved_model(classifier(), str(path), warmup_inputs=inputs)
     assert os.listdir(tmp_path) == []
+
+
+IMPORTS = """
+import json, sys
+from kerassave_callbacks import cli
+try:
+    code = cli.main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+heavy = [m for m in ("tensorflow", "keras", "tf_keras") if m in sys.modules]
+print(json.dumps({"code": code, "heavy": heavy}))
+"""
+
+
+@pytest.mark.parametrize(
+    "command, shows",
+    [(["--help"], "usage: kerassave"), (["list", "{dir}"], "{newest}")],
+    ids=["help", "list"],
+)
+def test_help_and_list_import_neither_tensorflow_nor_keras(command, shows, exports):
+    export_dir, versions, _ = exports
+    fill = dict(dir=export_dir, newest=versions[-1])
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORTS, *[a.format(**fill) for a in command]],
+        capture_output=True,
+        text=True,
+    )
+    *shown, last = out.stdout.strip().splitlines()
+    assert json.loads(last) == {"code": 0, "heavy": []}
+    assert shows.format(**fill) in "\n".join(shown)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerassave_callbacks import VersionedExporter, _files, export_saved_model
+from kerassave_callbacks import VersionedExporter, _files, export_saved_model, layout
 
 from conftest import classifier
 
@@ -84,20 +84,20 @@ def staged_export(tmp_path_factory):
     ],
 )
 def test_a_damaged_staged_tree_is_never_published(tmp_path, staged_export, damage):
-    staged = tmp_path / _files.temp_name(time.time())
+    staged = tmp_path / layout.temp_name(time.time())
     shutil.copytree(staged_export, staged)
     (staged / damage).unlink()
 
     with pytest.raises(_files.IncompleteExportError, match=f"lacks {damage[:9]}"):
-        _files.commit(str(staged), str(tmp_path / "5"), (_files.EXPORT_INFO,))
+        _files.commit(str(staged), str(tmp_path / "5"), (layout.EXPORT_INFO,))
     assert not (tmp_path / "5").exists()
     assert VersionedExporter(str(tmp_path)).versions() == []
 
 
 def test_a_complete_staged_tree_is_published(tmp_path, staged_export):
-    staged = tmp_path / _files.temp_name(time.time())
+    staged = tmp_path / layout.temp_name(time.time())
     shutil.copytree(staged_export, staged)
-    _files.commit(str(staged), str(tmp_path / "5"), (_files.EXPORT_INFO,))
+    _files.commit(str(staged), str(tmp_path / "5"), (layout.EXPORT_INFO,))
     assert sorted(os.listdir(tmp_path)) == ["5"]
 
 
@@ -112,7 +112,7 @@ def _unshare_works() -> bool:
 def test_cleanup_in_another_pid_namespace_spares_a_live_writers_temporary(tmp_path):
     # This process is the live writer; a cleaner in a PID namespace of its
     # own (a sidecar container of the same pod) cannot see its PID.
-    temp = tmp_path / _files.temp_name(time.time())
+    temp = tmp_path / layout.temp_name(time.time())
     (temp / "variables").mkdir(parents=True)
     (temp / "variables" / "variables.index").write_bytes(b"being written")
     out = subprocess.run(

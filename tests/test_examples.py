@@ -80,6 +80,7 @@ def test_exports_to_keep_flag_applies(tmp_path):
         "--epochs=3",
         f"--export_dir={tmp_path / 'models'}",
         "--exports_to_keep=1",
+        "--export_grace_seconds=0",
         "--export_keep_best=0",
         "--export_log_dir=",
         cwd=tmp_path,

@@ -16,7 +16,7 @@ from kerassave_callbacks import (
     ExportError,
     PendingExport,
     VersionedExporter,
-    _files,
+    layout,
     load_from_saved_model,
 )
 
@@ -251,7 +251,7 @@ def test_async_export_error_is_raised_by_wait_and_leaves_no_version(tmp_path):
 def test_cleanup_removes_only_abandoned_temporaries(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    live = _files.temp_name(T0)  # This process's, as an async export makes.
+    live = layout.temp_name(T0)  # This process's, as an async export makes.
     names = {
         "live": live,
         "dead": live.replace(f"-{os.getpid()}-", f"-{dead.pid}-"),

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from kerassave_callbacks import _files
+from kerassave_callbacks import _files, layout
 
 
 @pytest.mark.parametrize(
@@ -26,17 +26,17 @@ from kerassave_callbacks import _files
     ],
 )
 def test_version_name(name, expected):
-    assert _files.version_name(name) == expected
+    assert layout.version_name(name) == expected
 
 
 def test_temp_name_round_trips_and_is_never_a_version():
-    name = _files.temp_name(1700000000.7)
-    created, host, namespace, pid = _files.parse_temp_name(name)
+    name = layout.temp_name(1700000000.7)
+    created, host, namespace, pid = layout.parse_temp_name(name)
     assert (created, pid) == (1700000000, os.getpid())
     assert host and "-" not in host  # Hyphens separate the fields.
-    assert namespace == _files.temp_name(0).split("-")[3]  # This process's.
-    assert _files.version_name(name) is None
-    assert name.startswith(_files.TEMP_PREFIX)
+    assert namespace == layout.temp_name(0).split("-")[3]  # This process's.
+    assert layout.version_name(name) is None
+    assert name.startswith(layout.TEMP_PREFIX)
 
 
 def _dead_pid() -> int:
@@ -46,7 +46,7 @@ def _dead_pid() -> int:
 
 
 def _with(name: str, *, pid: int, namespace: str | None = None) -> str:
-    created, host, own, _ = _files.parse_temp_name(name)
+    created, host, own, _ = layout.parse_temp_name(name)
     return f"temp-{created}-{host}-{namespace or own}-{pid}-0123abcd"
 
 
@@ -65,23 +65,23 @@ LIVENESS = {
 
 @pytest.mark.parametrize("whose,age,abandoned", LIVENESS.values(), ids=LIVENESS)
 def test_a_pid_is_checked_only_in_the_writers_own_pid_namespace(whose, age, abandoned):
-    name = _files.temp_name(NOW)
+    name = layout.temp_name(NOW)
     if whose == "dead":
         name = _with(name, pid=_dead_pid())
     elif whose == "other_namespace":
         name = _with(name, pid=_dead_pid(), namespace="ffffffff")
     elif whose == "old_name":
-        created, host, _, _ = _files.parse_temp_name(name)
+        created, host, _, _ = layout.parse_temp_name(name)
         name = f"temp-{created}-{host}-{_dead_pid()}-0123abcd"
-    assert _files.temp_is_abandoned(name, NOW + age) is abandoned
+    assert layout.temp_is_abandoned(name, NOW + age) is abandoned
 
 
 @pytest.mark.parametrize(
     "name", ["temp-notes", "temp-1-host-x-0123abcd", "tmp-1-host-2-0123abcd", "123"]
 )
 def test_other_names_are_not_temporaries(name):
-    assert _files.parse_temp_name(name) is None
-    assert not _files.temp_is_abandoned(name, now=1e12)
+    assert layout.parse_temp_name(name) is None
+    assert not layout.temp_is_abandoned(name, now=1e12)
 
 
 @pytest.mark.parametrize(

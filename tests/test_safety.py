@@ -17,8 +17,8 @@ from kerassave_callbacks import (
     ExportError,
     SavedModelExporter,
     VersionedExporter,
-    _files,
     export_saved_model,
+    layout,
 )
 
 from conftest import classifier, classifier_data
@@ -57,7 +57,7 @@ def test_a_linked_version_and_its_target_survive_retention(tmp_path, pinned):
     export_dir.mkdir()
     (export_dir / "1").symlink_to(pinned, target_is_directory=True)
     before = _tree(pinned)
-    exporter = VersionedExporter(str(export_dir), keep=1)
+    exporter = VersionedExporter(str(export_dir), keep=1, grace_seconds=0)
     model = classifier()
     for _ in range(4):
         exporter.export(model)
@@ -86,7 +86,7 @@ def test_a_version_a_link_points_to_is_pinned_too(tmp_path):
 
 def test_a_link_inside_a_version_is_unlinked_not_followed(tmp_path, pinned):
     export_dir = tmp_path / "exports"
-    exporter = VersionedExporter(str(export_dir), keep=1)
+    exporter = VersionedExporter(str(export_dir), keep=1, grace_seconds=0)
     model = classifier()
     first = exporter.export(model)
     os.symlink(pinned, os.path.join(first, "assets", "linked"))
@@ -103,7 +103,7 @@ def test_cleanup_leaves_linked_temporaries_alone(tmp_path, pinned):
     export_dir.mkdir()
     dead = subprocess.Popen(["true"])
     dead.wait()
-    live = _files.temp_name(1_700_000_000)
+    live = layout.temp_name(1_700_000_000)
     link = export_dir / live.replace(f"-{os.getpid()}-", f"-{dead.pid}-")
     link.symlink_to(pinned, target_is_directory=True)
     before = _tree(pinned)
@@ -325,7 +325,9 @@ def _new_threads(before) -> list[str]:
 def test_a_closed_exporter_stops_its_threads_and_refuses_to_export(tmp_path):
     model = classifier()
     before = set(threading.enumerate())
-    with VersionedExporter(str(tmp_path), keep=1, async_export=True) as exporter:
+    with VersionedExporter(
+        str(tmp_path), keep=1, grace_seconds=0, async_export=True
+    ) as exporter:
         for _ in range(3):
             pending = exporter.export(model)
         assert _new_threads(before)
@@ -337,7 +339,9 @@ def test_a_closed_exporter_stops_its_threads_and_refuses_to_export(tmp_path):
 
 def test_a_closed_callback_refuses_anotherfit_classifier(tmp_path):
     before = set(threading.enumerate())
-    with SavedModelExporter(str(tmp_path), keep=1, async_export=True) as callback:
+    with SavedModelExporter(
+        str(tmp_path), keep=1, grace_seconds=0, async_export=True
+    ) as callback:
         model = fit_classifier([callback], epochs=2)
     assert _new_threads(before) == []
     with pytest.raises(RuntimeError, match="SavedModelExporter of .* is closed"):

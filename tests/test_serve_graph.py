@@ -295,7 +295,9 @@ def test_models_with_lookup_tables_export_serve_train_and_load(
 def test_a_string_model_exports_during_fit_and_serves_strings(tmp_path):
     model = _text_vectorization_model()
     model.compile(optimizer="adam", loss="binary_crossentropy")
-    exporter = SavedModelExporter(str(tmp_path), keep=2, serving_only=True)
+    exporter = SavedModelExporter(
+        str(tmp_path), keep=2, grace_seconds=0, serving_only=True
+    )
     model.fit(
         _strings(),
         LABELS[:, None],

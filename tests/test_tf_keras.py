@@ -139,6 +139,7 @@ def test_the_same_callback_in_tf_keras_fit(tmp_path):
     exporter = SavedModelExporter(
         str(tmp_path / "exports"),
         keep=2,
+        grace_seconds=0,
         every_n_steps=2,
         monitor="val_loss",
         log_dir=str(tmp_path / "logs"),

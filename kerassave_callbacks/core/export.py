@@ -7,7 +7,7 @@ import time
 
 import tensorflow as tf
 
-from kerassave_callbacks import _files
+from kerassave_callbacks import _files, layout
 from kerassave_callbacks.core import keras_api, mode_graphs
 
 
@@ -150,7 +150,7 @@ def export_saved_model(
         target_signature=target_signature,
         warmup_inputs=warmup_inputs,
     )
-    temp = posixpath.join(parent, _files.temp_name(time.time()))
+    temp = posixpath.join(parent, layout.temp_name(time.time()))
     try:
         graphs.save(temp, as_text=as_text)
         if _files.is_local(temp):

@@ -25,12 +25,12 @@ from tensorflow.core.framework import (
 )
 from tensorflow.core.protobuf import saved_model_pb2, saver_pb2
 
+from kerassave_callbacks import layout
 from kerassave_callbacks.core import modes
 
 # The scope of the saver's nodes in every MetaGraph, as TF1's `Saver`.
 SAVER_SCOPE = "save"
 _CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
-_VARIABLE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 def save_options(mode_list) -> tf.saved_model.SaveOptions:
@@ -135,7 +135,7 @@ def _variable_keys(meta, checkpoint_shapes: dict) -> dict[str, str]:
             name = _tensor_node(name)
             if by_name[name].op != "VarHandleOp":
                 continue
-            key = paths[object_id].rstrip("/") + _VARIABLE_SUFFIX
+            key = paths[object_id].rstrip("/") + layout.VARIABLE_SUFFIX
             if keys.setdefault(name, key) != key:
                 _cannot_map(name, f"found as both {keys[name]!r} and {key!r}")
     for name, key in keys.items():

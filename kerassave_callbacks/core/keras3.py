@@ -29,7 +29,7 @@ import tensorflow as tf
 from absl import logging
 from keras.src.export import export_utils
 
-from kerassave_callbacks import _files
+from kerassave_callbacks import layout
 
 # The module prefix of Keras' own classes (see `overrides`).
 _PREFIX = "keras."
@@ -192,7 +192,7 @@ def warn_no_config(model, error: Exception) -> None:
         "load_from_saved_model cannot rebuild it (tf.saved_model.load still "
         "can): %s",
         model.name,
-        _files.MODEL_JSON,
+        layout.MODEL_JSON,
         error,
     )
 

@@ -12,8 +12,8 @@ import tensorflow as tf
 from google.protobuf import message, text_format
 from tensorflow.core.protobuf import saved_model_pb2
 
-from kerassave_callbacks import _files
-from kerassave_callbacks.core import keras_api, mode_graphs, modes
+from kerassave_callbacks import layout
+from kerassave_callbacks.core import keras_api, modes
 
 
 def _damaged(saved_model_path: str, what: str) -> ValueError:
@@ -30,22 +30,22 @@ def read_saved_model(saved_model_path: str) -> saved_model_pb2.SavedModel:
       FileNotFoundError: the directory holds no SavedModel.
       ValueError: the graph file is empty, cut short or not a SavedModel.
     """
-    pb = posixpath.join(saved_model_path, mode_graphs.SAVED_MODEL_PB)
-    pbtxt = posixpath.join(saved_model_path, mode_graphs.SAVED_MODEL_PBTXT)
+    pb = posixpath.join(saved_model_path, layout.SAVED_MODEL_PB)
+    pbtxt = posixpath.join(saved_model_path, layout.SAVED_MODEL_PBTXT)
     saved = saved_model_pb2.SavedModel()
     if tf.io.gfile.exists(pb):
-        name = mode_graphs.SAVED_MODEL_PB
+        name = layout.SAVED_MODEL_PB
         parse = lambda data: saved.ParseFromString(data)  # noqa: E731
         path = pb
     elif tf.io.gfile.exists(pbtxt):
-        name = mode_graphs.SAVED_MODEL_PBTXT
+        name = layout.SAVED_MODEL_PBTXT
         parse = lambda data: text_format.Parse(data.decode("utf-8"), saved)  # noqa: E731
         path = pbtxt
     else:
         raise FileNotFoundError(
             f"No SavedModel at saved_model_path={saved_model_path!r}: it holds "
-            f"neither {mode_graphs.SAVED_MODEL_PB} nor "
-            f"{mode_graphs.SAVED_MODEL_PBTXT}. Pass the directory of one export "
+            f"neither {layout.SAVED_MODEL_PB} nor "
+            f"{layout.SAVED_MODEL_PBTXT}. Pass the directory of one export "
             "(for a VersionedExporter's export_dir, one of its version "
             "directories)."
         )
@@ -73,7 +73,7 @@ def _read_json(saved_model_path: str, path: str):
 def open_checkpoint(saved_model_path: str):
     """A reader of the export's variables, or ValueError naming the damage."""
     # Not tf.train.load_checkpoint: it takes ram:// prefixes for directories.
-    prefix = posixpath.join(saved_model_path, _files.VARIABLES_PREFIX)
+    prefix = posixpath.join(saved_model_path, layout.VARIABLES_PREFIX)
     try:
         return tf.compat.v1.train.NewCheckpointReader(prefix)
     except (tf.errors.OpError, ValueError) as e:
@@ -100,7 +100,7 @@ def read_all_values(reader, saved_model_path: str) -> dict:
 def _group(values: dict, group: str, saved_model_path: str) -> list:
     """The values of one variable group, in index order."""
     count = sum(1 for k in values if k.startswith(group + "/"))
-    keys = [mode_graphs.variable_key(group, i) for i in range(count)]
+    keys = [layout.variable_key(group, i) for i in range(count)]
     missing = [k for k in keys if k not in values]
     if missing:
         raise _damaged(saved_model_path, f"its variables lack {missing[:3]}")
@@ -110,7 +110,7 @@ def _group(values: dict, group: str, saved_model_path: str) -> list:
 def _copy_layer_assets(saved_model_path: str, tmp: str) -> dict[str, str]:
     """A local copy of the layers' asset folders (Keras opens files):
     layer index -> folder."""
-    root = posixpath.join(saved_model_path, "assets", mode_graphs.LAYER_ASSETS)
+    root = posixpath.join(saved_model_path, "assets", layout.LAYER_ASSETS)
     if not tf.io.gfile.isdir(root):
         return {}
     folders = {}
@@ -216,9 +216,9 @@ def load_from_saved_model(
     saved = read_saved_model(saved_model_path)
     reader = open_checkpoint(saved_model_path)
     keys = reader.get_variable_to_shape_map()
-    json_path = posixpath.join(saved_model_path, _files.MODEL_JSON)
+    json_path = posixpath.join(saved_model_path, layout.MODEL_JSON)
     if not tf.io.gfile.exists(json_path):
-        if any(k.startswith(mode_graphs.MODEL_VARIABLES + "/") for k in keys):
+        if any(k.startswith(layout.MODEL_VARIABLES + "/") for k in keys):
             why = "the model had no get_config(), so its Keras model cannot be rebuilt"
         else:
             why = (
@@ -226,7 +226,7 @@ def load_from_saved_model(
                 "written by tf.saved_model.save or Keras' model.export(), say)"
             )
         raise ValueError(
-            f"The export at {saved_model_path!r} has no {_files.MODEL_JSON}: "
+            f"The export at {saved_model_path!r} has no {layout.MODEL_JSON}: "
             f"{why}. Load its graphs with tf.saved_model.load(path) (add "
             "tags=['serve'] for an export of this library)."
         )
@@ -251,8 +251,8 @@ def load_from_saved_model(
     # compiles the model as it was.
     model = adapter.from_config(config, custom_objects, unsafe_ok)
     _restore(
-        _group(values, mode_graphs.MODEL_VARIABLES, saved_model_path),
-        mode_graphs.MODEL_VARIABLES,
+        _group(values, layout.MODEL_VARIABLES, saved_model_path),
+        layout.MODEL_VARIABLES,
         adapter.model_variables(model),
         "the rebuilt model",
         saved_model_path,
@@ -264,8 +264,8 @@ def load_from_saved_model(
         adapter.build_optimizer(model)  # Its slots, to restore into.
         optimizer = model.optimizer
         _restore(
-            _group(values, mode_graphs.OPTIMIZER_VARIABLES, saved_model_path),
-            mode_graphs.OPTIMIZER_VARIABLES,
+            _group(values, layout.OPTIMIZER_VARIABLES, saved_model_path),
+            layout.OPTIMIZER_VARIABLES,
             adapter.optimizer_variables(model),
             f"the rebuilt {type(optimizer).__name__}",
             saved_model_path,

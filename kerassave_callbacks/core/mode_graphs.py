@@ -21,7 +21,7 @@ from absl import logging
 from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 
-from kerassave_callbacks import _files
+from kerassave_callbacks import _files, layout
 from kerassave_callbacks.core import (
     _tf_logs,
     graph_split,
@@ -30,27 +30,6 @@ from kerassave_callbacks.core import (
     specs,
     warmup,
 )
-
-SAVED_MODEL_PB = _files.SAVED_MODEL_PB
-SAVED_MODEL_PBTXT = _files.SAVED_MODEL_PBTXT
-_FINGERPRINT = "fingerprint.pb"
-_OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
-
-# Attribute names of the variable groups on the saved root object; the
-# checkpoint keys are `<group>/<index>/.ATTRIBUTES/VARIABLE_VALUE`.
-MODEL_VARIABLES = "model_variables"
-OPTIMIZER_VARIABLES = "optimizer_variables"
-METRIC_VARIABLES = "metric_variables"
-# Lookup tables and other resources the traced graphs use.
-RESOURCES = "resources"
-# Under assets/: what Keras layers save next to their config (the vocabulary
-# of an adapted StringLookup, say), one folder per layer index.
-LAYER_ASSETS = "keras_layers"
-
-
-def variable_key(group: str, index: int) -> str:
-    """The checkpoint key of variable `index` of `group`."""
-    return f"{group}/{index}/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 class ModeGraphs:
@@ -99,23 +78,31 @@ class ModeGraphs:
         # collect what to save only now.
         traced = self.traced_model
         self.root = tf.Module()
-        setattr(self.root, MODEL_VARIABLES, self.keras.model_variables(traced))
+        setattr(self.root, layout.MODEL_VARIABLES, self.keras.model_variables(traced))
         if modes.TRAIN in self.modes:
             optimizer_variables = self.keras.optimizer_variables(traced)
-            setattr(self.root, OPTIMIZER_VARIABLES, optimizer_variables)
-            setattr(self.root, METRIC_VARIABLES, self.keras.metric_variables(traced))
+            setattr(self.root, layout.OPTIMIZER_VARIABLES, optimizer_variables)
+            setattr(
+                self.root, layout.METRIC_VARIABLES, self.keras.metric_variables(traced)
+            )
         # Tracked, so that tf.saved_model.save saves them and makes the init
         # op that initializes them when a TF1 session or TF Serving loads.
         setattr(
-            self.root, RESOURCES, _captured_resources(traced, self._concrete.values())
+            self.root,
+            layout.RESOURCES,
+            _captured_resources(traced, self._concrete.values()),
         )
         # (checkpoint key, variable) of every variable the export holds.
         self._variables = [
-            (variable_key(group, i), v)
-            for group in (MODEL_VARIABLES, OPTIMIZER_VARIABLES, METRIC_VARIABLES)
+            (layout.variable_key(group, i), v)
+            for group in (
+                layout.MODEL_VARIABLES,
+                layout.OPTIMIZER_VARIABLES,
+                layout.METRIC_VARIABLES,
+            )
             for i, v in enumerate(getattr(self.root, group, []))
         ]
-        self._keys = [key for key, _ in self._variables] + [_OBJECT_GRAPH_KEY]
+        self._keys = [key for key, _ in self._variables] + [layout.OBJECT_GRAPH_KEY]
         self._distributed = any(
             isinstance(v, tf.distribute.DistributedValues) for _, v in self._variables
         )
@@ -190,15 +177,19 @@ class ModeGraphs:
           ValueError: the copy's state does not match the model's.
         """
         own = {
-            MODEL_VARIABLES: self.keras.model_variables(self.model),
-            OPTIMIZER_VARIABLES: self.keras.optimizer_variables(self.model)
+            layout.MODEL_VARIABLES: self.keras.model_variables(self.model),
+            layout.OPTIMIZER_VARIABLES: self.keras.optimizer_variables(self.model)
             if modes.TRAIN in self.modes
             else [],
         }
         sources = []
-        for group in (MODEL_VARIABLES, OPTIMIZER_VARIABLES, METRIC_VARIABLES):
+        for group in (
+            layout.MODEL_VARIABLES,
+            layout.OPTIMIZER_VARIABLES,
+            layout.METRIC_VARIABLES,
+        ):
             copies = getattr(self.root, group, [])
-            if group == METRIC_VARIABLES:
+            if group == layout.METRIC_VARIABLES:
                 sources.extend([None] * len(copies))
                 continue
             shapes = [tuple(v.shape) for v in own[group]]
@@ -296,7 +287,7 @@ class ModeGraphs:
         of a loaded eval or train graph stream from zero within one session,
         as TF1 streaming metrics did.
         """
-        metric_ids = {id(v) for v in getattr(self.root, METRIC_VARIABLES, [])}
+        metric_ids = {id(v) for v in getattr(self.root, layout.METRIC_VARIABLES, [])}
         return [
             tf.zeros_like(v) if id(v) in metric_ids else source.read_value()
             for (_, v), source in zip(self._variables, self._sources, strict=True)
@@ -317,7 +308,7 @@ class ModeGraphs:
         else:
             tf.io.gfile.makedirs(posixpath.join(path, "variables"))
             write_files(posixpath.join(path, "assets"), self._saved_assets)
-        name = SAVED_MODEL_PBTXT if as_text else SAVED_MODEL_PB
+        name = layout.SAVED_MODEL_PBTXT if as_text else layout.SAVED_MODEL_PB
         if as_text not in self._graph_files:
             self._graph_files[as_text] = (
                 to_text(self._saved_model)
@@ -326,7 +317,7 @@ class ModeGraphs:
             )
         write_file(posixpath.join(path, name), self._graph_files[as_text])
         tf.raw_ops.SaveV2(
-            prefix=posixpath.join(path, _files.VARIABLES_PREFIX),
+            prefix=posixpath.join(path, layout.VARIABLES_PREFIX),
             tensor_names=self._keys,
             shape_and_slices=[""] * len(self._keys),
             tensors=values + [self._object_graph],
@@ -360,7 +351,7 @@ class ModeGraphs:
                 for rel in _files.list_files(assets)
             }
         reader = tf.compat.v1.train.NewCheckpointReader(
-            posixpath.join(path, _files.VARIABLES_PREFIX)
+            posixpath.join(path, layout.VARIABLES_PREFIX)
         )
         shapes = reader.get_variable_to_shape_map()
         expected = set(self._keys)
@@ -372,17 +363,17 @@ class ModeGraphs:
                 f"saved under checkpoint keys {sorted(written ^ expected)}. "
                 "Keep such state in variables or in tf.lookup.StaticHashTable."
             )
-        pb_path = posixpath.join(path, SAVED_MODEL_PB)
+        pb_path = posixpath.join(path, layout.SAVED_MODEL_PB)
         with tf.io.gfile.GFile(pb_path, "rb") as f:
             saved = saved_model_pb2.SavedModel.FromString(f.read())
         self._saved_model = graph_split.split_by_mode(saved, self.modes, shapes)
         tf.io.gfile.remove(pb_path)
         # TF fingerprints the graph it wrote; after the split that
         # fingerprint no longer describes the file, so it is left out.
-        fingerprint = posixpath.join(path, _FINGERPRINT)
+        fingerprint = posixpath.join(path, layout.FINGERPRINT)
         if tf.io.gfile.exists(fingerprint):
             tf.io.gfile.remove(fingerprint)
-        self._object_graph = tf.constant(reader.get_tensor(_OBJECT_GRAPH_KEY))
+        self._object_graph = tf.constant(reader.get_tensor(layout.OBJECT_GRAPH_KEY))
 
     @property
     def saves_without_tracing(self) -> bool:
@@ -393,7 +384,7 @@ class ModeGraphs:
     @property
     def resources(self) -> list:
         """The lookup tables and other resources the graphs use."""
-        return getattr(self.root, RESOURCES)
+        return getattr(self.root, layout.RESOURCES)
 
     def _to_save(self) -> dict:
         """The signatures as `tf.saved_model.save` gets them.
@@ -412,8 +403,8 @@ class ModeGraphs:
         assets = posixpath.join(path, "assets")
         tf.io.gfile.makedirs(assets)
         if self._model_json is not None:
-            write_file(posixpath.join(path, _files.MODEL_JSON), self._model_json)
-        write_files(posixpath.join(assets, LAYER_ASSETS), self._layer_assets)
+            write_file(posixpath.join(path, layout.MODEL_JSON), self._model_json)
+        write_files(posixpath.join(assets, layout.LAYER_ASSETS), self._layer_assets)
 
 
 def model_resources(model) -> list:

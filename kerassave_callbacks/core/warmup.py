@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 import tensorflow as tf
 
-from kerassave_callbacks import _files
+from kerassave_callbacks import layout
 from kerassave_callbacks.core import modes
 
 MAX_ROWS = 1000
@@ -149,7 +149,7 @@ def _checked(value, spec: tf.TensorSpec) -> np.ndarray:
 
 def write(path: str, logs: list[bytes]) -> None:
     """Writes the records as the version's warm-up file."""
-    target = posixpath.join(path, _files.WARMUP_REQUESTS)
+    target = posixpath.join(path, layout.WARMUP_REQUESTS)
     tf.io.gfile.makedirs(posixpath.dirname(target))
     with tf.io.TFRecordWriter(target) as writer:
         for log in logs:
@@ -158,7 +158,7 @@ def write(path: str, logs: list[bytes]) -> None:
 
 def read(path: str) -> list:
     """The `PredictRequest`s of a version's warm-up file ([] when none)."""
-    target = posixpath.join(path, _files.WARMUP_REQUESTS)
+    target = posixpath.join(path, layout.WARMUP_REQUESTS)
     if not tf.io.gfile.exists(target):
         return []
     _, prediction_log_pb2 = serving_protos()
