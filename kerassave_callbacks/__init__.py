@@ -21,8 +21,12 @@ from kerassave_callbacks._version import __version__ as __version__
 _HOMES = {
     "ExportDir": "kerassave_callbacks.export_dir",
     "ExportError": "kerassave_callbacks.exporter",
+    "ExportOptions": "kerassave_callbacks.options",
+    "ExportSchedule": "kerassave_callbacks.schedule",
+    "Monitor": "kerassave_callbacks.options",
     "ExportRecord": "kerassave_callbacks.exporter",
     "PendingExport": "kerassave_callbacks.exporter",
+    "RetentionPolicy": "kerassave_callbacks.options",
     "SavedModelExistsError": "kerassave_callbacks.core",
     "SavedModelExporter": "kerassave_callbacks.callbacks",
     "VersionedExporter": "kerassave_callbacks.exporter",

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import math
 import sys
 
 import keras
 import tensorflow as tf
 from absl import logging
 
+from kerassave_callbacks import _files
 from kerassave_callbacks import events as events_lib
 from kerassave_callbacks import export_dir as export_dir_lib
 from kerassave_callbacks import exporter as exporter_lib
-from kerassave_callbacks import retention
-from kerassave_callbacks.core import keras3, keras_api, warmup
+from kerassave_callbacks import options as options_lib
+from kerassave_callbacks import schedule as schedule_lib
+from kerassave_callbacks.core import keras3, keras_api
 
 ON_ERROR = ("raise", "warn")
 
@@ -26,14 +27,6 @@ def _scalar_logs(logs) -> dict[str, float]:
         except (TypeError, ValueError):
             continue
     return metrics
-
-
-def _improved(value: float | None, best: float | None, mode: str) -> bool:
-    if value is None or math.isnan(value):
-        return False
-    if best is None:
-        return True
-    return value > best if mode == "max" else value < best
 
 
 def _uncommitted(failure: exporter_lib.ExportError | None) -> bool:
@@ -115,6 +108,14 @@ class SavedModelExporter(keras.callbacks.Callback):
       on_error: "raise" stops `fit` on a failed export; "warn" logs it,
         records `export/error` and trains on. Defaults to "raise".
       verbose: 1 prints a line per export. Defaults to 0.
+      retention: a `RetentionPolicy` instead of `keep`, `keep_best`,
+        `keep_every_n_hours` and `grace_seconds`. Defaults to None.
+      options: an `ExportOptions` instead of `serving_only`,
+        `input_signature`, `custom_objects`, `as_text`, `target_signature`,
+        `warmup_inputs` and `async_export`. Defaults to None.
+      schedule: an `ExportSchedule` instead of `every_n_epochs`,
+        `every_n_steps`, `export_on_train_end` and `save_best_only`.
+        Defaults to None.
 
     With `on_error="warn"` nothing an export does stops training: a model
     whose graphs cannot be traced, a failed write, a failed retention pass
@@ -142,12 +143,12 @@ class SavedModelExporter(keras.callbacks.Callback):
         every_n_epochs: int = 1,
         every_n_steps: int | None = None,
         export_on_train_end: bool = True,
-        monitor: str | None = None,
+        monitor: str | options_lib.Monitor | None = None,
         mode: str = "auto",
         keep_best: int | None = None,
         save_best_only: bool = False,
         keep_every_n_hours: float | None = None,
-        grace_seconds: float = retention.DEFAULT_GRACE_SECONDS,
+        grace_seconds: float = options_lib.DEFAULT_GRACE_SECONDS,
         serving_only: bool = False,
         input_signature=None,
         custom_objects: dict | None = None,
@@ -158,54 +159,59 @@ class SavedModelExporter(keras.callbacks.Callback):
         log_dir: str | None = None,
         on_error: str = "raise",
         verbose: int = 0,
+        retention: options_lib.RetentionPolicy | None = None,
+        options: options_lib.ExportOptions | None = None,
+        schedule: schedule_lib.ExportSchedule | None = None,
     ):
         super().__init__()
-        exporter_lib.check_count("every_n_epochs", every_n_epochs)
-        exporter_lib.check_count(
-            "every_n_steps", every_n_steps, "turns step exports off"
+        values = options_lib.values_or_keywords
+        self.schedule = values(
+            "schedule",
+            schedule,
+            schedule_lib.ExportSchedule,
+            dict(
+                every_n_epochs=every_n_epochs,
+                every_n_steps=every_n_steps,
+                export_on_train_end=export_on_train_end,
+                save_best_only=save_best_only,
+            ),
         )
-        if save_best_only and not monitor:
+        self.retention = values(
+            "retention",
+            retention,
+            options_lib.RetentionPolicy,
+            dict(
+                keep=keep,
+                keep_best=keep_best,
+                keep_every_n_hours=keep_every_n_hours,
+                grace_seconds=grace_seconds,
+            ),
+        )
+        self.options = values(
+            "options",
+            options,
+            options_lib.ExportOptions,
+            dict(
+                serving_only=serving_only,
+                input_signature=input_signature,
+                custom_objects=custom_objects,
+                as_text=as_text,
+                target_signature=target_signature,
+                warmup_inputs=warmup_inputs,
+                async_export=async_export,
+            ),
+        )
+        self.monitor = options_lib.as_monitor(monitor, mode)
+        self.retention.check_monitor(self.monitor)
+        if self.schedule.save_best_only and not self.monitor.name:
             raise ValueError(
                 "`save_best_only=True` needs `monitor`, the metric that must "
                 "improve. Pass e.g. monitor='val_loss'."
             )
-        exporter_lib.check_choice("on_error", on_error, ON_ERROR)
-        exporter_lib.check_choice("verbose", verbose, (0, 1))
-        self._exporter_args = dict(
-            export_dir=export_dir,
-            keep=keep,
-            keep_best=keep_best,
-            monitor=monitor,
-            mode=mode,
-            keep_every_n_hours=keep_every_n_hours,
-            grace_seconds=grace_seconds,
-            serving_only=serving_only,
-            input_signature=input_signature,
-            custom_objects=custom_objects,
-            as_text=as_text,
-            target_signature=target_signature,
-            warmup_inputs=warmup_inputs,
-            async_export=async_export,
-        )
-        # Every exporter argument is checked now; nothing is written until
-        # the chief begins training.
-        self.export_dir = exporter_lib.check_arguments(
-            export_dir,
-            keep,
-            keep_best,
-            monitor,
-            mode,
-            keep_every_n_hours,
-            grace_seconds,
-        )
-        if warmup_inputs is not None:
-            warmup.check(warmup_inputs)
-        self.every_n_epochs = every_n_epochs
-        self.every_n_steps = every_n_steps
-        self.export_on_train_end = export_on_train_end and not save_best_only
-        self.monitor = monitor
-        self.mode = retention.resolve_mode(mode, monitor)
-        self.save_best_only = save_best_only
+        options_lib.check_choice("on_error", on_error, ON_ERROR)
+        options_lib.check_choice("verbose", verbose, (0, 1))
+        # Nothing is written until the chief begins training.
+        self.export_dir = _files.check_export_dir(export_dir)
         self.log_dir = log_dir
         self.on_error = on_error
         self.verbose = int(verbose)
@@ -221,12 +227,11 @@ class SavedModelExporter(keras.callbacks.Callback):
         # until a later one commits: retried at train end if the model has
         # not trained since.
         self._retry: dict | None = None
-        self._steps_since_export = 0
-        self._last_batch_seen = -1
+        self._steps = schedule_lib.StepCounter()
         self._epoch: int | None = None
         self._warned_missing = False
         self._closed = False
-        if every_n_steps is not None:
+        if self.schedule.every_n_steps is not None:
             # Keras calls batch hooks of every callback; define ours only
             # when asked, so that no per-batch work happens otherwise.
             self.on_train_batch_end = self._on_train_batch_end
@@ -236,7 +241,7 @@ class SavedModelExporter(keras.callbacks.Callback):
     # never calls them.
 
     def _implements_train_batch_hooks(self) -> bool:
-        return self.every_n_steps is not None
+        return self.schedule.every_n_steps is not None
 
     def _implements_test_batch_hooks(self) -> bool:
         return False
@@ -293,8 +298,7 @@ class SavedModelExporter(keras.callbacks.Callback):
                 f"This SavedModelExporter of {self.export_dir!r} is closed. "
                 "Make a new one to export from another fit."
             )
-        self._steps_since_export = 0
-        self._last_batch_seen = -1
+        self._steps = schedule_lib.StepCounter()
         self._epoch = None
         self._last_step = None
         self._retry = None
@@ -305,27 +309,25 @@ class SavedModelExporter(keras.callbacks.Callback):
             return
         if self.exporter is None:
             self.exporter = exporter_lib.VersionedExporter(
-                **self._exporter_args, on_commit=self._on_commit
+                self.export_dir,
+                monitor=self.monitor,
+                retention=self.retention,
+                options=self.options,
+                on_commit=self._on_commit,
             )
         if self.log_dir is not None and self._events is None:
             self._events = events_lib.ExportEvents(self.log_dir)
-        if self.save_best_only:
+        if self.schedule.save_best_only:
             self._best = self.exporter.best_value()
 
     def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.every_n_epochs == 0:
+        if self.schedule.at_epoch_end(epoch):
             self._maybe_export(epoch, _scalar_logs(logs), at_epoch_end=True)
 
     def _on_train_batch_end(self, batch, logs=None):
-        # As ModelCheckpoint counts save_freq: `batch` is the index of the
-        # last step the hook covers, so steps_per_execution > 1 counts right.
-        if batch <= self._last_batch_seen:  # A new epoch started.
-            self._steps_since_export += batch + 1
-        else:
-            self._steps_since_export += batch - self._last_batch_seen
-        self._last_batch_seen = batch
-        if self._steps_since_export >= self.every_n_steps:
-            self._steps_since_export = 0
+        self._steps = self._steps.after_batch(batch)
+        if self._steps.due(self.schedule.every_n_steps):
+            self._steps = self._steps.exported()
             self._maybe_export(self._epoch, _scalar_logs(logs))
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -340,7 +342,7 @@ class SavedModelExporter(keras.callbacks.Callback):
                 # fit() has just put the moving averages into the weights.
                 self._last_step = None
             retry = self._retry
-            if self.export_on_train_end:
+            if self.schedule.at_train_end:
                 self._export(self._epoch, _scalar_logs(logs))
             elif retry is not None and retry.get("step") == self._step():
                 # The failed export was of this very state: try it again.
@@ -354,20 +356,21 @@ class SavedModelExporter(keras.callbacks.Callback):
     # Deciding.
 
     def _monitored(self, metrics: dict) -> float | None:
-        if not self.monitor:
+        name = self.monitor.name
+        if not name:
             return None
-        if self.monitor not in metrics:
+        if name not in metrics:
             if not self._warned_missing:
                 self._warned_missing = True
                 logging.warning(
                     "SavedModelExporter monitors %r, which is not in the logs; "
                     "available keys: %s. Check `monitor` (validation metrics "
                     "need validation data).",
-                    self.monitor,
+                    name,
                     sorted(metrics),
                 )
             return None
-        return metrics[self.monitor]
+        return self.monitor.value(metrics)
 
     def _maybe_export(
         self, epoch: int | None, metrics: dict, *, at_epoch_end: bool = False
@@ -377,12 +380,12 @@ class SavedModelExporter(keras.callbacks.Callback):
         if self.exporter is None:
             return  # Not the chief.
         value = self._monitored(metrics)
-        if self.save_best_only:
+        if self.schedule.save_best_only:
             self._wait_for_pending()  # The best so far counts only if committed.
-            if not _improved(value, self._best, self.mode):
+            if not self.monitor.better(value, self._best):
                 if self.verbose:
                     self._say(
-                        f"Epoch {epoch}: {self.monitor} did not improve from "
+                        f"Epoch {epoch}: {self.monitor.name} did not improve from "
                         f"{self._best}; no export."
                     )
                 return
@@ -398,11 +401,12 @@ class SavedModelExporter(keras.callbacks.Callback):
         if self.exporter is None:
             return
         step = self._step()
-        if step is not None and step == self._last_step:
-            # Nothing trained since the last export. If that was a step
-            # export of this very step, the epoch's metrics go into it.
-            if at_epoch_end and not self._last_at_epoch_end:
-                self._add_epoch_metrics(epoch, metrics)
+        action = schedule_lib.action(
+            step, self._last_step, self._last_at_epoch_end, at_epoch_end
+        )
+        if action is schedule_lib.Action.ADD_METRICS:
+            self._add_epoch_metrics(epoch, metrics)
+        if action is not schedule_lib.Action.EXPORT:
             return
         self._last_step, self._last_at_epoch_end = step, at_epoch_end
         # A failed async export surfaces here; with "warn" this one goes on.
@@ -474,8 +478,8 @@ class SavedModelExporter(keras.callbacks.Callback):
     def _note_committed(self, metrics: dict) -> None:
         """A version with `metrics` is on disk: the best moves (only) now."""
         self._retry = None
-        value = metrics.get(self.monitor) if self.monitor else None
-        if self.save_best_only and _improved(value, self._best, self.mode):
+        value = self.monitor.value(metrics)
+        if self.schedule.save_best_only and self.monitor.better(value, self._best):
             self._best = value
 
     def _on_commit(self, record: exporter_lib.ExportRecord) -> None:
@@ -484,7 +488,10 @@ class SavedModelExporter(keras.callbacks.Callback):
         if self._events is not None:
             step = record.info.get("step")
             self._events.record(
-                record, step if step is not None else 0, self.monitor, self.mode
+                record,
+                step if step is not None else 0,
+                self.monitor.name,
+                self.monitor.direction,
             )
         if self.verbose:
             self._say(

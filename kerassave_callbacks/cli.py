@@ -25,7 +25,7 @@ import posixpath
 import sys
 import time
 
-from kerassave_callbacks import _files, deleter, retention
+from kerassave_callbacks import _files, deleter, options, retention
 from kerassave_callbacks import export_dir as export_dir_lib
 
 OK, FAILED, USAGE = 0, 1, 2
@@ -167,14 +167,14 @@ def cmd_prune(args) -> tuple[int, object]:
     export_dir = _deletable_export_dir(args.export_dir)
     if args.keep_best and not args.monitor:
         raise UsageError("--keep_best needs --monitor, the metric to rank by")
-    policy = retention.Policy(
+    policy = options.RetentionPolicy(
         keep=args.keep or None,
         keep_best=args.keep_best or None,
-        mode=retention.resolve_mode(args.mode, args.monitor),
         grace_seconds=args.grace_seconds,
     )
-    known = export_dir.for_retention(args.monitor)
-    doomed = retention.versions_to_delete(known, policy)
+    monitor = options.Monitor(args.monitor or None, args.mode)
+    known = export_dir.for_retention(monitor.name)
+    doomed = retention.versions_to_delete(known, policy, monitor)
     now = time.time()
     due = retention.deletion_times(known, doomed, policy.grace_seconds)
     ready = [v for v in doomed if due[v] <= now]
@@ -232,10 +232,9 @@ def cmd_serving_config(args) -> tuple[int, object]:
     else:
         if not args.monitor:
             raise UsageError("--policy=best needs --monitor, the metric to rank by")
-        known = export_dir.for_retention(args.monitor)
-        best = retention.best_versions(
-            known, 1, retention.resolve_mode(args.mode, args.monitor)
-        )
+        monitor = options.Monitor(args.monitor, args.mode)
+        known = export_dir.for_retention(monitor.name)
+        best = retention.best_versions(known, 1, monitor)
         if not best:
             raise UsageError(f"no version in {base} records {args.monitor!r}")
         policy.specific.versions.extend(best)
@@ -290,12 +289,12 @@ def parser() -> argparse.ArgumentParser:
     prune.add_argument("--keep", type=int, required=True, help="newest to keep; 0 all")
     prune.add_argument("--keep_best", type=int, default=0, help="best to keep too")
     prune.add_argument("--monitor", default="", help="metric for --keep_best")
-    prune.add_argument("--mode", choices=retention.MODES, default="auto")
+    prune.add_argument("--mode", choices=options.MODES, default="auto")
     prune.add_argument("--dry_run", action="store_true", help="delete nothing")
     prune.add_argument(
         "--grace_seconds",
         type=float,
-        default=retention.DEFAULT_GRACE_SECONDS,
+        default=options.DEFAULT_GRACE_SECONDS,
         help="keep a version until it was superseded this long; 0: off",
     )
     add("cleanup", cmd_cleanup, "remove what crashed exports left", "export_dir")
@@ -308,7 +307,7 @@ def parser() -> argparse.ArgumentParser:
     config.add_argument("--name", required=True, help="the model's name")
     config.add_argument("--policy", choices=("latest", "best", "all"), default="latest")
     config.add_argument("--monitor", default="", help="metric for --policy=best")
-    config.add_argument("--mode", choices=retention.MODES, default="auto")
+    config.add_argument("--mode", choices=options.MODES, default="auto")
     return top
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
-import math
 import posixpath
 import time
 from collections.abc import Callable
@@ -13,12 +12,14 @@ from collections.abc import Callable
 import tensorflow as tf
 from absl import logging
 
-from kerassave_callbacks import _files, _fs, layout, retention
+from kerassave_callbacks import _files, _fs, layout
 from kerassave_callbacks import deleter as deleter_lib
 from kerassave_callbacks import export_dir as export_dir_lib
+from kerassave_callbacks import options as options_lib
+from kerassave_callbacks import retention as retention_lib
 from kerassave_callbacks._version import __version__
 from kerassave_callbacks.core import export as core_export
-from kerassave_callbacks.core import keras_api, mode_graphs, warmup
+from kerassave_callbacks.core import keras_api, mode_graphs
 
 _COMMIT_ATTEMPTS = 20
 
@@ -80,94 +81,6 @@ class ExportRecord:
     size_bytes: int
     removed: list[int]
     kept: list[int]
-
-
-def check_count(name: str, value, none_means: str | None = None) -> None:
-    """Validates a positive-integer argument such as `keep`.
-
-    `none_means` says what None does for this argument; without it, None is
-    refused.
-    """
-    if value is None and none_means:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        expected = "a positive integer or None" if none_means else "a positive integer"
-        raise TypeError(
-            f"Invalid value for argument `{name}`. Received: {name}={value!r} "
-            f"of type {type(value).__name__}. Expected {expected}."
-        )
-    if value < 1:
-        hint = f" (None {none_means})" if none_means else ""
-        raise ValueError(
-            f"Invalid value for argument `{name}`. Received: {name}={value}. "
-            f"Expected an integer >= 1{hint}."
-        )
-
-
-def check_choice(name: str, value, choices) -> None:
-    """Raises ValueError unless `value` is one of `choices`."""
-    if value not in choices:
-        raise ValueError(
-            f"Invalid value for argument `{name}`. Received: {name}={value!r}. "
-            f"Expected one of {list(choices)}."
-        )
-
-
-def check_hours(value) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(
-            "Invalid value for argument `keep_every_n_hours`. Received: "
-            f"keep_every_n_hours={value!r}. Expected a positive number or None."
-        )
-    if not value > 0 or math.isinf(value):
-        raise ValueError(
-            "Invalid value for argument `keep_every_n_hours`. Received: "
-            f"keep_every_n_hours={value}. Expected a positive finite number."
-        )
-
-
-def check_seconds(name: str, value) -> None:
-    """Validates a duration argument such as `grace_seconds` (0 or more)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(
-            f"Invalid value for argument `{name}`. Received: {name}={value!r} "
-            f"of type {type(value).__name__}. Expected a number of seconds >= 0."
-        )
-    if not 0 <= value < math.inf:
-        raise ValueError(
-            f"Invalid value for argument `{name}`. Received: {name}={value}. "
-            "Expected a finite number of seconds >= 0 (0 turns it off)."
-        )
-
-
-def check_arguments(
-    export_dir,
-    keep,
-    keep_best,
-    monitor,
-    mode,
-    keep_every_n_hours,
-    grace_seconds=retention.DEFAULT_GRACE_SECONDS,
-) -> str:
-    """Validates the exporter's arguments; returns `export_dir` as a str.
-
-    Raises:
-      TypeError, ValueError: a bad argument, named in the message.
-      PermissionError: `export_dir` cannot be written.
-    """
-    check_count("keep", keep, "keeps every version")
-    check_count("keep_best", keep_best, "keeps no best versions")
-    check_choice("mode", mode, retention.MODES)
-    check_hours(keep_every_n_hours)
-    check_seconds("grace_seconds", grace_seconds)
-    if keep_best is not None and not monitor:
-        raise ValueError(
-            f"`keep_best={keep_best}` needs `monitor`, the metric to rank "
-            "versions by. Pass e.g. monitor='val_loss'."
-        )
-    return _files.check_export_dir(export_dir)
 
 
 def _model_key(model, tables: bool) -> tuple:
@@ -253,7 +166,7 @@ class VersionedExporter:
       keep_best: also keep this many best versions by `monitor`. Defaults
         to None.
       monitor: the metric name in `export(metrics=...)` that `keep_best`
-        ranks by. Defaults to None.
+        ranks by, or a `Monitor`. Defaults to None.
       mode: "min", "max" or "auto" (max for accuracy-like names). Defaults
         to "auto".
       keep_every_n_hours: also keep one version per this many hours.
@@ -277,6 +190,11 @@ class VersionedExporter:
       on_commit: called with an `ExportRecord` after each committed export
         (in the writing thread). Defaults to None.
       clock: returns the unix time; for tests. Defaults to `time.time`.
+      retention: a `RetentionPolicy` instead of `keep`, `keep_best`,
+        `keep_every_n_hours` and `grace_seconds`. Defaults to None.
+      options: an `ExportOptions` instead of `serving_only`,
+        `input_signature`, `custom_objects`, `as_text`, `target_signature`,
+        `warmup_inputs` and `async_export`. Defaults to None.
 
     Raises:
       TypeError, ValueError: a bad argument, named in the message.
@@ -290,10 +208,10 @@ class VersionedExporter:
         keep: int | None = 5,
         *,
         keep_best: int | None = None,
-        monitor: str | None = None,
+        monitor: str | options_lib.Monitor | None = None,
         mode: str = "auto",
         keep_every_n_hours: float | None = None,
-        grace_seconds: float = retention.DEFAULT_GRACE_SECONDS,
+        grace_seconds: float = options_lib.DEFAULT_GRACE_SECONDS,
         serving_only: bool = False,
         input_signature=None,
         custom_objects: dict | None = None,
@@ -303,36 +221,38 @@ class VersionedExporter:
         async_export: bool = False,
         on_commit: Callable[[ExportRecord], None] | None = None,
         clock: Callable[[], float] = time.time,
+        retention: options_lib.RetentionPolicy | None = None,
+        options: options_lib.ExportOptions | None = None,
     ):
-        self.export_dir = check_arguments(
-            export_dir,
-            keep,
-            keep_best,
-            monitor,
-            mode,
-            keep_every_n_hours,
-            grace_seconds,
+        self.retention = options_lib.values_or_keywords(
+            "retention",
+            retention,
+            options_lib.RetentionPolicy,
+            dict(
+                keep=keep,
+                keep_best=keep_best,
+                keep_every_n_hours=keep_every_n_hours,
+                grace_seconds=grace_seconds,
+            ),
         )
-        self.monitor = monitor
+        self.options = options_lib.values_or_keywords(
+            "options",
+            options,
+            options_lib.ExportOptions,
+            dict(
+                serving_only=serving_only,
+                input_signature=input_signature,
+                custom_objects=custom_objects,
+                as_text=as_text,
+                target_signature=target_signature,
+                warmup_inputs=warmup_inputs,
+                async_export=async_export,
+            ),
+        )
+        self.monitor = options_lib.as_monitor(monitor, mode)
+        self.retention.check_monitor(self.monitor)
+        self.export_dir = _files.check_export_dir(export_dir)
         self._dir = export_dir_lib.ExportDir(self.export_dir)
-        self.policy = retention.Policy(
-            keep=keep,
-            keep_best=keep_best,
-            mode=retention.resolve_mode(mode, monitor),
-            keep_every_n_hours=keep_every_n_hours,
-            grace_seconds=float(grace_seconds),
-        )
-        if warmup_inputs is not None:
-            warmup.check(warmup_inputs)
-        self._graph_options = dict(
-            input_signature=input_signature,
-            serving_only=serving_only,
-            target_signature=target_signature,
-            warmup_inputs=warmup_inputs,
-        )
-        del custom_objects  # Exports serialize configs; loading takes these.
-        self.as_text = as_text
-        self.async_export = async_export
         self.on_commit = on_commit
         self._clock = clock
         self._graphs: mode_graphs.ModeGraphs | None = None
@@ -421,7 +341,7 @@ class VersionedExporter:
         if self._graphs is None or self._graphs_key != key:
             if self._graphs is not None:
                 logging.info("The model changed since the last export: retracing.")
-            self._graphs = mode_graphs.ModeGraphs(model, **self._graph_options)
+            self._graphs = mode_graphs.ModeGraphs(model, **self.options.graph_options())
             self._graphs_key = _model_key(model, bool(self._graphs.resources))
         return self._graphs
 
@@ -503,7 +423,7 @@ class VersionedExporter:
         # Tracing happened above, in this thread; what is left (for a first
         # export also tf.saved_model.save) runs in the background, unless
         # saving would trace the model again (distributed variables).
-        if self.async_export and graphs.saves_without_tracing:
+        if self.options.async_export and graphs.saves_without_tracing:
             if self._executor is None:
                 self._executor = concurrent.futures.ThreadPoolExecutor(
                     1, thread_name_prefix="kerassave-export"
@@ -552,7 +472,7 @@ class VersionedExporter:
         temp = posixpath.join(self.export_dir, layout.temp_name(self._clock()))
         try:
             tf.io.gfile.makedirs(self.export_dir)
-            graphs.write(temp, values, as_text=self.as_text)
+            graphs.write(temp, values, as_text=self.options.as_text)
             path = self._commit(temp, info)
         except Exception as e:
             if tf.io.gfile.isdir(temp):
@@ -664,15 +584,12 @@ class VersionedExporter:
 
             VersionedExporter("/tmp/exports", monitor="val_loss").best_value()
         """
-        values = [v.metric for v in self._known_versions() if v.metric is not None]
-        if not values:
-            return None
-        return max(values) if self.policy.mode == "max" else min(values)
+        return self.monitor.best(v.metric for v in self._known_versions())
 
     # Retention.
 
-    def _known_versions(self) -> list[retention.Version]:
-        known = self._dir.for_retention(self.monitor, self._infos)
+    def _known_versions(self) -> list[retention_lib.Version]:
+        known = self._dir.for_retention(self.monitor.name, self._infos)
         listed = {v.version for v in known}
         for version in [v for v in self._infos if v not in listed]:
             del self._infos[version]
@@ -689,8 +606,11 @@ class VersionedExporter:
           that could not be retired (they stay, and count as kept).
         """
         known = self._known_versions()
-        doomed = retention.versions_to_delete(known, self.policy, [just_written])
-        due = retention.deletion_times(known, doomed, self.policy.grace_seconds)
+        policy = self.retention
+        doomed = retention_lib.versions_to_delete(
+            known, policy, self.monitor, [just_written]
+        )
+        due = retention_lib.deletion_times(known, doomed, policy.grace_seconds)
         pending = self._deleter.pending()  # Dropped by an earlier pass.
         removed, stay, failures = [], [], []
         for version in doomed:
@@ -699,7 +619,7 @@ class VersionedExporter:
                 continue
             try:
                 self._deleter.delete_at(
-                    path, due[version], at_most=self.policy.grace_seconds
+                    path, due[version], at_most=policy.grace_seconds
                 )
             except (OSError, ValueError, tf.errors.OpError) as e:
                 failures.append(

@@ -16,9 +16,12 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+
 from absl import flags
 
-from kerassave_callbacks import retention
+from kerassave_callbacks import options as options_lib
+from kerassave_callbacks import schedule as schedule_lib
 from kerassave_callbacks.callbacks import SavedModelExporter
 
 # name -> (kind, default, help, extra keyword arguments of the DEFINE call).
@@ -86,7 +89,7 @@ _FLAGS = {
     ),
     "export_grace_seconds": (
         "float",
-        retention.DEFAULT_GRACE_SECONDS,
+        options_lib.DEFAULT_GRACE_SECONDS,
         "Delete a version retention drops only once it has been superseded "
         "this long (a model server may be loading it); 0: at once.",
         {"lower_bound": 0.0},
@@ -171,21 +174,32 @@ def exporter_from_flags(
       The callback to pass to `model.fit`.
     """
     v = flag_values
+    values = {
+        "retention": options_lib.RetentionPolicy(
+            keep=v.exports_to_keep or None,
+            keep_best=v.export_keep_best or None,
+            keep_every_n_hours=v.export_keep_every_n_hours or None,
+            grace_seconds=v.export_grace_seconds,
+        ),
+        "options": options_lib.ExportOptions(
+            serving_only=v.export_serving_only, async_export=v.export_async
+        ),
+        "schedule": schedule_lib.ExportSchedule(
+            every_n_epochs=v.export_every_n_epochs,
+            every_n_steps=v.export_every_n_steps or None,
+            save_best_only=v.export_save_best_only,
+        ),
+    }
     arguments = dict(
         export_dir=v.export_dir,
-        keep=v.exports_to_keep or None,
-        every_n_epochs=v.export_every_n_epochs,
-        every_n_steps=v.export_every_n_steps or None,
-        serving_only=v.export_serving_only,
-        log_dir=v.export_log_dir or None,
         monitor=v.export_monitor or None,
         mode=v.export_mode,
-        keep_best=v.export_keep_best or None,
-        save_best_only=v.export_save_best_only,
-        keep_every_n_hours=v.export_keep_every_n_hours or None,
-        grace_seconds=v.export_grace_seconds,
-        async_export=v.export_async,
+        log_dir=v.export_log_dir or None,
         on_error=v.export_on_error,
     )
+    for name, value in values.items():
+        fields = {f.name for f in dataclasses.fields(value)}
+        own = {k: overrides.pop(k) for k in list(overrides) if k in fields}
+        arguments[name] = dataclasses.replace(value, **own)
     arguments.update(overrides)
     return SavedModelExporter(**arguments)

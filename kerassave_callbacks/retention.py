@@ -12,12 +12,9 @@ from collections.abc import Iterable
 
 from absl import logging
 
-MODES = ("min", "max", "auto")
-# How long a superseded version stays on disk before retention deletes it:
-# TF Serving lists the directory every second and may have just started to
-# load the version that a newer export superseded.
-DEFAULT_GRACE_SECONDS = 10.0
-_MAX_HINTS = ("acc", "auc", "precision", "recall", "f1", "fmeasure")
+from kerassave_callbacks.options import Monitor, RetentionPolicy
+
+_NO_MONITOR = Monitor()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +26,7 @@ class Version:
       created: unix time the version was written (from export_info.json).
       metric: the monitored metric's value, or None when it was not logged.
       pinned: never deleted and not counted by the policy (a symbolic link
-        the user put in `export_dir`).
+        the user put in `export_dir`, or a version such a link points to).
     """
 
     version: int
@@ -38,54 +35,24 @@ class Version:
     pinned: bool = False
 
 
-@dataclasses.dataclass(frozen=True)
-class Policy:
-    """What to keep.
-
-    Attributes:
-      keep: the newest `keep` versions; None keeps all.
-      keep_best: also the best `keep_best` by the monitored metric; None for
-        none. NaN and missing values are never best.
-      mode: "min" or "max": which metric values are better.
-      keep_every_n_hours: also one version per this many hours (the oldest,
-        then each one at least this long after the last one so kept), as
-        `tf.train.CheckpointManager` does; None for none.
-      grace_seconds: a version retention drops is deleted only once it has
-        been superseded (a newer version was created) this long; 0 deletes
-        at once.
-    """
-
-    keep: int | None = 5
-    keep_best: int | None = None
-    mode: str = "min"
-    keep_every_n_hours: float | None = None
-    grace_seconds: float = DEFAULT_GRACE_SECONDS
-
-
-def resolve_mode(mode: str, monitor: str | None) -> str:
-    """ "min" or "max" for `mode`, guessing from the monitor name for "auto"."""
-    if mode != "auto":
-        return mode
-    name = (monitor or "").lower()
-    return "max" if any(hint in name for hint in _MAX_HINTS) else "min"
-
-
-def best_versions(versions: Iterable[Version], count: int, mode: str) -> list[int]:
+def best_versions(
+    versions: Iterable[Version], count: int, monitor: Monitor
+) -> list[int]:
     """The `count` best versions by metric, best first; ties go to the newer.
 
     NaN and missing metrics are never best; pinned versions are not ranked.
 
     Example:
 
-        best_versions([Version(1, 0.0, 0.5), Version(2, 1.0, 0.2)], 1, "min")  # [2]
+        versions = [Version(1, 0.0, 0.5), Version(2, 1.0, 0.2)]
+        best_versions(versions, 1, Monitor("val_loss"))  # [2]
     """
     scored = [
         v
         for v in versions
         if v.metric is not None and not math.isnan(v.metric) and not v.pinned
     ]
-    sign = -1.0 if mode == "max" else 1.0
-    scored.sort(key=lambda v: (sign * v.metric, -v.version))
+    scored.sort(key=lambda v: (monitor.sort_key(v.metric), -v.version))
     return [v.version for v in scored[:count]]
 
 
@@ -99,7 +66,9 @@ def _every_n_hours(versions: list[Version], hours: float) -> set[int]:
     return kept
 
 
-def versions_to_keep(versions: Iterable[Version], policy: Policy) -> set[int]:
+def versions_to_keep(
+    versions: Iterable[Version], policy: RetentionPolicy, monitor: Monitor
+) -> set[int]:
     """The versions `policy` keeps, by integer name (pinned ones always)."""
     versions = list(versions)
     pinned = {v.version for v in versions if v.pinned}
@@ -109,24 +78,27 @@ def versions_to_keep(versions: Iterable[Version], policy: Policy) -> set[int]:
     newest = sorted((v.version for v in versions), reverse=True)[: policy.keep]
     kept = pinned | set(newest)
     if policy.keep_best:
-        kept |= set(best_versions(versions, policy.keep_best, policy.mode))
+        kept |= set(best_versions(versions, policy.keep_best, monitor))
     if policy.keep_every_n_hours:
         kept |= _every_n_hours(versions, policy.keep_every_n_hours)
     return kept
 
 
 def versions_to_delete(
-    versions: Iterable[Version], policy: Policy, protected: Iterable[int] = ()
+    versions: Iterable[Version],
+    policy: RetentionPolicy,
+    monitor: Monitor = _NO_MONITOR,
+    protected: Iterable[int] = (),
 ) -> list[int]:
     """The versions to delete, oldest first; never one in `protected`.
 
     Example:
 
         versions = [Version(1, created=0.0), Version(2, 1.0), Version(3, 2.0)]
-        versions_to_delete(versions, Policy(keep=2), protected=[3])  # [1]
+        versions_to_delete(versions, RetentionPolicy(keep=2), protected=[3])  # [1]
     """
     versions = list(versions)
-    kept = versions_to_keep(versions, policy) | set(protected)
+    kept = versions_to_keep(versions, policy, monitor) | set(protected)
     doomed = sorted(v.version for v in versions if v.version not in kept)
     for version in doomed:
         logging.vlog(1, "Retention removes version %d (policy %s)", version, policy)

@@ -26,7 +26,7 @@ from tensorboard.data import provider
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from kerassave_callbacks import events, retention
+from kerassave_callbacks import events, options
 from kerassave_callbacks import export_dir as export_dir_lib
 
 _STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tensorboard_static")
@@ -66,17 +66,19 @@ def export_rows(records: list[dict]) -> list[dict]:
         max(kept, key=lambda r: r["version"])["serving"] = True
     monitored = [r for r in kept if r.get("monitor")]
     if monitored:
-        mode = monitored[-1].get("mode") or "min"
-        candidates = [
-            retention.Version(
-                r["version"], 0.0, export_dir_lib.finite_or_none(r["monitor_value"])
+        monitor = options.Monitor(
+            monitored[-1]["monitor"], monitored[-1].get("mode") or "auto"
+        )
+        ranked = [r for r in monitored if monitor.value(r.get("metrics")) is not None]
+        if ranked:  # One best; a tie goes to the newer, as in retention.
+            best = min(
+                ranked,
+                key=lambda r: (
+                    monitor.sort_key(monitor.value(r["metrics"])),
+                    -r["version"],
+                ),
             )
-            for r in monitored
-        ]
-        best = set(retention.best_versions(candidates, 1, mode))
-        for r in monitored:
-            if r["version"] in best:
-                r["best"] = True
+            best["best"] = True
     return rows
 
 

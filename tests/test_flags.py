@@ -43,29 +43,37 @@ def test_every_export_flag_is_defined():
 )
 def test_exporter_from_flags_maps_every_flag():
     exporter = exporter_from_flags(FLAGS, verbose=1)
-    args = exporter._exporter_args
     assert isinstance(exporter, SavedModelExporter)
-    assert (args["export_dir"], args["keep"], args["keep_best"]) == (
-        "/tmp/models",
-        3,
-        1,
+    assert exporter.export_dir == "/tmp/models"
+    assert (exporter.retention.keep, exporter.retention.keep_best) == (3, 1)
+    assert (exporter.schedule.every_n_epochs, exporter.schedule.every_n_steps) == (
+        2,
+        None,
     )
-    assert (exporter.every_n_epochs, exporter.every_n_steps) == (2, None)
-    assert (exporter.monitor, exporter.mode, exporter.log_dir) == (
+    assert (exporter.monitor.name, exporter.monitor.mode, exporter.log_dir) == (
         "val_loss",
         "min",
         "/tmp/logs",
     )
-    assert args["async_export"] and exporter.on_error == "warn"
+    assert exporter.options.async_export and exporter.on_error == "warn"
     assert exporter.verbose == 1
 
 
 @flagsaver.flagsaver(exports_to_keep=0, export_log_dir="", export_every_n_steps=0)
 def test_zero_and_empty_mean_off():
     exporter = exporter_from_flags(FLAGS)
-    assert exporter._exporter_args["keep"] is None
+    assert exporter.retention.keep is None
     assert exporter.log_dir is None
-    assert exporter.every_n_steps is None
+    assert exporter.schedule.every_n_steps is None
+
+
+@flagsaver.flagsaver(export_grace_seconds=0.0)
+def test_overrides_reach_the_values_they_belong_to():
+    exporter = exporter_from_flags(
+        FLAGS, keep_best=2, monitor="val_auc", serving_only=True
+    )
+    assert exporter.retention.keep_best == 2 and exporter.retention.grace_seconds == 0
+    assert exporter.monitor.name == "val_auc" and exporter.options.serving_only
 
 
 def test_a_second_definition_is_a_clear_error():

@@ -6,13 +6,8 @@ import math
 
 import pytest
 
-from kerassave_callbacks.retention import (
-    Policy,
-    Version,
-    deletion_times,
-    resolve_mode,
-    versions_to_delete,
-)
+from kerassave_callbacks.options import Monitor, RetentionPolicy
+from kerassave_callbacks.retention import Version, deletion_times, versions_to_delete
 
 HOUR = 3600.0
 
@@ -24,37 +19,47 @@ def _v(n: int, metric=None, created=None) -> Version:
 TEN = [_v(n) for n in range(1, 11)]
 
 CASES = {
-    "keep_newest_3": (TEN, Policy(keep=3), [], [1, 2, 3, 4, 5, 6, 7]),
-    "keep_none_deletes_nothing": (TEN, Policy(keep=None), [], []),
-    "fewer_than_keep": (TEN[:2], Policy(keep=5), [], []),
-    "keep_1_protects_just_written_older": (TEN[:3], Policy(keep=1), [2], [1]),
+    "keep_newest_3": (
+        TEN,
+        (RetentionPolicy(keep=3), Monitor()),
+        [],
+        [1, 2, 3, 4, 5, 6, 7],
+    ),
+    "keep_none_deletes_nothing": (TEN, (RetentionPolicy(keep=None), Monitor()), [], []),
+    "fewer_than_keep": (TEN[:2], (RetentionPolicy(keep=5), Monitor()), [], []),
+    "keep_1_protects_just_written_older": (
+        TEN[:3],
+        (RetentionPolicy(keep=1), Monitor()),
+        [2],
+        [1],
+    ),
     "best_2_min": (
         [_v(1, 0.5), _v(2, 0.1), _v(3, 0.9), _v(4, 0.2), _v(5, 0.8)],
-        Policy(keep=1, keep_best=2, mode="min"),
+        (RetentionPolicy(keep=1, keep_best=2), Monitor("m", "min")),
         [],
         [1, 3],
     ),
     "best_1_max": (
         [_v(1, 0.5), _v(2, 0.1), _v(3, 0.9), _v(4, 0.2)],
-        Policy(keep=1, keep_best=1, mode="max"),
+        (RetentionPolicy(keep=1, keep_best=1), Monitor("m", "max")),
         [],
         [1, 2],
     ),
     "nan_and_missing_never_best": (
         [_v(1, math.nan), _v(2, None), _v(3, 5.0), _v(4, 7.0)],
-        Policy(keep=1, keep_best=2, mode="min"),
+        (RetentionPolicy(keep=1, keep_best=2), Monitor("m", "min")),
         [],
         [1, 2],
     ),
     "best_tie_goes_to_newer": (
         [_v(1, 0.3), _v(2, 0.3), _v(3, 0.9)],
-        Policy(keep=1, keep_best=1, mode="min"),
+        (RetentionPolicy(keep=1, keep_best=1), Monitor("m", "min")),
         [],
         [1],
     ),
     "every_2_hours": (
         [_v(n, created=n * 0.5 * HOUR) for n in range(1, 10)],
-        Policy(keep=1, keep_every_n_hours=2),
+        (RetentionPolicy(keep=1, keep_every_n_hours=2), Monitor()),
         [],
         [2, 3, 4, 6, 7, 8],
     ),
@@ -65,27 +70,13 @@ CASES = {
     "versions, policy, protected, expected", CASES.values(), ids=CASES.keys()
 )
 def test_versions_to_delete(versions, policy, protected, expected):
-    assert versions_to_delete(versions, policy, protected) == expected
+    policy, monitor = policy
+    assert versions_to_delete(versions, policy, monitor, protected) == expected
 
 
 def test_order_of_input_does_not_matter():
     shuffled = [TEN[i] for i in (4, 0, 9, 2, 7, 1, 8, 3, 6, 5)]
-    assert versions_to_delete(shuffled, Policy(keep=2)) == list(range(1, 9))
-
-
-@pytest.mark.parametrize(
-    "mode, monitor, expected",
-    [
-        ("auto", "val_accuracy", "max"),
-        ("auto", "auc", "max"),
-        ("auto", "val_loss", "min"),
-        ("auto", None, "min"),
-        ("max", "val_loss", "max"),
-        ("min", "accuracy", "min"),
-    ],
-)
-def test_resolve_mode(mode, monitor, expected):
-    assert resolve_mode(mode, monitor) == expected
+    assert versions_to_delete(shuffled, RetentionPolicy(keep=2)) == list(range(1, 9))
 
 
 GRACE = {
