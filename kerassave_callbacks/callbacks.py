@@ -15,6 +15,8 @@ from kerassave_callbacks import exporter as exporter_lib
 from kerassave_callbacks import options as options_lib
 from kerassave_callbacks import schedule as schedule_lib
 from kerassave_callbacks.core import keras3, keras_api
+from kerassave_callbacks.options import ExportOptions, RetentionPolicy
+from kerassave_callbacks.schedule import ExportSchedule
 
 ON_ERROR = ("raise", "warn")
 
@@ -163,44 +165,12 @@ class SavedModelExporter(keras.callbacks.Callback):
         options: options_lib.ExportOptions | None = None,
         schedule: schedule_lib.ExportSchedule | None = None,
     ):
+        keywords = locals()  # The front door's keywords build the values.
         super().__init__()
-        values = options_lib.values_or_keywords
-        self.schedule = values(
-            "schedule",
-            schedule,
-            schedule_lib.ExportSchedule,
-            dict(
-                every_n_epochs=every_n_epochs,
-                every_n_steps=every_n_steps,
-                export_on_train_end=export_on_train_end,
-                save_best_only=save_best_only,
-            ),
-        )
-        self.retention = values(
-            "retention",
-            retention,
-            options_lib.RetentionPolicy,
-            dict(
-                keep=keep,
-                keep_best=keep_best,
-                keep_every_n_hours=keep_every_n_hours,
-                grace_seconds=grace_seconds,
-            ),
-        )
-        self.options = values(
-            "options",
-            options,
-            options_lib.ExportOptions,
-            dict(
-                serving_only=serving_only,
-                input_signature=input_signature,
-                custom_objects=custom_objects,
-                as_text=as_text,
-                target_signature=target_signature,
-                warmup_inputs=warmup_inputs,
-                async_export=async_export,
-            ),
-        )
+        value_of = options_lib.value_of
+        self.schedule = value_of("schedule", schedule, ExportSchedule, keywords)
+        self.retention = value_of("retention", retention, RetentionPolicy, keywords)
+        self.options = value_of("options", options, ExportOptions, keywords)
         self.monitor = options_lib.as_monitor(monitor, mode)
         self.retention.check_monitor(self.monitor)
         if self.schedule.save_best_only and not self.monitor.name:

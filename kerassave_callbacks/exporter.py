@@ -20,6 +20,7 @@ from kerassave_callbacks import retention as retention_lib
 from kerassave_callbacks._version import __version__
 from kerassave_callbacks.core import export as core_export
 from kerassave_callbacks.core import keras_api, mode_graphs
+from kerassave_callbacks.options import ExportOptions, RetentionPolicy
 
 _COMMIT_ATTEMPTS = 20
 
@@ -224,31 +225,10 @@ class VersionedExporter:
         retention: options_lib.RetentionPolicy | None = None,
         options: options_lib.ExportOptions | None = None,
     ):
-        self.retention = options_lib.values_or_keywords(
-            "retention",
-            retention,
-            options_lib.RetentionPolicy,
-            dict(
-                keep=keep,
-                keep_best=keep_best,
-                keep_every_n_hours=keep_every_n_hours,
-                grace_seconds=grace_seconds,
-            ),
-        )
-        self.options = options_lib.values_or_keywords(
-            "options",
-            options,
-            options_lib.ExportOptions,
-            dict(
-                serving_only=serving_only,
-                input_signature=input_signature,
-                custom_objects=custom_objects,
-                as_text=as_text,
-                target_signature=target_signature,
-                warmup_inputs=warmup_inputs,
-                async_export=async_export,
-            ),
-        )
+        keywords = locals()  # The front door's keywords build the values.
+        value_of = options_lib.value_of
+        self.retention = value_of("retention", retention, RetentionPolicy, keywords)
+        self.options = value_of("options", options, ExportOptions, keywords)
         self.monitor = options_lib.as_monitor(monitor, mode)
         self.retention.check_monitor(self.monitor)
         self.export_dir = _files.check_export_dir(export_dir)

@@ -272,19 +272,26 @@ class ExportOptions:
         )
 
 
-def values_or_keywords(name: str, value, cls, keywords: dict):
-    """`value` if given (then every keyword must be at its default), else
-    `cls(**keywords)`.
+def value_of(name: str, value, cls, arguments: dict):
+    """The `cls` value of a front door: `value` if given, else one built
+    from the keyword arguments named like its fields (`arguments`, the
+    caller's `locals()`).
+
+    Example:
+
+        self.retention = value_of("retention", retention, RetentionPolicy, locals())
 
     Raises:
-      TypeError: both a value and keywords that it would replace.
+      TypeError: `value` is no `cls`, or given beside a keyword it holds
+        that is not at its default.
     """
-    if value is None:
-        return cls(**keywords)
-    if not isinstance(value, cls):
+    if value is not None and not isinstance(value, cls):
         raise TypeError(
             f"`{name}` must be of type {cls.__name__}. Received: {name}={value!r}."
         )
+    keywords = {f.name: arguments[f.name] for f in dataclasses.fields(cls)}
+    if value is None:
+        return cls(**keywords)
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     clashes = sorted(k for k, v in keywords.items() if not _is_default(v, defaults[k]))
     if clashes:

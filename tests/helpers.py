@@ -200,3 +200,13 @@ def tensorboard_server(logdir, ready):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def chattr(flag: str, path) -> bool:
+    """Runs `chattr flag path` (+i: nothing can be created in or removed
+    from it, even by root); False where that is not permitted."""
+    try:
+        out = subprocess.run(["chattr", flag, str(path)], capture_output=True)
+    except FileNotFoundError:
+        return False
+    return out.returncode == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 
 import keras
 import numpy as np
@@ -18,6 +17,7 @@ from conftest import classifier, classifier_data
 from helpers import (
     BreakExportDir,
     assert_close,
+    chattr,
     events,
     fit_classifier,
     run_python,
@@ -371,14 +371,6 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert result["loader_error"] < 1e-5
 
 
-def _chattr(flag: str, path) -> bool:
-    try:
-        out = subprocess.run(["chattr", flag, str(path)], capture_output=True)
-    except FileNotFoundError:
-        return False
-    return out.returncode == 0
-
-
 class FreezeDir(keras.callbacks.Callback):
     """Makes `path` immutable (nothing can be created in it) during the
     epochs in `frozen`: their exports fail, the versions on disk stay. It is
@@ -389,17 +381,17 @@ class FreezeDir(keras.callbacks.Callback):
         self.path, self.frozen = path, frozen
 
     def on_epoch_begin(self, epoch, logs=None):
-        _chattr("+i" if epoch in self.frozen else "-i", self.path)
+        chattr("+i" if epoch in self.frozen else "-i", self.path)
 
     def on_train_end(self, logs=None):
-        _chattr("-i", self.path)
+        chattr("-i", self.path)
 
 
 @pytest.fixture
 def freezable(tmp_path):
     path = tmp_path / "exports"
     path.mkdir()
-    if not _chattr("+i", path) or not _chattr("-i", path):
+    if not chattr("+i", path) or not chattr("-i", path):
         pytest.skip("chattr +i is not permitted here")
     return path
 

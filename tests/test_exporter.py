@@ -15,6 +15,7 @@ import tensorflow as tf
 from kerassave_callbacks import (
     ExportError,
     PendingExport,
+    RetentionPolicy,
     VersionedExporter,
     layout,
     load_from_saved_model,
@@ -102,23 +103,15 @@ def test_keep_n_deletes_only_old_version_directories(tmp_path):
 def test_keep_best_ranks_by_the_monitor_and_survives_a_restart(tmp_path):
     model = classifier()
     losses = [0.9, 0.2, 0.8, 0.1, 0.7, 0.6]
+    policy = RetentionPolicy(keep=1, keep_best=2, grace_seconds=0)
     first = VersionedExporter(
-        str(tmp_path),
-        keep=1,
-        keep_best=2,
-        monitor="val_loss",
-        grace_seconds=0,
-        clock=Clock(),
+        str(tmp_path), retention=policy, monitor="val_loss", clock=Clock()
     )
     for loss in losses[:3]:
         first.export(model, metrics={"val_loss": loss})
+    # A restart: a new exporter reads the metrics back from disk.
     second = VersionedExporter(
-        str(tmp_path),
-        keep=1,
-        keep_best=2,
-        monitor="val_loss",
-        grace_seconds=0,
-        clock=Clock(),
+        str(tmp_path), retention=policy, monitor="val_loss", clock=Clock()
     )
     for loss in losses[3:]:
         second.export(model, metrics={"val_loss": loss})

@@ -11,7 +11,7 @@ from kerassave_callbacks.options import (
     ExportOptions,
     Monitor,
     RetentionPolicy,
-    values_or_keywords,
+    value_of,
 )
 
 DIRECTIONS = {
@@ -84,13 +84,9 @@ def test_bad_values_name_the_argument(make, error, fragment):
 def test_a_value_or_its_keywords_not_both():
     policy = RetentionPolicy(keep=2)
     keywords = dict(keep=5, keep_best=None, keep_every_n_hours=None, grace_seconds=10.0)
-    assert values_or_keywords("retention", policy, RetentionPolicy, keywords) is policy
-    assert values_or_keywords("retention", None, RetentionPolicy, keywords) == (
-        RetentionPolicy()
-    )
+    assert value_of("retention", policy, RetentionPolicy, keywords) is policy
+    assert value_of("retention", None, RetentionPolicy, keywords) == RetentionPolicy()
     with pytest.raises(TypeError, match=r"either `retention=` or \['keep'\]"):
-        values_or_keywords(
-            "retention", policy, RetentionPolicy, {**keywords, "keep": 3}
-        )
+        value_of("retention", policy, RetentionPolicy, {**keywords, "keep": 3})
     with pytest.raises(TypeError, match="must be of type ExportOptions"):
-        values_or_keywords("options", policy, ExportOptions, {})
+        value_of("options", policy, ExportOptions, {})

@@ -22,7 +22,7 @@ from kerassave_callbacks import (
 )
 
 from conftest import classifier, classifier_data
-from helpers import BreakExportDir, events, fit_classifier
+from helpers import BreakExportDir, chattr, events, fit_classifier
 
 
 def _tree(root) -> dict[str, bytes]:
@@ -160,19 +160,11 @@ def test_warn_trains_through_a_model_that_cannot_be_traced(tmp_path, caplog):
         model.fit(x, x[:, :3], epochs=1, verbose=0, callbacks=[raising])
 
 
-def _chattr(flag: str, path) -> bool:
-    try:
-        out = subprocess.run(["chattr", flag, str(path)], capture_output=True)
-    except FileNotFoundError:
-        return False
-    return out.returncode == 0
-
-
 def test_warn_trains_through_a_retention_failure(tmp_path):
     export_dir = tmp_path / "exports"
     model = fit_classifier([SavedModelExporter(str(export_dir), keep=1)], epochs=1)
     (stuck,) = os.listdir(export_dir)
-    if not _chattr("+i", export_dir / stuck):
+    if not chattr("+i", export_dir / stuck):
         pytest.skip("chattr +i is not permitted here")
     try:
         exporter = SavedModelExporter(
@@ -184,7 +176,7 @@ def test_warn_trains_through_a_retention_failure(tmp_path):
         )
         fit_classifier([exporter], epochs=3, initial_epoch=1, model=model)
     finally:
-        _chattr("-i", export_dir / stuck)
+        chattr("-i", export_dir / stuck)
 
     assert int(model.optimizer.iterations) == 12
     acc = events(tmp_path / "logs" / "export")
