@@ -20,12 +20,12 @@ from kerassave_callbacks._version import __version__ as __version__
 # Public name -> the module that defines it.
 _HOMES = {
     "ExportDir": "kerassave_callbacks.export_dir",
-    "ExportError": "kerassave_callbacks.exporter",
+    "ExportError": "kerassave_callbacks.records",
     "ExportOptions": "kerassave_callbacks.options",
     "ExportSchedule": "kerassave_callbacks.schedule",
     "Monitor": "kerassave_callbacks.options",
-    "ExportRecord": "kerassave_callbacks.exporter",
-    "PendingExport": "kerassave_callbacks.exporter",
+    "ExportRecord": "kerassave_callbacks.records",
+    "PendingExport": "kerassave_callbacks.records",
     "RetentionPolicy": "kerassave_callbacks.options",
     "SavedModelExistsError": "kerassave_callbacks.core",
     "SavedModelExporter": "kerassave_callbacks.callbacks",

@@ -122,6 +122,14 @@ def list_files(root: str) -> list[str]:
     return files
 
 
+def write_tree(root: str, files: dict[str, bytes]) -> None:
+    """Writes `relative path -> bytes` under `root`."""
+    for rel, data in files.items():
+        target = posixpath.join(root, rel)
+        _fs.makedirs(posixpath.dirname(target))
+        _fs.write_bytes(target, data)
+
+
 def dir_size(path: str) -> int:
     """The bytes of the files under `path`."""
     return sum(_fs.size(posixpath.join(path, f)) for f in list_files(path))

@@ -16,6 +16,7 @@ from kerassave_callbacks import options as options_lib
 from kerassave_callbacks import schedule as schedule_lib
 from kerassave_callbacks.core import keras3, keras_api
 from kerassave_callbacks.options import ExportOptions, RetentionPolicy
+from kerassave_callbacks.records import ExportError, ExportRecord
 from kerassave_callbacks.schedule import ExportSchedule
 
 ON_ERROR = ("raise", "warn")
@@ -31,7 +32,7 @@ def _scalar_logs(logs) -> dict[str, float]:
     return metrics
 
 
-def _uncommitted(failure: exporter_lib.ExportError | None) -> bool:
+def _uncommitted(failure: ExportError | None) -> bool:
     """True for a failure that left no version (one worth retrying)."""
     return failure is not None and failure.committed is None
 
@@ -405,12 +406,12 @@ class SavedModelExporter(keras.callbacks.Callback):
         """Waits for the async export in flight (its deletions go on)."""
         self._note_failure(self._guard(lambda: self.exporter.wait(deletions=False)))
 
-    def _note_failure(self, failure: exporter_lib.ExportError | None) -> None:
+    def _note_failure(self, failure: ExportError | None) -> None:
         if _uncommitted(failure):
             self._last_step = None  # The next export tries again.
             self._retry = failure.info
 
-    def _guard(self, fn) -> exporter_lib.ExportError | None:
+    def _guard(self, fn) -> ExportError | None:
         """Runs an export step; a failure raises or warns as `on_error` says.
 
         The failure is recorded as `export/error` at the step of the export
@@ -421,7 +422,7 @@ class SavedModelExporter(keras.callbacks.Callback):
         """
         try:
             fn()
-        except exporter_lib.ExportError as e:
+        except ExportError as e:
             info = e.info or {}
             step = info.get("step")
             self._record_error(
@@ -452,7 +453,7 @@ class SavedModelExporter(keras.callbacks.Callback):
         if self.schedule.save_best_only and self.monitor.better(value, self._best):
             self._best = value
 
-    def _on_commit(self, record: exporter_lib.ExportRecord) -> None:
+    def _on_commit(self, record: ExportRecord) -> None:
         self._last_version = record.version
         self._note_committed(record.info.get("metrics") or {})
         if self._events is not None:

@@ -12,113 +12,18 @@ from collections.abc import Callable
 import tensorflow as tf
 from absl import logging
 
-from kerassave_callbacks import _files, _fs, layout
+from kerassave_callbacks import _files, _fs, graph_cache, layout
 from kerassave_callbacks import deleter as deleter_lib
 from kerassave_callbacks import export_dir as export_dir_lib
 from kerassave_callbacks import options as options_lib
 from kerassave_callbacks import retention as retention_lib
 from kerassave_callbacks._version import __version__
 from kerassave_callbacks.core import export as core_export
-from kerassave_callbacks.core import keras_api, mode_graphs
+from kerassave_callbacks.core import keras_api
 from kerassave_callbacks.options import ExportOptions, RetentionPolicy
+from kerassave_callbacks.records import ExportError, ExportRecord, PendingExport
 
 _COMMIT_ATTEMPTS = 20
-
-
-class ExportError(RuntimeError):
-    """An export failed.
-
-    Unless `committed` is set, no version directory was left for it. A failure
-    after the commit (retention, an `on_commit` callback) never undoes the
-    commit: `committed` names the version that stays.
-
-    Attributes:
-      info: the export info of the failed export (`epoch`, `step`,
-        `metrics`; `version` once one was allocated), or None.
-      committed: the path of the version committed before the failure, or
-        None when nothing was committed.
-
-    Example:
-
-        try:
-            exporter.export(model)
-        except ExportError as e:
-            logging.warning("No export this time: %s", e)
-    """
-
-    def __init__(
-        self, message: str, *, info: dict | None = None, committed: str | None = None
-    ):
-        super().__init__(message)
-        self.info = info
-        self.committed = committed
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportRecord:
-    """What one committed export did.
-
-    Attributes:
-      version: the integer version written.
-      path: its directory.
-      info: the contents of its `assets.extra/export_info.json`.
-      duration_seconds: from the call of `export()` to the end of retention.
-      size_bytes: the bytes of the version directory.
-      removed: the versions retention deleted after it.
-      kept: the versions on disk after retention.
-
-    Example:
-
-        def on_commit(record: ExportRecord):
-            print(record.version, record.size_bytes, record.removed)
-
-        VersionedExporter("/tmp/exports", on_commit=on_commit).export(model)
-    """
-
-    version: int
-    path: str
-    info: dict
-    duration_seconds: float
-    size_bytes: int
-    removed: list[int]
-    kept: list[int]
-
-
-def _model_key(model, tables: bool) -> tuple:
-    """Changes whenever cached graphs of `model` would be wrong.
-
-    With `tables` (the graphs use lookup tables), the identity of the
-    model's resources too: re-adapting a lookup layer makes a new table.
-    Walking the model for them costs a little, so only then.
-    """
-    adapter = keras_api.adapter_for(model)
-    compiled = adapter.is_compiled(model)
-    resources = mode_graphs.model_resources(model) if tables else ()
-    return (
-        tuple(id(r) for r in resources),
-        id(model),
-        tuple(id(v) for v in adapter.model_variables(model)),
-        tuple(id(v) for v in model.trainable_variables),
-        id(getattr(model, "optimizer", None)),
-        tuple(id(v) for v in adapter.optimizer_variables(model)) if compiled else (),
-        tuple(id(v) for v in adapter.metric_variables(model)),
-        compiled,
-    )
-
-
-def _failing_layer(error: BaseException, model) -> str | None:
-    """The name of the innermost layer whose code raised `error`, if any."""
-    is_layer = keras_api.adapter_for(model).is_layer
-    found = None
-    while error is not None and found is None:
-        tb = error.__traceback__
-        while tb is not None:
-            owner = tb.tb_frame.f_locals.get("self")
-            if is_layer(owner) and owner is not model:
-                found = owner.name
-            tb = tb.tb_next
-        error = error.__cause__ or error.__context__
-    return found
 
 
 class VersionedExporter:
@@ -235,8 +140,7 @@ class VersionedExporter:
         self._dir = export_dir_lib.ExportDir(self.export_dir)
         self.on_commit = on_commit
         self._clock = clock
-        self._graphs: mode_graphs.ModeGraphs | None = None
-        self._graphs_key: tuple | None = None
+        self._cache = graph_cache.GraphCache(self.options)
         self._last_version = 0
         self._infos: dict[int, dict] = {}
         self._pending: concurrent.futures.Future | None = None
@@ -315,16 +219,6 @@ class VersionedExporter:
 
     # Exporting.
 
-    def _graphs_for(self, model) -> mode_graphs.ModeGraphs:
-        tables = self._graphs is not None and bool(self._graphs.resources)
-        key = _model_key(model, tables)
-        if self._graphs is None or self._graphs_key != key:
-            if self._graphs is not None:
-                logging.info("The model changed since the last export: retracing.")
-            self._graphs = mode_graphs.ModeGraphs(model, **self.options.graph_options())
-            self._graphs_key = _model_key(model, bool(self._graphs.resources))
-        return self._graphs
-
     def _next_version(self) -> int:
         newest = max(self.versions() + [self._last_version])
         version = max(int(self._clock()), newest + 1)
@@ -385,17 +279,7 @@ class VersionedExporter:
                 "keras": keras_api.adapter_for(model).version(),
             },
         ).to_json()
-        try:
-            graphs = self._graphs_for(model)
-            values = graphs.snapshot()
-        except Exception as e:
-            layer = _failing_layer(e, model)
-            where = f" (in layer {layer!r})" if layer else ""
-            raise ExportError(
-                f"Could not build the graphs of model {model.name!r}{where}: "
-                f"{type(e).__name__}: {e} Nothing was written.",
-                info=info,
-            ) from e
+        graphs, values = self._cache.snapshot(model, info)
         info["version"] = self._next_version()
         info["created"] = self._clock()
         info["tags"] = [m.tag for m in graphs.modes]
@@ -617,44 +501,6 @@ class VersionedExporter:
         return removed, kept, failures
 
 
-class PendingExport:
-    """An async export in flight; `result()` waits for it to be committed.
-
-    The version number is final only at the commit (another writer may take
-    the one chosen first), so the path is known from `result()` on.
-
-    Example:
-
-        pending = exporter.export(model)  # async_export=True
-        record = pending.result()         # blocks until committed
-        tf.saved_model.load(record.path, tags=["serve"])
-    """
-
-    def __init__(self, future: concurrent.futures.Future):
-        self._future = future
-
-    def done(self) -> bool:
-        """True once the export was committed or failed."""
-        return self._future.done()
-
-    def result(self, timeout: float | None = None) -> ExportRecord:
-        """The `ExportRecord` of the committed version.
-
-        Raises:
-          ExportError: the export failed.
-          TimeoutError: it did not end within `timeout` seconds.
-        """
-        return self._future.result(timeout)
-
-    @property
-    def path(self) -> str:
-        """The committed version's directory (waits for the commit)."""
-        return self.result().path
-
-    def __fspath__(self) -> str:
-        return self.path
-
-
 def _write_json(path: str, value) -> None:
-    tf.io.gfile.makedirs(posixpath.dirname(path))
-    mode_graphs.write_file(path, json.dumps(value, indent=2, sort_keys=True))
+    _fs.makedirs(posixpath.dirname(path))
+    _fs.write_bytes(path, json.dumps(value, indent=2, sort_keys=True).encode())

@@ -149,11 +149,11 @@ def test_each_export_holds_the_current_weights(tmp_path):
     model = classifier()
     exporter = VersionedExporter(str(tmp_path), keep=None, clock=Clock())
     first = exporter.export(model)
-    graphs = exporter._graphs
+    graphs = exporter._cache.graphs
     model.fit(x, y, epochs=2, verbose=0)
     second = exporter.export(model)
 
-    assert exporter._graphs is graphs  # Traced once, reused.
+    assert exporter._cache.graphs is graphs  # Traced once, reused.
     assert_close(serve_tf2(second, {"features": x})["logits"], model(x))
     assert not np.allclose(serve_tf2(first, {"features": x})["logits"], model(x))
 

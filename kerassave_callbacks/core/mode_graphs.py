@@ -10,23 +10,20 @@ one MetaGraph per mode tag, each keeping only its own signature
 
 from __future__ import annotations
 
-import concurrent.futures
-import json
-import os
 import posixpath
-import tempfile
 
 import tensorflow as tf
 from absl import logging
 from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 
-from kerassave_callbacks import _files, layout
+from kerassave_callbacks import _files, _fs, layout
 from kerassave_callbacks.core import (
     _tf_logs,
     graph_split,
     keras_api,
     modes,
+    single_device,
     specs,
     warmup,
 )
@@ -110,7 +107,9 @@ class ModeGraphs:
         # model's own when the graphs are a copy's (metrics: saved as zeros).
         self._sources = [v for _, v in self._variables]
         if traced is not model:
-            self._sources = self._model_sources()
+            self._sources = single_device.model_sources(
+                self.keras, self.model, self.root, modes.TRAIN in self.modes
+            )
 
     def _trace(self, serving_only: bool, target_signature) -> dict:
         """Traces the mode functions; sets `self.modes`."""
@@ -123,84 +122,17 @@ class ModeGraphs:
         if training and self.keras.steps_only_on_a_copy(model):
             # The model's own slots too: every export saves its values.
             self.keras.build_optimizer(model)
-            copy = self._single_device_copy()
+            copy = single_device.copy_of(
+                self.keras, model, self._model_json, self._layer_assets
+            )
             if copy is not None:
                 self.traced_model = copy
                 # Outside the strategy's scope, which is thread-local.
-                return _in_a_fresh_thread(
+                return single_device.in_a_fresh_thread(
                     lambda: self._trace_modes(True, target_signature)
                 )
             training = False
         return self._trace_modes(training, target_signature)
-
-    def _single_device_copy(self):
-        """A copy of the model outside its distribution strategy, for
-        tracing, or None (with a warning) when it cannot be built.
-
-        Keras 2 updates its metrics (`SyncOnReadVariable`s under a
-        strategy) only in a replica context, which a traced single-device
-        step is not. So the graphs of such a model are traced on a copy
-        rebuilt from its config in a thread of its own (where no strategy
-        is in scope), with its weights and layer state; every export then
-        saves the values of the model itself (`snapshot`).
-        """
-        model = self.model
-        try:
-            if self._model_json is None:
-                raise ValueError("the model has no config")
-            values = [v.numpy() for v in self.keras.model_variables(model)]
-            return _in_a_fresh_thread(
-                lambda: _rebuild(
-                    self.keras,
-                    model,
-                    json.loads(self._model_json),
-                    values,
-                    self._layer_assets,
-                )
-            )
-        except Exception as e:  # Any failure to rebuild: export serve only.
-            logging.warning(
-                "Model %r gets only the serve graph: its train and eval graphs "
-                "are traced on a single-device copy of it (it trains under %s), "
-                "and that copy could not be rebuilt from its config: %s",
-                model.name,
-                type(getattr(model, "distribute_strategy", None)).__name__,
-                e,
-            )
-            return None
-
-    def _model_sources(self) -> list:
-        """The model's own variables in the order of the copy's (None for
-        metrics, which are saved as zeros).
-
-        Raises:
-          ValueError: the copy's state does not match the model's.
-        """
-        own = {
-            layout.MODEL_VARIABLES: self.keras.model_variables(self.model),
-            layout.OPTIMIZER_VARIABLES: self.keras.optimizer_variables(self.model)
-            if modes.TRAIN in self.modes
-            else [],
-        }
-        sources = []
-        for group in (
-            layout.MODEL_VARIABLES,
-            layout.OPTIMIZER_VARIABLES,
-            layout.METRIC_VARIABLES,
-        ):
-            copies = getattr(self.root, group, [])
-            if group == layout.METRIC_VARIABLES:
-                sources.extend([None] * len(copies))
-                continue
-            shapes = [tuple(v.shape) for v in own[group]]
-            if shapes != [tuple(v.shape) for v in copies]:
-                raise ValueError(
-                    f"Cannot export model {self.model.name!r}: its {group} "
-                    f"({len(shapes)}) do not match those of its single-device "
-                    f"copy ({len(copies)}). Pass serving_only=True."
-                )
-            sources.extend(own[group])
-        return sources
 
     def _trace_modes(self, training: bool, target_signature) -> dict:
         """Traces the serve function, and with `training` the train and
@@ -307,7 +239,7 @@ class ModeGraphs:
             self._serialize_graphs(path)
         else:
             tf.io.gfile.makedirs(posixpath.join(path, "variables"))
-            write_files(posixpath.join(path, "assets"), self._saved_assets)
+            _files.write_tree(posixpath.join(path, "assets"), self._saved_assets)
         name = layout.SAVED_MODEL_PBTXT if as_text else layout.SAVED_MODEL_PB
         if as_text not in self._graph_files:
             self._graph_files[as_text] = (
@@ -315,7 +247,7 @@ class ModeGraphs:
                 if as_text
                 else self._saved_model.SerializeToString()
             )
-        write_file(posixpath.join(path, name), self._graph_files[as_text])
+        _fs.write_bytes(posixpath.join(path, name), self._graph_files[as_text])
         tf.raw_ops.SaveV2(
             prefix=posixpath.join(path, layout.VARIABLES_PREFIX),
             tensor_names=self._keys,
@@ -339,7 +271,7 @@ class ModeGraphs:
             if self.traced_model is self.model:
                 save()
             else:  # The copy's graphs, saved outside the model's strategy.
-                _in_a_fresh_thread(save)
+                single_device.in_a_fresh_thread(save)
         except AssertionError as e:  # TF's word for an untracked resource.
             raise ValueError(
                 f"Cannot save the graphs of model {self.model.name!r}: {e}"
@@ -347,7 +279,7 @@ class ModeGraphs:
         assets = posixpath.join(path, "assets")
         if tf.io.gfile.isdir(assets):
             self._saved_assets = {
-                rel: _read_file(posixpath.join(assets, rel))
+                rel: _fs.read_bytes(posixpath.join(assets, rel))
                 for rel in _files.list_files(assets)
             }
         reader = tf.compat.v1.train.NewCheckpointReader(
@@ -403,8 +335,12 @@ class ModeGraphs:
         assets = posixpath.join(path, "assets")
         tf.io.gfile.makedirs(assets)
         if self._model_json is not None:
-            write_file(posixpath.join(path, layout.MODEL_JSON), self._model_json)
-        write_files(posixpath.join(assets, layout.LAYER_ASSETS), self._layer_assets)
+            _fs.write_bytes(
+                posixpath.join(path, layout.MODEL_JSON), self._model_json.encode()
+            )
+        _files.write_tree(
+            posixpath.join(assets, layout.LAYER_ASSETS), self._layer_assets
+        )
 
 
 def model_resources(model) -> list:
@@ -469,42 +405,6 @@ def _check_not_in_strategy_scope(model) -> None:
         )
 
 
-def _rebuild(
-    adapter, model, config: dict, values: list, layer_assets: dict[str, bytes]
-):
-    """`model` rebuilt from its `config` (compiled, its optimizer not built)
-    with its weights `values` and its layers' state, as the loader would
-    rebuild it from an export. Its own classes serve as custom objects.
-
-    Raises:
-      ValueError: the rebuilt model's weights do not fit `values`.
-    """
-    custom = {type(o).__name__: type(o) for o in [model, *adapter.all_layers(model)]}
-    copy = adapter.from_config(config, custom, True)
-    weights = adapter.model_variables(copy)
-    if [tuple(w.shape) for w in weights] != [v.shape for v in values]:
-        raise ValueError("its weights do not fit the rebuilt model")
-    for weight, value in zip(weights, values, strict=True):
-        weight.assign(value)
-    with tempfile.TemporaryDirectory() as tmp:
-        write_files(tmp, layer_assets)
-        folders = {index: os.path.join(tmp, index) for index in os.listdir(tmp)}
-        adapter.restore_layer_state(copy, folders)
-    return copy
-
-
-def _in_a_fresh_thread(fn):
-    """`fn()` run in a new thread (no distribution strategy in scope there),
-    its TF INFO lines kept quiet as in this one."""
-
-    def quietly():
-        with _tf_logs.quiet():
-            return fn()
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(quietly).result()
-
-
 def _traced(fn, input_signature):
     """`fn` as a `tf.function`, traced now (creating lazy optimizer and
     metric variables).
@@ -523,21 +423,3 @@ def _traced(fn, input_signature):
 
 def to_text(saved: saved_model_pb2.SavedModel) -> bytes:
     return text_format.MessageToString(saved).encode("utf-8")
-
-
-def write_files(root: str, files: dict[str, bytes]) -> None:
-    """Writes `relative path -> bytes` under `root`."""
-    for rel, data in files.items():
-        target = posixpath.join(root, rel)
-        tf.io.gfile.makedirs(posixpath.dirname(target))
-        write_file(target, data)
-
-
-def write_file(path: str, data: bytes | str) -> None:
-    with tf.io.gfile.GFile(path, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
-
-
-def _read_file(path: str) -> bytes:
-    with tf.io.gfile.GFile(path, "rb") as f:
-        return f.read()
