@@ -130,6 +130,14 @@ def write_tree(root: str, files: dict[str, bytes]) -> None:
         _fs.write_bytes(target, data)
 
 
+def replace_file(path: str, data: bytes, now: float) -> None:
+    """Replaces a file whole: written aside, then renamed over it, so no
+    reader ever sees it half-written."""
+    staged = f"{path}.{layout.temp_name(now)}"
+    _fs.write_bytes(staged, data)
+    _fs.replace(staged, path)
+
+
 def dir_size(path: str) -> int:
     """The bytes of the files under `path`."""
     return sum(_fs.size(posixpath.join(path, f)) for f in list_files(path))
@@ -298,6 +306,50 @@ def _copy_graph_last(src: str, dst: str) -> None:
         target = posixpath.join(dst, rel)
         _fs.makedirs(posixpath.dirname(target))
         _fs.copy(posixpath.join(src, rel), target)
+
+
+class Staging:
+    """A SavedModel written under a temporary sibling of where it goes, and
+    published by `finalize()` only when complete. Whatever was not
+    finalized is removed when the `with` block ends: a failed write leaves
+    nothing behind (a crash leaves a temporary, which `leftovers` finds).
+
+    The one way anything here publishes a SavedModel: `export_saved_model`
+    and `VersionedExporter` both write through it.
+
+    Example:
+
+        with Staging("/models/digits", time.time()) as staged:
+            write_a_saved_model(staged.path)
+            staged.finalize("/models/digits/1764070001")
+
+    Args:
+      parent: the directory the SavedModel goes to.
+      now: the unix time, recorded in the temporary's name.
+    """
+
+    def __init__(self, parent: str, now: float):
+        self.path = posixpath.join(parent, layout.temp_name(now))
+        self.final: str | None = None
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.final is None and _fs.exists(self.path):
+            remove_tree(self.path)
+
+    def finalize(self, final: str, extra: tuple[str, ...] = ()) -> None:
+        """Flushes the staged tree (local disks) and commits it to `final`.
+
+        Raises:
+          FileExistsError: `final` exists (it may be finalized elsewhere).
+          IncompleteExportError: the staged tree lacks files.
+        """
+        if is_local(self.path):
+            fsync_tree(self.path)
+        commit(self.path, final, extra)
+        self.final = final
 
 
 # Removing.

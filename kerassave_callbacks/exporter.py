@@ -12,11 +12,9 @@ from collections.abc import Callable
 import tensorflow as tf
 from absl import logging
 
-from kerassave_callbacks import _files, _fs, graph_cache, layout
-from kerassave_callbacks import deleter as deleter_lib
+from kerassave_callbacks import _files, _fs, graph_cache, layout, retainer
 from kerassave_callbacks import export_dir as export_dir_lib
 from kerassave_callbacks import options as options_lib
-from kerassave_callbacks import retention as retention_lib
 from kerassave_callbacks._version import __version__
 from kerassave_callbacks.core import export as core_export
 from kerassave_callbacks.core import keras_api
@@ -142,12 +140,13 @@ class VersionedExporter:
         self._clock = clock
         self._cache = graph_cache.GraphCache(self.options)
         self._last_version = 0
-        self._infos: dict[int, dict] = {}
         self._pending: concurrent.futures.Future | None = None
         # The writer of async exports, made at first use.
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        # Removes what retention drops, after its grace period.
-        self._deleter = deleter_lib.Deleter(clock)
+        # Lists, ranks and deletes (after its grace period) what is dropped.
+        self._retainer = retainer.Retainer(
+            self._dir, self.retention, self.monitor, clock
+        )
         self._closed = False
         self.cleanup()
 
@@ -176,7 +175,7 @@ class VersionedExporter:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
-            self._deleter.close()
+            self._retainer.close()
 
     def __enter__(self) -> VersionedExporter:
         return self
@@ -330,29 +329,47 @@ class VersionedExporter:
                 pending.result()
         finally:
             if deletions:
-                self._deleter.wait()
+                self._retainer.wait()
 
     def _write(self, graphs, values, info: dict, started: float) -> ExportRecord:
-        temp = posixpath.join(self.export_dir, layout.temp_name(self._clock()))
         try:
-            tf.io.gfile.makedirs(self.export_dir)
-            graphs.write(temp, values, as_text=self.options.as_text)
-            path = self._commit(temp, info)
+            _fs.makedirs(self.export_dir)
+            with _files.Staging(self.export_dir, self._clock()) as staged:
+                graphs.write(staged.path, values, as_text=self.options.as_text)
+                path = self._commit(staged, info)
         except Exception as e:
-            if tf.io.gfile.isdir(temp):
-                _files.remove_tree(temp)
             raise ExportError(
                 f"Export of version {info['version']} to {self.export_dir!r} "
                 f"failed: {e}. No version directory was left for it.",
                 info=info,
             ) from e
-        # The version is committed: what fails from here on is reported, but
-        # never undoes it.
-        self._infos[info["version"]] = info
-        removed, kept, failures = self._apply_retention(info["version"])
+        return self._after_commit(path, info, started)
+
+    def _commit(self, staged: _files.Staging, info: dict) -> str:
+        """Writes the export info and finalizes; another writer that took
+        the version first makes this one take the next."""
+        info_path = posixpath.join(staged.path, layout.EXPORT_INFO)
+        for _ in range(_COMMIT_ATTEMPTS):
+            _write_json(info_path, info)
+            final = self._path(info["version"])
+            try:
+                staged.finalize(final, (layout.EXPORT_INFO,))
+                return final
+            except FileExistsError:
+                info["version"] = self._next_version()
+        raise FileExistsError(
+            f"Could not find a free version name in {self.export_dir!r} after "
+            f"{_COMMIT_ATTEMPTS} attempts."
+        )
+
+    def _after_commit(self, path: str, info: dict, started: float) -> ExportRecord:
+        """Retention and `on_commit` for a committed version: what fails
+        here is reported, but never undoes the commit."""
+        self._retainer.remember(info["version"], info)
+        removed, kept, failures = self._retainer.apply(info["version"])
         try:
             size = _files.dir_size(path)
-        except tf.errors.OpError as e:  # Another process's retention, say.
+        except OSError as e:  # Another process's retention, say.
             size = 0
             failures.append(e)
         record = ExportRecord(
@@ -385,27 +402,6 @@ class VersionedExporter:
             ) from failures[0]
         return record
 
-    def _commit(self, temp: str, info: dict) -> str:
-        info_path = posixpath.join(temp, layout.EXPORT_INFO)
-        _write_json(info_path, info)
-        if _files.is_local(temp):
-            _files.fsync_tree(temp)
-        for _ in range(_COMMIT_ATTEMPTS):
-            final = self._path(info["version"])
-            try:
-                _files.commit(temp, final, (layout.EXPORT_INFO,))
-                return final
-            except FileExistsError:
-                # Another writer took this version: take the next one.
-                info["version"] = self._next_version()
-                _write_json(info_path, info)
-                if _files.is_local(temp):
-                    _files.fsync_tree(posixpath.dirname(info_path))
-        raise FileExistsError(
-            f"Could not find a free version name in {self.export_dir!r} after "
-            f"{_COMMIT_ATTEMPTS} attempts."
-        )
-
     def record_metrics(self, version: int, metrics: dict) -> None:
         """Adds `metrics` to the export info of a committed version.
 
@@ -429,17 +425,15 @@ class VersionedExporter:
             raise ExportError(f"Version {version} has no readable {path}.")
         info = layout.ExportInfo.from_json(info)
         info = dataclasses.replace(info, metrics={**info.metrics, **metrics})
-        staged = f"{path}.{layout.temp_name(self._clock())}"
         try:
-            _write_json(staged, info.to_json())
-            _fs.replace(staged, path)
-        except (OSError, tf.errors.OpError) as e:
+            _files.replace_file(path, _json_bytes(info.to_json()), self._clock())
+        except OSError as e:
             raise ExportError(
                 f"Could not add metrics to version {version} ({path}): {e}",
                 info=info.to_json(),
                 committed=self._path(version),
             ) from e
-        self._infos[version] = info.to_json()
+        self._retainer.remember(version, info.to_json())
 
     def best_value(self) -> float | None:
         """The best `monitor` value recorded by the versions on disk, or None.
@@ -448,59 +442,13 @@ class VersionedExporter:
 
             VersionedExporter("/tmp/exports", monitor="val_loss").best_value()
         """
-        return self.monitor.best(v.metric for v in self._known_versions())
+        return self._retainer.best_value()
 
-    # Retention.
 
-    def _known_versions(self) -> list[retention_lib.Version]:
-        known = self._dir.for_retention(self.monitor.name, self._infos)
-        listed = {v.version for v in known}
-        for version in [v for v in self._infos if v not in listed]:
-            del self._infos[version]
-        return known
-
-    def _apply_retention(
-        self, just_written: int
-    ) -> tuple[list[int], list[int], list[Exception]]:
-        """Hands what the policy drops to the deleter, each version to be
-        deleted when its grace period is over.
-
-        Returns:
-          The versions dropped, the versions kept, and the errors of versions
-          that could not be retired (they stay, and count as kept).
-        """
-        known = self._known_versions()
-        policy = self.retention
-        doomed = retention_lib.versions_to_delete(
-            known, policy, self.monitor, [just_written]
-        )
-        due = retention_lib.deletion_times(known, doomed, policy.grace_seconds)
-        pending = self._deleter.pending()  # Dropped by an earlier pass.
-        removed, stay, failures = [], [], []
-        for version in doomed:
-            path = self._path(version)
-            if path in pending:
-                continue
-            try:
-                self._deleter.delete_at(
-                    path, due[version], at_most=policy.grace_seconds
-                )
-            except (OSError, ValueError, tf.errors.OpError) as e:
-                failures.append(
-                    ExportError(f"retention could not remove version {path}: {e}")
-                )
-                stay.append(version)
-                continue
-            removed.append(version)
-        failures += [
-            ExportError(f"retention could not remove a version: {e}")
-            for e in self._deleter.take_failures()
-        ]
-        dropped = set(doomed) - set(stay)
-        kept = sorted(v.version for v in known if v.version not in dropped)
-        return removed, kept, failures
+def _json_bytes(value) -> bytes:
+    return json.dumps(value, indent=2, sort_keys=True).encode()
 
 
 def _write_json(path: str, value) -> None:
     _fs.makedirs(posixpath.dirname(path))
-    _fs.write_bytes(path, json.dumps(value, indent=2, sort_keys=True).encode())
+    _fs.write_bytes(path, _json_bytes(value))

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import posixpath
 import time
 
 import tensorflow as tf
 
-from kerassave_callbacks import _files, layout
+from kerassave_callbacks import _files
 from kerassave_callbacks.core import keras_api, mode_graphs
 
 
@@ -150,27 +149,22 @@ def export_saved_model(
         target_signature=target_signature,
         warmup_inputs=warmup_inputs,
     )
-    temp = posixpath.join(parent, layout.temp_name(time.time()))
     try:
-        graphs.save(temp, as_text=as_text)
-        if _files.is_local(temp):
-            _files.fsync_tree(temp)
-        # Empty when checked, but tracing took a while: only an empty
-        # directory is removed, never what someone wrote there meanwhile.
-        if tf.io.gfile.isdir(saved_model_path):
-            _files.remove_empty_dir(saved_model_path)
-        _files.commit(temp, saved_model_path)
+        with _files.Staging(parent, time.time()) as staged:
+            graphs.save(staged.path, as_text=as_text)
+            # Empty when checked, but tracing took a while: only an empty
+            # directory is removed, never what someone wrote there meanwhile.
+            if tf.io.gfile.isdir(saved_model_path):
+                _files.remove_empty_dir(saved_model_path)
+            staged.finalize(saved_model_path)
     except FileExistsError as e:
         raise SavedModelExistsError(
             f"saved_model_path={saved_model_path!r} was written to by someone "
             "else while this export was traced and written; it was left as it "
             "is. Pass a new directory."
         ) from e
-    except tf.errors.PermissionDeniedError as e:
+    except (tf.errors.PermissionDeniedError, PermissionError) as e:
         raise PermissionError(
-            f"saved_model_path={saved_model_path!r} is not writable: "
-            f"{e.message}. Pass a directory you can write to."
+            f"saved_model_path={saved_model_path!r} is not writable: {e}. "
+            "Pass a directory you can write to."
         ) from e
-    finally:
-        if tf.io.gfile.exists(temp):
-            _files.remove_tree(temp)
