@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 import keras
-import tensorflow as tf
 from absl import logging
 
 from kerassave_callbacks import _files
@@ -14,7 +13,7 @@ from kerassave_callbacks import export_dir as export_dir_lib
 from kerassave_callbacks import exporter as exporter_lib
 from kerassave_callbacks import options as options_lib
 from kerassave_callbacks import schedule as schedule_lib
-from kerassave_callbacks.core import keras3, keras_api
+from kerassave_callbacks.core import keras_api
 from kerassave_callbacks.options import ExportOptions, RetentionPolicy
 from kerassave_callbacks.records import ExportError, ExportRecord
 from kerassave_callbacks.schedule import ExportSchedule
@@ -22,34 +21,9 @@ from kerassave_callbacks.schedule import ExportSchedule
 ON_ERROR = ("raise", "warn")
 
 
-def _scalar_logs(logs) -> dict[str, float]:
-    metrics = {}
-    for name, value in (logs or {}).items():
-        try:
-            metrics[name] = float(value)
-        except (TypeError, ValueError):
-            continue
-    return metrics
-
-
 def _uncommitted(failure: ExportError | None) -> bool:
     """True for a failure that left no version (one worth retrying)."""
     return failure is not None and failure.committed is None
-
-
-def _check_supported(model, strategy: tf.distribute.Strategy) -> None:
-    """Refuses a Keras 3 model under MultiWorkerMirroredStrategy, where its
-    `fit` does not run (keras-team/keras#20585) and saving would hang."""
-    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-    if multi_worker and keras_api.adapter_for(model) is keras3:
-        raise ValueError(
-            f"Model {model.name!r} is a Keras 3 model under "
-            "MultiWorkerMirroredStrategy, which Keras 3's fit does not support "
-            "(keras-team/keras#20585). Train multi-worker with tf_keras "
-            "(pip install 'kerassave_callbacks[tf_keras]', then build the "
-            "model with tf_keras, or set TF_USE_LEGACY_KERAS=1 and use "
-            "tf.keras); SavedModelExporter works with both."
-        )
 
 
 class SavedModelExporter(keras.callbacks.Callback):
@@ -101,24 +75,18 @@ class SavedModelExporter(keras.callbacks.Callback):
         newest can finish loading it; the end of `fit` waits the last grace
         period out (at most this long). 0 deletes at once. Defaults to 10.
       serving_only, input_signature, custom_objects, as_text,
-        target_signature, warmup_inputs: passed to `export_saved_model`.
-        Default to False, None, None, False, None, None.
-      async_export: write in a background thread; training waits only for
-        a snapshot of the variables. Pending exports are waited for at the
-        end of training. Defaults to False.
+        target_signature, warmup_inputs, async_export: what each export
+        writes, and whether in a background thread (training then waits
+        only for a snapshot of the variables; pending exports are waited for
+        at the end of training); see `ExportOptions`. Default to False,
+        None, None, False, None, None, False.
       log_dir: where to write export events for TensorBoard. Defaults to
         None (no events).
       on_error: "raise" stops `fit` on a failed export; "warn" logs it,
         records `export/error` and trains on. Defaults to "raise".
       verbose: 1 prints a line per export. Defaults to 0.
-      retention: a `RetentionPolicy` instead of `keep`, `keep_best`,
-        `keep_every_n_hours` and `grace_seconds`. Defaults to None.
-      options: an `ExportOptions` instead of `serving_only`,
-        `input_signature`, `custom_objects`, `as_text`, `target_signature`,
-        `warmup_inputs` and `async_export`. Defaults to None.
-      schedule: an `ExportSchedule` instead of `every_n_epochs`,
-        `every_n_steps`, `export_on_train_end` and `save_best_only`.
-        Defaults to None.
+      retention, options, schedule: a `RetentionPolicy`, `ExportOptions` or
+        `ExportSchedule` instead of the keywords it holds. Default to None.
 
     With `on_error="warn"` nothing an export does stops training: a model
     whose graphs cannot be traced, a failed write, a failed retention pass
@@ -189,23 +157,26 @@ class SavedModelExporter(keras.callbacks.Callback):
         self.exporter: exporter_lib.VersionedExporter | None = None
         self._events: events_lib.ExportEvents | None = None
         self._best: float | None = None
-        self._last_step: int | None = None
-        # Whether the last export carried its epoch's end-of-epoch metrics,
-        # and the version it committed.
-        self._last_at_epoch_end = False
         self._last_version: int | None = None
-        # The export info of the last export that failed and left nothing,
-        # until a later one commits: retried at train end if the model has
-        # not trained since.
-        self._retry: dict | None = None
-        self._steps = schedule_lib.StepCounter()
-        self._epoch: int | None = None
         self._warned_missing = False
         self._closed = False
+        self._start_fit()
         if self.schedule.every_n_steps is not None:
             # Keras calls batch hooks of every callback; define ours only
             # when asked, so that no per-batch work happens otherwise.
             self.on_train_batch_end = self._on_train_batch_end
+
+    def _start_fit(self) -> None:
+        """The state of one `fit`, from its start."""
+        self._steps = schedule_lib.StepCounter()
+        self._epoch: int | None = None
+        self._last_step: int | None = None
+        # Whether the last export carried its epoch's end-of-epoch metrics.
+        self._last_at_epoch_end = False
+        # The export info of the last export that failed and left nothing,
+        # until a later one commits: retried at train end if the model has
+        # not trained since.
+        self._retry: dict | None = None
 
     # Keras 2's fit (tf_keras) asks each callback which batch hooks it
     # implements, through these methods of its own Callback class; Keras 3
@@ -269,12 +240,8 @@ class SavedModelExporter(keras.callbacks.Callback):
                 f"This SavedModelExporter of {self.export_dir!r} is closed. "
                 "Make a new one to export from another fit."
             )
-        self._steps = schedule_lib.StepCounter()
-        self._epoch = None
-        self._last_step = None
-        self._retry = None
-        strategy = keras3.strategy_of(self.model)
-        _check_supported(self.model, strategy)
+        self._start_fit()
+        strategy = keras_api.check_supported(self.model)
         if not strategy.extended.should_checkpoint:
             self.exporter = None  # Not the chief: only the chief writes.
             return
@@ -293,13 +260,13 @@ class SavedModelExporter(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self.schedule.at_epoch_end(epoch):
-            self._maybe_export(epoch, _scalar_logs(logs), at_epoch_end=True)
+            self._maybe_export(epoch, schedule_lib.scalars(logs), at_epoch_end=True)
 
     def _on_train_batch_end(self, batch, logs=None):
         self._steps = self._steps.after_batch(batch)
         if self._steps.due(self.schedule.every_n_steps):
             self._steps = self._steps.exported()
-            self._maybe_export(self._epoch, _scalar_logs(logs))
+            self._maybe_export(self._epoch, schedule_lib.scalars(logs))
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -314,7 +281,7 @@ class SavedModelExporter(keras.callbacks.Callback):
                 self._last_step = None
             retry = self._retry
             if self.schedule.at_train_end:
-                self._export(self._epoch, _scalar_logs(logs))
+                self._export(self._epoch, schedule_lib.scalars(logs))
             elif retry is not None and retry.get("step") == self._step():
                 # The failed export was of this very state: try it again.
                 self._export(retry.get("epoch"), retry.get("metrics") or {})

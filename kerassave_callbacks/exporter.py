@@ -80,17 +80,11 @@ class VersionedExporter:
         as the newest can finish loading it; until then it stays on disk
         and listed. `wait()` and `close()` wait the grace periods out (at
         most this long). 0 deletes at once. Defaults to 10.
-      serving_only: write only the `serve` graph. Defaults to False.
-      input_signature: passed to `export_saved_model`. Defaults to None.
-      custom_objects: passed to `export_saved_model`. Defaults to None.
-      as_text: write `saved_model.pbtxt`. Defaults to False.
-      target_signature: passed to `export_saved_model`. Defaults to None.
-      warmup_inputs: serve inputs written as TF Serving warm-up requests
-        into every version (see `export_saved_model`; the `serving`
-        extra). Defaults to None.
-      async_export: return from `export()` once the variables are
-        snapshot and write in a background thread; `wait()` blocks until it
-        is committed. At most one export is in flight. Defaults to False.
+      serving_only, input_signature, custom_objects, as_text,
+        target_signature, warmup_inputs, async_export: what each export
+        writes, and whether in a background thread (`wait()` blocks until
+        it is committed; at most one is in flight); see `ExportOptions`.
+        Default to False, None, None, False, None, None, False.
       on_commit: called with an `ExportRecord` after each committed export
         (in the writing thread). Defaults to None.
       clock: returns the unix time; for tests. Defaults to `time.time`.

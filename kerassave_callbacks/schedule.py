@@ -113,3 +113,14 @@ def action(
     if at_epoch_end and not last_had_epoch_metrics:
         return Action.ADD_METRICS
     return Action.SKIP
+
+
+def scalars(logs: dict | None) -> dict[str, float]:
+    """The numbers among a hook's logs, as floats (the rest left out)."""
+    metrics = {}
+    for name, value in (logs or {}).items():
+        try:
+            metrics[name] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return metrics

@@ -15,21 +15,11 @@ from __future__ import annotations
 import collections
 
 import tensorflow as tf
-from tensorflow.core.framework import (
-    attr_value_pb2,
-    node_def_pb2,
-    tensor_pb2,
-    tensor_shape_pb2,
-    types_pb2,
-    variable_pb2,
-)
-from tensorflow.core.protobuf import saved_model_pb2, saver_pb2
+from tensorflow.core.protobuf import saved_model_pb2
 
 from kerassave_callbacks import layout
-from kerassave_callbacks.core import modes
+from kerassave_callbacks.core import graph_savers, modes
 
-# The scope of the saver's nodes in every MetaGraph, as TF1's `Saver`.
-SAVER_SCOPE = "save"
 _CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
 
 
@@ -94,8 +84,8 @@ def split_by_mode(
             for variable in variables:
                 if variable.name not in keys:
                     _cannot_map(variable.name, "not found in the checkpoint")
-            _add_saver(meta, variables, keys, saves=mode is modes.TRAIN)
-            _add_variable_collection(meta, variables)
+            graph_savers.add_saver(meta, variables, keys, saves=mode is modes.TRAIN)
+            graph_savers.add_variable_collection(meta, variables)
     return out
 
 
@@ -174,180 +164,6 @@ def _escape(local_name: str) -> str:
 
 def _variables(graph) -> list:
     return [node for node in graph.node if node.op == "VarHandleOp"]
-
-
-def _attr(**kwargs) -> dict:
-    """NodeDef attrs by name, from a TensorProto, a TensorShapeProto, a list
-    of dtypes or a dtype."""
-    attrs = {}
-    for name, value in kwargs.items():
-        if isinstance(value, tensor_pb2.TensorProto):
-            attrs[name] = attr_value_pb2.AttrValue(tensor=value)
-        elif isinstance(value, tensor_shape_pb2.TensorShapeProto):
-            attrs[name] = attr_value_pb2.AttrValue(shape=value)
-        elif isinstance(value, list):
-            attrs[name] = attr_value_pb2.AttrValue(
-                list=attr_value_pb2.AttrValue.ListValue(type=value)
-            )
-        else:
-            attrs[name] = attr_value_pb2.AttrValue(type=value)
-    return attrs
-
-
-def _strings(values: list[str]) -> tensor_pb2.TensorProto:
-    return tensor_pb2.TensorProto(
-        dtype=types_pb2.DT_STRING,
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(values))]
-        ),
-        string_val=[v.encode("utf-8") for v in values],
-    )
-
-
-def _unique_scope(graph, scope: str) -> str:
-    taken = {node.name.split("/")[0] for node in graph.node}
-    name, i = scope, 0
-    while name in taken:
-        i += 1
-        name = f"{scope}_{i}"
-    return name
-
-
-def _read_name(graph, variable, names: set) -> str:
-    """The `<variable>/Read/ReadVariableOp` node (added when missing)."""
-    read = f"{variable.name}/Read/ReadVariableOp"
-    if read not in names:
-        names.add(read)
-        graph.node.append(
-            node_def_pb2.NodeDef(
-                name=read,
-                op="ReadVariableOp",
-                input=[variable.name],
-                attr=_attr(dtype=variable.attr["dtype"].type),
-            )
-        )
-    return read
-
-
-def _add_saver(meta, variables: list, keys: dict[str, str], saves: bool) -> None:
-    """Adds restore (and with `saves`, save) nodes for `variables`.
-
-    The saver_def of a graph that does not save (serve, eval: loaders only
-    restore, and these graphs never change weights) names a save tensor it
-    does not hold, so a TF1 `Saver` made from it restores and fails loudly
-    if asked to save.
-    """
-    graph = meta.graph_def
-    scope = _unique_scope(graph, SAVER_SCOPE)
-    names = {node.name for node in graph.node}
-    dtypes = [v.attr["dtype"].type for v in variables]
-    tensor_names = f"{scope}/tensor_names"
-    slices = f"{scope}/shape_and_slices"
-    filename = f"{scope}/filename"
-    nodes = [
-        node_def_pb2.NodeDef(
-            name=filename,
-            op="Placeholder",
-            attr=_attr(
-                dtype=types_pb2.DT_STRING, shape=tensor_shape_pb2.TensorShapeProto()
-            ),
-        ),
-        node_def_pb2.NodeDef(
-            name=tensor_names,
-            op="Const",
-            attr=_attr(
-                dtype=types_pb2.DT_STRING,
-                value=_strings([keys[v.name] for v in variables]),
-            ),
-        ),
-        node_def_pb2.NodeDef(
-            name=slices,
-            op="Const",
-            attr=_attr(
-                dtype=types_pb2.DT_STRING, value=_strings([""] * len(variables))
-            ),
-        ),
-    ]
-    if variables:  # RestoreV2 and SaveV2 take at least one tensor.
-        nodes.append(
-            node_def_pb2.NodeDef(
-                name=f"{scope}/RestoreV2",
-                op="RestoreV2",
-                input=[filename, tensor_names, slices],
-                attr=_attr(dtypes=dtypes),
-            )
-        )
-    assigns = []
-    for i, variable in enumerate(variables):
-        assigns.append(f"{scope}/Assign_{i}")
-        nodes.append(
-            node_def_pb2.NodeDef(
-                name=assigns[-1],
-                op="AssignVariableOp",
-                input=[variable.name, f"{scope}/RestoreV2:{i}"],
-                attr=_attr(dtype=variable.attr["dtype"].type),
-            )
-        )
-    nodes.append(
-        node_def_pb2.NodeDef(
-            name=f"{scope}/restore_all",
-            op="NoOp",
-            input=["^" + a for a in assigns],
-        )
-    )
-    if saves and variables:
-        reads = [_read_name(graph, v, names) for v in variables]
-        nodes += [
-            node_def_pb2.NodeDef(
-                name=f"{scope}/SaveV2",
-                op="SaveV2",
-                input=[filename, tensor_names, slices, *reads],
-                attr=_attr(dtypes=dtypes),
-            ),
-            node_def_pb2.NodeDef(
-                name=f"{scope}/control_dependency",
-                op="Identity",
-                input=[filename, f"^{scope}/SaveV2"],
-                attr=_attr(T=types_pb2.DT_STRING),
-            ),
-        ]
-    graph.node.extend(nodes)
-    meta.saver_def.CopyFrom(
-        saver_pb2.SaverDef(
-            filename_tensor_name=f"{filename}:0",
-            save_tensor_name=f"{scope}/control_dependency:0",
-            restore_op_name=f"{scope}/restore_all",
-            max_to_keep=5,
-            sharded=False,
-            keep_checkpoint_every_n_hours=10000.0,
-            version=saver_pb2.SaverDef.V2,
-        )
-    )
-
-
-def _add_variable_collection(meta, variables: list) -> None:
-    """Lists `variables` in the v1 `variables` collection.
-
-    TF reads a SavedModel with several MetaGraphs through its v1 loader,
-    which lifts only the variables of that collection into the loaded
-    object: with it, `tf.saved_model.load(path, tags=["serve"])` exposes the
-    variables, so freezing, tf2onnx and other TF2 tools see the weights, as
-    with a SavedModel written by TF1's `Builder`.
-    """
-    graph = meta.graph_def
-    names = {node.name for node in graph.node}
-    defs = [
-        variable_pb2.VariableDef(
-            variable_name=f"{variable.name}:0",
-            initializer_name=variable.name,
-            snapshot_name=f"{_read_name(graph, variable, names)}:0",
-            is_resource=True,
-        ).SerializeToString()
-        for variable in variables
-    ]
-    collection = meta.collection_def["variables"].bytes_list
-    del collection.value[:]
-    collection.value.extend(defs)
 
 
 def _tensor_node(name: str) -> str:

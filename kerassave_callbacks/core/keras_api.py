@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 
+import tensorflow as tf
+
 from kerassave_callbacks.core import keras3
 
 _INSTALL = "pip install 'kerassave_callbacks[tf_keras]'"
@@ -49,3 +51,26 @@ def adapter_for_config(config: dict, saved_model_path: str):
             f"installed. Install it with: {_INSTALL}"
         ) from e
     return keras2
+
+
+def check_supported(model):
+    """The distribution strategy `model` trains under, once it is known to
+    be one `fit` supports.
+
+    Raises:
+      ValueError: a Keras 3 model under MultiWorkerMirroredStrategy, where
+        its `fit` does not run (keras-team/keras#20585) and saving would
+        hang.
+    """
+    strategy = keras3.strategy_of(model)
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if multi_worker and adapter_for(model) is keras3:
+        raise ValueError(
+            f"Model {model.name!r} is a Keras 3 model under "
+            "MultiWorkerMirroredStrategy, which Keras 3's fit does not support "
+            "(keras-team/keras#20585). Train multi-worker with tf_keras "
+            "(pip install 'kerassave_callbacks[tf_keras]', then build the "
+            "model with tf_keras, or set TF_USE_LEGACY_KERAS=1 and use "
+            "tf.keras); SavedModelExporter works with both."
+        )
+    return strategy

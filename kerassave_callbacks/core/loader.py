@@ -166,6 +166,41 @@ def _restore(values: list, group: str, variables, what: str, path: str, name) ->
         variable.assign(value)
 
 
+def _model_config(saved_model_path: str, keys) -> dict:
+    """The export's Keras JSON config.
+
+    Raises:
+      ValueError: there is none (naming why, and what to load instead), or
+        it is not valid JSON.
+    """
+    json_path = posixpath.join(saved_model_path, layout.MODEL_JSON)
+    if not tf.io.gfile.exists(json_path):
+        if any(k.startswith(layout.MODEL_VARIABLES + "/") for k in keys):
+            why = "the model had no get_config(), so its Keras model cannot be rebuilt"
+        else:
+            why = (
+                "it is not an export of kerassave_callbacks (a SavedModel "
+                "written by tf.saved_model.save or Keras' model.export(), say)"
+            )
+        raise ValueError(
+            f"The export at {saved_model_path!r} has no {layout.MODEL_JSON}: "
+            f"{why}. Load its graphs with tf.saved_model.load(path) (add "
+            "tags=['serve'] for an export of this library)."
+        )
+    return _read_json(saved_model_path, json_path)
+
+
+def _check_lambdas(saved_model_path: str, config: dict, unsafe_ok: bool) -> None:
+    lambdas = _lambda_layers(config)
+    if lambdas and not unsafe_ok:
+        raise ValueError(
+            f"The export at {saved_model_path!r} holds Lambda layers {lambdas}, "
+            "whose Python code would run on load. If you trust this export, "
+            "pass safe_mode=False (or call "
+            "keras.config.enable_unsafe_deserialization())."
+        )
+
+
 def load_from_saved_model(
     saved_model_path: str,
     custom_objects: dict | None = None,
@@ -215,32 +250,10 @@ def load_from_saved_model(
     """
     saved = read_saved_model(saved_model_path)
     reader = open_checkpoint(saved_model_path)
-    keys = reader.get_variable_to_shape_map()
-    json_path = posixpath.join(saved_model_path, layout.MODEL_JSON)
-    if not tf.io.gfile.exists(json_path):
-        if any(k.startswith(layout.MODEL_VARIABLES + "/") for k in keys):
-            why = "the model had no get_config(), so its Keras model cannot be rebuilt"
-        else:
-            why = (
-                "it is not an export of kerassave_callbacks (a SavedModel "
-                "written by tf.saved_model.save or Keras' model.export(), say)"
-            )
-        raise ValueError(
-            f"The export at {saved_model_path!r} has no {layout.MODEL_JSON}: "
-            f"{why}. Load its graphs with tf.saved_model.load(path) (add "
-            "tags=['serve'] for an export of this library)."
-        )
-    config = _read_json(saved_model_path, json_path)
+    config = _model_config(saved_model_path, reader.get_variable_to_shape_map())
     adapter = keras_api.adapter_for_config(config, saved_model_path)
     unsafe_ok = not safe_mode or adapter.unsafe_deserialization_enabled()
-    lambdas = _lambda_layers(config)
-    if lambdas and not unsafe_ok:
-        raise ValueError(
-            f"The export at {saved_model_path!r} holds Lambda layers {lambdas}, "
-            "whose Python code would run on load. If you trust this export, "
-            "pass safe_mode=False (or call "
-            "keras.config.enable_unsafe_deserialization())."
-        )
+    _check_lambdas(saved_model_path, config, unsafe_ok)
     restore_optimizer = compile and _has_train_graph(saved)
     if not compile:
         config.pop("compile_config", None)

@@ -61,7 +61,7 @@ class ModeGraphs:
         self._model_json = self.keras.to_json(model)
         self._layer_assets = self.keras.layer_assets(model)
         # The model whose graphs are traced: `model`, or a single-device copy
-        # of it (see `_single_device_copy`).
+        # of it (`single_device`).
         self.traced_model = model
         with _tf_logs.quiet():
             functions = self._trace(serving_only, target_signature)
@@ -74,29 +74,11 @@ class ModeGraphs:
         # Optimizer slots and compiled metrics are created while tracing:
         # collect what to save only now.
         traced = self.traced_model
-        self.root = tf.Module()
-        setattr(self.root, layout.MODEL_VARIABLES, self.keras.model_variables(traced))
-        if modes.TRAIN in self.modes:
-            optimizer_variables = self.keras.optimizer_variables(traced)
-            setattr(self.root, layout.OPTIMIZER_VARIABLES, optimizer_variables)
-            setattr(
-                self.root, layout.METRIC_VARIABLES, self.keras.metric_variables(traced)
-            )
-        # Tracked, so that tf.saved_model.save saves them and makes the init
-        # op that initializes them when a TF1 session or TF Serving loads.
-        setattr(
-            self.root,
-            layout.RESOURCES,
-            _captured_resources(traced, self._concrete.values()),
-        )
+        self.root = self._saved_root(traced)
         # (checkpoint key, variable) of every variable the export holds.
         self._variables = [
             (layout.variable_key(group, i), v)
-            for group in (
-                layout.MODEL_VARIABLES,
-                layout.OPTIMIZER_VARIABLES,
-                layout.METRIC_VARIABLES,
-            )
+            for group in layout.VARIABLE_GROUPS
             for i, v in enumerate(getattr(self.root, group, []))
         ]
         self._keys = [key for key, _ in self._variables] + [layout.OBJECT_GRAPH_KEY]
@@ -110,6 +92,22 @@ class ModeGraphs:
             self._sources = single_device.model_sources(
                 self.keras, self.model, self.root, modes.TRAIN in self.modes
             )
+
+    def _saved_root(self, traced) -> tf.Module:
+        """The object `tf.saved_model.save` saves: the traced model's
+        variables by group, and the resources its graphs use (tracked, so
+        that the init op initializes them when a TF1 session or TF Serving
+        loads)."""
+        root = tf.Module()
+        setattr(root, layout.MODEL_VARIABLES, self.keras.model_variables(traced))
+        if modes.TRAIN in self.modes:
+            setattr(
+                root, layout.OPTIMIZER_VARIABLES, self.keras.optimizer_variables(traced)
+            )
+            setattr(root, layout.METRIC_VARIABLES, self.keras.metric_variables(traced))
+        resources = _captured_resources(traced, self._concrete.values())
+        setattr(root, layout.RESOURCES, resources)
+        return root
 
     def _trace(self, serving_only: bool, target_signature) -> dict:
         """Traces the mode functions; sets `self.modes`."""
