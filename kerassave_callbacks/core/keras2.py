@@ -14,11 +14,9 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras
 
-from kerassave_callbacks.core import keras3
+from kerassave_callbacks.core import _keras_common
 
-# Written into the JSON config (as Keras 2's own `to_json` does), so the
-# loader knows which Keras wrote the export.
-VERSION_KEY = "keras_version"
+VERSION_KEY = _keras_common.VERSION_KEY
 _PREFIX = "tf_keras."
 
 
@@ -103,12 +101,12 @@ def is_compiled(model) -> bool:
 def has_loss(model) -> bool:
     """True when training the model minimizes something (Keras 2 keeps an
     empty container for `compile(loss=None)`)."""
-    return keras3.has_loss_of(model, _PREFIX)
+    return _keras_common.has_loss_of(model, _PREFIX)
 
 
 def overrides(model, method: str) -> str | None:
     """The class that overrides Keras' `method`, or None for Keras' own."""
-    return keras3.overrides_of(model, method, _PREFIX)
+    return _keras_common.overrides_of(model, method, _PREFIX)
 
 
 def build_optimizer(model) -> None:
@@ -144,7 +142,7 @@ def step(model, x, targets, training: bool):
 
 def uses_ema(model) -> bool:
     """True when `fit` ends by moving the optimizer's EMA into the weights."""
-    return keras3.uses_ema(model)
+    return _keras_common.uses_ema(model)
 
 
 def to_json(model) -> str | None:
@@ -156,13 +154,13 @@ def to_json(model) -> str | None:
     try:
         config = tf_keras.saving.serialize_keras_object(model)
     except NotImplementedError as e:
-        keras3.warn_no_config(model, e)
+        _keras_common.warn_no_config(model, e)
         return None
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and config.get("compile_config"):
         config["compile_config"]["optimizer"] = tf_keras.optimizers.serialize(optimizer)
     config[VERSION_KEY] = tf_keras.__version__
-    return keras3.dumps(config)
+    return _keras_common.dumps(config)
 
 
 def wrote(config: dict) -> bool:
@@ -189,7 +187,7 @@ def layer_assets(model) -> dict[str, bytes]:
     """What `layer.save_assets` writes (an adapted lookup layer's
     vocabulary), as `keras3.layer_assets`: Keras 2 layers have the same
     protocol."""
-    return keras3.assets_of(all_layers(model))
+    return _keras_common.assets_of(all_layers(model))
 
 
 def restore_layer_state(model, assets: dict[str, str]) -> None:
@@ -211,4 +209,4 @@ def steps_only_on_a_copy(model) -> bool:
     """True when a step of `model` can be traced only on a single-device
     copy: Keras 2 updates its metrics (`SyncOnReadVariable`s under a
     distribution strategy) only in a replica context."""
-    return keras3.any_distributed(model_variables(model))
+    return _keras_common.any_distributed(model_variables(model))

@@ -21,15 +21,12 @@ internals the package reads:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
 import keras
 import tensorflow as tf
-from absl import logging
 from keras.src.export import export_utils
 
-from kerassave_callbacks import layout
+from kerassave_callbacks.core import _keras_common
 
 # The module prefix of Keras' own classes (see `overrides`).
 _PREFIX = "keras."
@@ -96,44 +93,19 @@ def is_compiled(model: keras.Model) -> bool:
 
 def has_loss(model: keras.Model) -> bool:
     """True when training the model minimizes something."""
-    return has_loss_of(model, _PREFIX)
-
-
-def has_loss_of(model, prefix: str) -> bool:
-    """`has_loss` of a model whose Keras classes live under `prefix`. An
-    empty loss container (Keras 2's for `compile(loss=None)`) is no loss."""
-    loss = getattr(model, "loss", None)
-    empty = loss is None or (isinstance(loss, (dict, list, tuple)) and not loss)
-    return (
-        not empty
-        or overrides_of(model, "compute_loss", prefix) is not None
-        or bool(model.losses)
-    )
+    return _keras_common.has_loss_of(model, _PREFIX)
 
 
 def overrides(model, method: str) -> str | None:
     """The class that overrides Keras' `method`, or None for Keras' own."""
-    return overrides_of(model, method, _PREFIX)
-
-
-def overrides_of(model, method: str, prefix: str) -> str | None:
-    """`overrides` for a Keras whose own classes live under `prefix`."""
-    for cls in type(model).__mro__:
-        if method in cls.__dict__:
-            return None if cls.__module__.startswith(prefix) else cls.__qualname__
-    return None
-
-
-def strategy_of(model) -> tf.distribute.Strategy:
-    """The distribution strategy `model` was built under (any Keras)."""
-    return getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    return _keras_common.overrides_of(model, method, _PREFIX)
 
 
 def build_optimizer(model: keras.Model) -> None:
     """Creates the optimizer's slots (under a strategy, in its scope)."""
     if model.optimizer.built:
         return
-    with strategy_of(model).scope():
+    with _keras_common.strategy_of(model).scope():
         model.optimizer.build(model.trainable_variables)
 
 
@@ -163,7 +135,7 @@ def step(model: keras.Model, x, targets, training: bool):
 
 def uses_ema(model: keras.Model) -> bool:
     """True when `fit` ends by moving the optimizer's EMA into the weights."""
-    return bool(getattr(getattr(model, "optimizer", None), "use_ema", False))
+    return _keras_common.uses_ema(model)
 
 
 def to_json(model: keras.Model) -> str | None:
@@ -178,37 +150,17 @@ def to_json(model: keras.Model) -> str | None:
     try:
         config = json.loads(model.to_json())
     except NotImplementedError as e:
-        warn_no_config(model, e)
+        _keras_common.warn_no_config(model, e)
         return None
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and config.get("compile_config"):
         config["compile_config"]["optimizer"] = keras.optimizers.serialize(optimizer)
-    return dumps(config)
-
-
-def warn_no_config(model, error: Exception) -> None:
-    logging.warning(
-        "Model %r has no get_config(), so the export holds no %s and "
-        "load_from_saved_model cannot rebuild it (tf.saved_model.load still "
-        "can): %s",
-        model.name,
-        layout.MODEL_JSON,
-        error,
-    )
-
-
-def dumps(config: dict) -> str:
-    """JSON of a config, numpy scalars and arrays as lists."""
-    return json.dumps(config, default=_json_default)
-
-
-def _json_default(value):
-    return value.tolist() if hasattr(value, "tolist") else str(value)
+    return _keras_common.dumps(config)
 
 
 def wrote(config: dict) -> bool:
     """True for the JSON config of a model this adapter wrote."""
-    return "keras_version" not in config
+    return _keras_common.VERSION_KEY not in config
 
 
 def from_config(config: dict, custom_objects, unsafe: bool) -> keras.Model:
@@ -236,21 +188,7 @@ def layer_assets(model: keras.Model) -> dict[str, bytes]:
     of the same index with `load_assets`. (Keras 2 layers follow the same
     protocol.)
     """
-    return assets_of(all_layers(model))
-
-
-def assets_of(layers) -> dict[str, bytes]:
-    """`layer_assets` of these layers, indexed by their position."""
-    assets = {}
-    for index, layer in enumerate(layers):
-        if not hasattr(layer, "save_assets"):
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            layer.save_assets(tmp)  # Local paths only, as Keras writes them.
-            for name in sorted(os.listdir(tmp)):
-                with open(os.path.join(tmp, name), "rb") as f:
-                    assets[f"{index}/{name}"] = f.read()
-    return assets
+    return _keras_common.assets_of(all_layers(model))
 
 
 def restore_layer_state(model: keras.Model, assets: dict[str, str]) -> None:
@@ -285,9 +223,4 @@ def steps_only_on_a_copy(model) -> bool:
     twice as large as `train_on_batch`'s), so the graphs are traced on a
     copy with plain variables, as for Keras 2 (`ModeGraphs`).
     """
-    return any_distributed(model_variables(model))
-
-
-def any_distributed(variables) -> bool:
-    """True when any of these `tf.Variable`s is distributed by a strategy."""
-    return any(isinstance(v, tf.distribute.DistributedValues) for v in variables)
+    return _keras_common.any_distributed(model_variables(model))

@@ -10,12 +10,13 @@ import sys
 
 import tensorflow as tf
 
-from kerassave_callbacks.core import keras3
+from kerassave_callbacks.core import _keras_common, keras3
+from kerassave_callbacks.core.adapter import KerasAdapter
 
 _INSTALL = "pip install 'kerassave_callbacks[tf_keras]'"
 
 
-def adapter_for(model):
+def adapter_for(model) -> KerasAdapter:
     """The adapter module of `model`'s Keras.
 
     Raises:
@@ -34,22 +35,31 @@ def adapter_for(model):
     )
 
 
-def adapter_for_config(config: dict, saved_model_path: str):
+def adapter_for_config(config: dict, saved_model_path: str) -> KerasAdapter:
     """The adapter of the Keras that wrote an export's JSON config.
 
     Raises:
       ImportError: the export was written by `tf_keras`, not installed.
+      ValueError: it was written by a Keras no adapter reads.
     """
     if keras3.wrote(config):
         return keras3
+    version = config.get(_keras_common.VERSION_KEY)
     try:
         from kerassave_callbacks.core import keras2
     except ImportError as e:
         raise ImportError(
             f"The export at {saved_model_path!r} holds a tf_keras (Keras "
-            f"{config.get('keras_version')}) model, and tf_keras is not "
-            f"installed. Install it with: {_INSTALL}"
+            f"{version}) model, and tf_keras is not installed. Install it "
+            f"with: {_INSTALL}"
         ) from e
+    if not keras2.wrote(config):
+        raise ValueError(
+            f"The export at {saved_model_path!r} was written by Keras "
+            f"{version!r}, which this version of kerassave_callbacks cannot "
+            "rebuild (it reads Keras 3 and Keras 2 exports). Load its graphs "
+            "with tf.saved_model.load(path, tags=['serve'])."
+        )
     return keras2
 
 
@@ -62,7 +72,7 @@ def check_supported(model):
         its `fit` does not run (keras-team/keras#20585) and saving would
         hang.
     """
-    strategy = keras3.strategy_of(model)
+    strategy = _keras_common.strategy_of(model)
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     if multi_worker and adapter_for(model) is keras3:
         raise ValueError(
