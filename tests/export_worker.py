@@ -1,7 +1,7 @@
 """A subprocess that exports for the crash and two-process tests.
 
 python export_worker.py loop EXPORT_DIR COUNT   # COUNT exports (0: forever)
-python export_worker.py crash EXPORT_DIR KEEP   # big exports until killed
+python export_worker.py crash EXPORT_DIR KEEP   # big exports until killed (no grace)
 python export_worker.py fsize EXPORT_DIR LIMIT  # export under RLIMIT_FSIZE
 python export_worker.py fsize_one PATH LIMIT    # export_saved_model, the same
 """
@@ -48,7 +48,7 @@ def loop(export_dir: str, count: int) -> None:
 
 
 def crash(export_dir: str, keep: int) -> None:
-    exporter = VersionedExporter(export_dir, keep=keep)
+    exporter = VersionedExporter(export_dir, keep=keep, grace_seconds=0)
     model = _model(16384)  # About 13 MB with Adam state: slow enough to be hit.
     print("ready", flush=True)
     while True:

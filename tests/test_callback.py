@@ -207,8 +207,12 @@ def test_no_event_file_before_the_first_export(tmp_path):
         export_on_train_end=False,
         log_dir=str(tmp_path / "logs"),
     )
-    fit_classifier([exporter], epochs=2)
+    model = fit_classifier([exporter], epochs=2)
     assert not (tmp_path / "logs").exists()
+    # The fifth epoch exports: now the writer is made, and writes its event.
+    fit_classifier([exporter], epochs=5, initial_epoch=2, model=model)
+    acc = events(tmp_path / "logs" / "export")
+    assert [e.step for e in acc.Tensors("export/event")] == [20]
 
 
 def test_events_beside_keras_tensorboard_in_one_log_dir(tmp_path):

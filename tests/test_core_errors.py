@@ -7,6 +7,7 @@ import threading
 import time
 
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -38,8 +39,13 @@ def test_existing_file_path_is_refused(tmp_path):
 
 
 def test_empty_existing_directory_is_accepted(tmp_path):
-    export_saved_model(classifier(), str(tmp_path))
-    assert (tmp_path / "saved_model.pb").exists()
+    model = classifier()
+    export_saved_model(model, str(tmp_path))
+    x = np.ones((2, 4), "float32")
+    served = tf.saved_model.load(str(tmp_path), tags=["serve"])
+    (out,) = served.signatures["serving_default"](features=tf.constant(x)).values()
+    np.testing.assert_allclose(out.numpy(), model(x).numpy(), atol=1e-6)
+    assert not [p for p in tmp_path.parent.iterdir() if p.name.startswith("temp-")]
 
 
 def test_not_a_model_is_a_type_error(tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -20,43 +19,64 @@ from kerassave_callbacks import VersionedExporter, _files, export_saved_model, l
 
 from conftest import classifier
 
-KILLS = 6
+# Where a worker is killed: a predicate on a temporary's directory, checked
+# while the worker exports in a loop (keep=2, no grace: retention retires
+# a version at every export).
+POINTS = {
+    "graph_file_written": lambda t: (
+        (t / "saved_model.pb").exists()
+        and not (t / "variables" / "variables.index").exists()
+    ),
+    "variables_written": lambda t: (
+        (t / "variables" / "variables.index").exists()
+        and not (t / "assets.extra" / "export_info.json").exists()
+    ),
+    "version_being_retired": lambda t: (
+        t / "assets.extra" / "export_info.json"
+    ).exists(),
+}
 
 
-def _temporaries(export_dir) -> list[str]:
-    return [n for n in os.listdir(export_dir) if n.startswith("temp-")]
-
-
-def _kill_mid_export(export_dir, rng: random.Random) -> tuple[int, int]:
-    """Kills an exporting worker; returns its exit code and the temporaries
-    it left (each new worker cleans up those of the one before)."""
+def _kill_when(export_dir, point) -> str:
+    """Starts an exporting worker and SIGKILLs it as soon as one of its
+    temporaries is at `point`; returns that temporary's name."""
     script = os.path.join(os.path.dirname(__file__), "export_worker.py")
     worker = subprocess.Popen(
         [sys.executable, script, "crash", str(export_dir), "2"],
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert worker.stdout.readline().strip() == "ready"
-    worker.stdout.readline()  # The first export is committed: now the hot loop.
-    time.sleep(rng.uniform(0.0, 0.6))
-    worker.send_signal(signal.SIGKILL)
-    worker.wait()
-    return worker.returncode, len(_temporaries(export_dir))
+    try:
+        assert worker.stdout.readline().strip() == "ready"
+        worker.stdout.readline()  # The first export is committed: now the loop.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for name in os.listdir(export_dir):
+                if name.startswith("temp-") and POINTS[point](export_dir / name):
+                    worker.send_signal(signal.SIGKILL)
+                    return name
+            time.sleep(0.0005)
+        raise AssertionError(f"the worker never reached {point}")
+    finally:
+        worker.kill()
+        worker.wait()
 
 
-def test_sigkill_at_random_moments_leaves_only_loadable_versions(tmp_path):
-    rng = random.Random(1234)
-    results = [_kill_mid_export(tmp_path, rng) for _ in range(KILLS)]
-    codes = tuple(code for code, _ in results)
-    leftovers = [left for _, left in results]
+@pytest.mark.parametrize("point", POINTS)
+def test_sigkill_leaves_only_loadable_versions_and_is_cleaned_up(tmp_path, point):
+    seen = _kill_when(tmp_path, point)
+    # The temporary it was writing or deleting is left (or, in the instant
+    # before the kill, became a complete version); nothing half-written has
+    # an integer name.
+    left = os.listdir(tmp_path)
+    assert seen in left or all(n.isdigit() for n in left)
+    for name in [n for n in left if n.isdigit()]:
+        assert _files.missing_files(str(tmp_path / name), (layout.EXPORT_INFO,)) == []
 
-    exporter = VersionedExporter(str(tmp_path), keep=2)
+    exporter = VersionedExporter(str(tmp_path), keep=2)  # Cleans up at start.
 
-    assert codes == (-signal.SIGKILL,) * KILLS
-    assert sum(leftovers) >= 1  # Some kills did land mid-export.
     names = sorted(os.listdir(tmp_path))
-    assert all(n.isdigit() for n in names), names  # Temporaries cleaned up.
-    assert [int(n) for n in names] == exporter.versions()
+    assert [int(n) for n in names] == exporter.versions()  # No temporaries.
     for name in names:
         served = tf.saved_model.load(str(tmp_path / name), tags=["serve"])
         (out,) = served.signatures["serving_default"](x=tf.ones([1, 64])).values()

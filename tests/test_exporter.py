@@ -195,14 +195,14 @@ def test_async_export_holds_the_weights_of_the_moment_it_was_called(tmp_path):
     x, y = classifier_data()
     model = classifier()
     exporter = VersionedExporter(str(tmp_path), keep=None, async_export=True)
-    exporter.export(model)  # The first traces now and writes in the background.
+    first = exporter.export(model)  # Traces now, writes in the background.
     expected = model.predict(x, verbose=0)
     path = exporter.export(model)
     model.fit(x, y, epochs=3, verbose=0)  # Training goes on meanwhile.
     exporter.wait()
 
     assert_close(serve_tf2(path, {"features": x})["logits"], expected)
-    assert len(exporter.versions()) == 2
+    assert exporter.versions() == [first.result().version, path.result().version]
 
 
 def test_the_first_async_export_writes_the_state_of_the_call_in_the_background(

@@ -212,7 +212,15 @@ def test_warn_trains_through_a_failing_tensorboard_writer(tmp_path, caplog):
         model = fit_classifier([BlockLogDir(run_dir, mend_at=1), exporter], epochs=3)
 
     assert int(model.optimizer.iterations) == 12
-    assert len(exporter.versions()) == 3  # The commit stood.
+    steps = [  # Every commit stood.
+        json.loads(
+            (
+                tmp_path / "exports" / str(v) / "assets.extra" / "export_info.json"
+            ).read_text()
+        )["step"]
+        for v in exporter.versions()
+    ]
+    assert steps == [4, 8, 12]
     assert "Could not write export/error to TensorBoard yet" in caplog.text
     acc = events(run_dir)  # Written late, at their own steps.
     assert _steps(acc, "export/version") == [4, 8, 12]
@@ -261,8 +269,10 @@ def test_concurrent_async_exporters_return_only_what_they_committed(tmp_path):
         for _ in range(2)
     ]
     pending = []
-    for e in exporters:
-        e.export(model, epoch=-1).result()  # The first one traces the graphs.
+    firsts = []
+    for e in exporters:  # The first export of each traces its graphs.
+        firsts.append(e.export(model, epoch=-1))
+        firsts[-1].result()
     for round_ in range(4):
         for i, e in enumerate(exporters):
             pending.append((i, round_, e.export(model, epoch=round_, step=i)))
@@ -280,7 +290,10 @@ def test_concurrent_async_exporters_return_only_what_they_committed(tmp_path):
         assert (info["epoch"], info["step"]) == (round_, i)
         assert os.fspath(p) == record.path == str(tmp_path / str(record.version))
         paths.add(record.path)
-    assert len(paths) == 8
+    on_disk = VersionedExporter(str(tmp_path)).versions()
+    first = {f.result().path for f in firsts}
+    assert paths == {str(tmp_path / str(v)) for v in on_disk} - first
+    assert len(paths) == 8  # One version each, none overwritten.
 
 
 # 7. every_n_steps counts optimizer steps.
@@ -322,7 +335,9 @@ def test_a_closed_exporter_stops_its_threads_and_refuses_to_export(tmp_path):
     ) as exporter:
         for _ in range(3):
             pending = exporter.export(model)
-        assert _new_threads(before)
+        # The async writer, and the deleter of the two versions keep=1 dropped.
+        running = {name.rsplit("_", 1)[0] for name in _new_threads(before)}
+        assert running == {"kerassave-export", "kerassave-delete"}
     assert pending.done() and len(exporter.versions()) == 1
     assert _new_threads(before) == []
     with pytest.raises(RuntimeError, match="is closed. Make a new one"):
