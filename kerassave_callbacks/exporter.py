@@ -44,9 +44,11 @@ class VersionedExporter:
     next version number is chosen, but retention never deletes it, nor
     anything through it, and it does not count towards `keep`.
 
-    Threads: `export()`, `wait()` and `close()` are meant for one thread (the
-    training loop); `versions()` and `best_value()` only read and may be
-    called from any thread. `on_commit` runs in the thread that writes.
+    Threads: `export()`, `wait()`, `close()`, `best_value()` and
+    `record_metrics()` are meant for one thread (the training loop; the
+    last two share retention's cache of export infos); `versions()` only
+    reads and may be called from any thread. `on_commit` runs in the
+    thread that writes.
     `close()` (or leaving a `with` block) waits for pending work and stops
     the exporter's threads; a closed exporter refuses to export.
 
