@@ -158,6 +158,7 @@ class SavedModelExporter(keras.callbacks.Callback):
         self._events: events_lib.ExportEvents | None = None
         self._best: float | None = None
         self._last_version: int | None = None
+        self._lines: list[str] = []  # verbose lines not printed yet.
         self._warned_missing = False
         self._closed = False
         self._start_fit()
@@ -169,7 +170,9 @@ class SavedModelExporter(keras.callbacks.Callback):
     def _start_fit(self) -> None:
         """The state of one `fit`, from its start."""
         self._steps = schedule_lib.StepCounter()
-        self._epoch: int | None = None
+        # Epochs completed (what Keras prints as `Epoch n/N` after the n-th,
+        # and what `fit(initial_epoch=...)` takes): what versions record.
+        self._epochs_done: int | None = None
         self._last_step: int | None = None
         # Whether the last export carried its epoch's end-of-epoch metrics.
         self._last_at_epoch_end = False
@@ -259,17 +262,22 @@ class SavedModelExporter(keras.callbacks.Callback):
             self._best = self.exporter.best_value()
 
     def on_epoch_end(self, epoch, logs=None):
+        self._epochs_done = epoch + 1
         if self.schedule.at_epoch_end(epoch):
-            self._maybe_export(epoch, schedule_lib.scalars(logs), at_epoch_end=True)
+            self._maybe_export(
+                self._epochs_done, schedule_lib.scalars(logs), at_epoch_end=True
+            )
 
     def _on_train_batch_end(self, batch, logs=None):
         self._steps = self._steps.after_batch(batch)
         if self._steps.due(self.schedule.every_n_steps):
             self._steps = self._steps.exported()
-            self._maybe_export(self._epoch, schedule_lib.scalars(logs))
+            self._maybe_export(self._epochs_done, schedule_lib.scalars(logs))
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
+        self._epochs_done = epoch
+        if self._lines:
+            self._say()  # Keras has printed the last epoch's line by now.
 
     def on_train_end(self, logs=None):
         if self.exporter is None:
@@ -281,12 +289,14 @@ class SavedModelExporter(keras.callbacks.Callback):
                 self._last_step = None
             retry = self._retry
             if self.schedule.at_train_end:
-                self._export(self._epoch, schedule_lib.scalars(logs))
+                self._export(self._epochs_done, schedule_lib.scalars(logs))
             elif retry is not None and retry.get("step") == self._step():
                 # The failed export was of this very state: try it again.
                 self._export(retry.get("epoch"), retry.get("metrics") or {})
             self._guard(self.exporter.wait)
         finally:
+            if self._lines:
+                self._say()
             if self._events is not None:
                 self._events.close()
                 self._events = None
@@ -432,13 +442,13 @@ class SavedModelExporter(keras.callbacks.Callback):
                 self.monitor.direction,
             )
         if self.verbose:
-            self._say(
-                f"Exported version {record.version} to {record.path} in "
-                f"{record.duration_seconds:.3f}s; removed versions {record.removed}"
-            )
+            # Printed at the next hook after Keras' own epoch line.
+            self._lines.append(events_lib.progress_line(record, self.monitor.name))
 
-    @staticmethod
-    def _say(line: str) -> None:
-        # Like keras.callbacks.ModelCheckpoint's verbose output: to stdout.
-        sys.stdout.write(line + "\n")
+    def _say(self, line: str | None = None) -> None:
+        """Prints the lines of exports committed since the last call (and
+        `line`), as `keras.callbacks.ModelCheckpoint` prints: to stdout."""
+        lines, self._lines = self._lines, []
+        for text in lines + ([line] if line else []):
+            sys.stdout.write(text + "\n")
         sys.stdout.flush()

@@ -41,17 +41,37 @@ _MAX_BACKLOG = 100
 
 def describe(record, monitor: str | None = None) -> str:
     """The one-line text of an export event: the exact version, its absolute
-    path, the epoch counted from 1 as Keras prints it, the monitored metric
+    path, the epochs completed (as Keras prints `Epoch n/N`), the monitored metric
     to 4 significant digits, and the versions retention removed."""
     info = record.info
     parts = [f"Exported version {record.version} to {_absolute(record.path)}"]
     epoch = info.get("epoch")
-    parts.append(f"epoch {epoch + 1}" if epoch is not None else "no epoch")
+    parts.append(f"epoch {epoch}" if epoch is not None else "no epoch")
     if monitor:
         value = (info.get("metrics") or {}).get(monitor)
         parts.append(f"{monitor}={value:.4g}" if value is not None else f"{monitor}=-")
     parts.append(f"removed versions {record.removed}")
     return "; ".join(parts)
+
+
+def progress_line(record, monitor: str | None = None) -> str:
+    """The line `verbose=1` prints for an export, after Keras' epoch line:
+    the epoch (epochs completed, as Keras prints it) or step, the version
+    and its path, the duration, the monitored value if any, and the versions
+    retention removed, if any."""
+    info = record.info
+    epoch, step = info.get("epoch"), info.get("step")
+    when = f"Epoch {epoch}" if epoch is not None else f"Step {step}"
+    line = (
+        f"{when}: exported version {record.version} to {record.path} in "
+        f"{record.duration_seconds:.2f}s"
+    )
+    value = (info.get("metrics") or {}).get(monitor) if monitor else None
+    if value is not None:
+        line += f"; {monitor}={value:.4g}"
+    if record.removed:
+        line += "; removed " + ", ".join(map(str, record.removed))
+    return line
 
 
 class ExportEvents:

@@ -26,7 +26,7 @@ class Version:
       version: the integer version.
       path: its directory.
       created: unix time it was written (export info), or None.
-      epoch: the 0-based epoch it was exported at, or None.
+      epoch: the epochs completed when it was exported, or None.
       step: the optimizer step it was exported at, or None.
       metrics: the metrics recorded with it.
       size_bytes: the bytes of its files.

@@ -237,7 +237,8 @@ class VersionedExporter:
 
         Args:
           model: the `keras.Model` (or `tf_keras.Model`) to export.
-          epoch: recorded in export_info.json (0-based). Defaults to None.
+          epoch: the epochs completed, recorded in export_info.json (what
+            `fit(initial_epoch=...)` takes to resume). Defaults to None.
           step: recorded in export_info.json (optimizer iterations).
             Defaults to None.
           metrics: name -> value, recorded and used by `keep_best`.

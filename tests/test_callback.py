@@ -50,7 +50,7 @@ def test_keeps_the_newest_n_after_more_epochs_with_epoch_and_step(tmp_path):
     model = fit_classifier([exporter], epochs=5)
     infos = _infos(tmp_path)
     assert exporter.versions() == [i["version"] for i in infos]
-    assert [(i["epoch"], i["step"]) for i in infos] == [(3, 16), (4, 20)]
+    assert [(i["epoch"], i["step"]) for i in infos] == [(4, 16), (5, 20)]
     assert set(infos[-1]["metrics"]) == {"loss", "accuracy"}
     x, _ = classifier_data()
     latest = os.path.join(tmp_path, str(infos[-1]["version"]))
@@ -70,7 +70,7 @@ def test_tf_data_with_validation_data_records_validation_metrics(tmp_path):
         callbacks=[SavedModelExporter(str(tmp_path), monitor="val_loss")],
     )
     infos = _infos(tmp_path)
-    assert [i["epoch"] for i in infos] == [0, 1]
+    assert [i["epoch"] for i in infos] == [1, 2]
     assert infos[1]["metrics"]["val_loss"] == pytest.approx(
         model.evaluate(val, verbose=0, return_dict=True)["loss"], rel=1e-5
     )
@@ -90,7 +90,7 @@ def test_keep_best_by_a_scripted_metric(tmp_path):
         ),
     ]
     fit_classifier(callbacks, epochs=6)
-    assert [i["epoch"] for i in _infos(tmp_path)] == [1, 4, 5]
+    assert [i["epoch"] for i in _infos(tmp_path)] == [2, 5, 6]
 
 
 def test_save_best_only_exports_only_improvements(tmp_path):
@@ -102,7 +102,7 @@ def test_save_best_only_exports_only_improvements(tmp_path):
         ),
     ]
     fit_classifier(callbacks, epochs=5)
-    assert [i["epoch"] for i in _infos(tmp_path)] == [0, 2, 4]
+    assert [i["epoch"] for i in _infos(tmp_path)] == [1, 3, 5]
 
 
 def test_save_best_only_remembers_the_best_across_fits(tmp_path):
@@ -121,7 +121,7 @@ def test_every_n_epochs_and_a_final_export_at_train_end(tmp_path):
     fit_classifier(
         [SavedModelExporter(str(tmp_path), keep=None, every_n_epochs=2)], epochs=5
     )
-    assert [i["epoch"] for i in _infos(tmp_path)] == [1, 3, 4]
+    assert [i["epoch"] for i in _infos(tmp_path)] == [2, 4, 5]
 
 
 def test_no_second_export_when_the_last_epoch_was_exported(tmp_path):
@@ -141,10 +141,10 @@ def test_every_n_steps_exports_mid_epoch_without_duplicates(tmp_path):
     exporter = SavedModelExporter(str(tmp_path), keep=None, every_n_steps=3)
     fit_classifier([exporter], epochs=2)  # 4 batches an epoch.
     assert [(i["epoch"], i["step"]) for i in _infos(tmp_path)] == [
-        (0, 3),
-        (0, 4),
+        (0, 3),  # Epochs completed: none yet.
+        (1, 4),
         (1, 6),
-        (1, 8),
+        (2, 8),
     ]
 
 
@@ -264,7 +264,7 @@ def test_async_failure_with_warn_does_not_skip_the_next_export(tmp_path, caplog)
         fit_classifier([breaker, exporter], epochs=3)
 
     assert caplog.text.count("Export failed; training goes on") == 1
-    assert [i["epoch"] for i in _infos(export_dir)] == [2]
+    assert [i["epoch"] for i in _infos(export_dir)] == [3]
     # Recorded at its own step (8), not at the next export's (12).
     acc = events(tmp_path / "logs" / "export")
     assert [e.step for e in acc.Tensors("export/error")] == [8]
@@ -276,7 +276,7 @@ def test_async_export_in_fit_commits_every_version(tmp_path):
         [SavedModelExporter(str(tmp_path), keep=None, async_export=True)]
     )
     infos = _infos(tmp_path)
-    assert [i["epoch"] for i in infos] == [0, 1, 2]
+    assert [i["epoch"] for i in infos] == [1, 2, 3]
     x, _ = classifier_data()
     latest = os.path.join(tmp_path, str(infos[-1]["version"]))
     assert_close(serve_tf2(latest, {"features": x})["logits"], model(x))
@@ -299,18 +299,30 @@ def test_resume_continues_versions_and_retention_beside_backup_and_restore(tmp_p
 
     assert len(first) == len(second) == 2
     assert min(int(v) for v in second) > max(int(v) for v in first)
-    assert [i["epoch"] for i in _infos(export_dir)] == [3, 4]
+    assert [i["epoch"] for i in _infos(export_dir)] == [4, 5]
 
 
-def test_verbose_prints_one_line_per_export(tmp_path, capsys):
-    fit_classifier(
-        [SavedModelExporter(str(tmp_path), keep=1, grace_seconds=0, verbose=1)],
-        epochs=2,
+def test_verbose_prints_one_line_per_export_after_keras_epoch_line(
+    tmp_path, capsys
+):
+    exporter = SavedModelExporter(
+        str(tmp_path), keep=1, grace_seconds=0, monitor="loss", verbose=1
     )
+    x, y = classifier_data()
+    classifier().fit(x, y, epochs=2, batch_size=8, verbose=2, callbacks=[exporter])
     out = capsys.readouterr().out.splitlines()
-    lines = [line for line in out if "Exported version" in line]
-    assert len(lines) == 2
-    assert "removed versions [" in lines[1] and " in " in lines[1]
+
+    first, second = [i for i, line in enumerate(out) if "exported version" in line]
+    # Each comes after Keras' lines for its epoch, and names the epoch (as
+    # Keras counts it), the monitored value and what retention removed.
+    assert out[first - 2] == "Epoch 1/2"
+    assert out[first - 1].startswith("4/4 - ")
+    assert out[second - 2] == "Epoch 2/2" and out[second - 1].startswith("4/4 - ")
+    v1, v2 = (int(out[i].split()[4]) for i in (first, second))
+    assert out[first].startswith(f"Epoch 1: exported version {v1} to ")
+    assert "; loss=" in out[first] and "removed" not in out[first]
+    assert out[second].startswith(f"Epoch 2: exported version {v2} to ")
+    assert out[second].endswith(f"; removed {v1}")
 
 
 @pytest.mark.parametrize(

@@ -84,7 +84,7 @@ def test_list_json_has_one_row_per_version_oldest_first(exports):
         "size_bytes",
         "tags",
     }
-    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert [r["step"] for r in rows] == [3, 6, 9]
     assert rows[0]["tags"] == ["serve", "train", "eval"]
     assert "val_loss" in rows[0]["metrics"] and rows[0]["size_bytes"] > 10_000

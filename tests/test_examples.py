@@ -49,7 +49,7 @@ def test_one_line_per_export_and_nothing_from_tensorflow_that_we_cause(
 ):
     _, output = training_run
     lines = output.splitlines()
-    assert len([line for line in lines if "Exported version" in line]) == 3
+    assert len([line for line in lines if ": exported version " in line]) == 3
     for noise in (
         "signature_serialization",
         "functional_saver",

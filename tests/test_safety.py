@@ -252,9 +252,9 @@ def test_a_failed_last_async_export_is_retried_at_train_end(tmp_path):
     for version in exporter.versions():
         path = export_dir / str(version) / "assets.extra" / "export_info.json"
         infos.append(json.loads(path.read_text()))
-    # Epoch 2's async export failed (the break also removed the older
+    # The third epoch's async export failed (the break also removed the older
     # versions); the retry at train end committed it.
-    assert [(i["epoch"], i["step"]) for i in infos] == [(2, 12)]
+    assert [(i["epoch"], i["step"]) for i in infos] == [(3, 12)]
     assert int(model.optimizer.iterations) == 12
 
 

@@ -75,7 +75,7 @@ function table(rows) {
     if (r.serving) chip(version, "serving", "served");
     if (r.best) chip(version, "best", "best");
     cell(tr, when(r));
-    cell(tr, r.epoch == null ? "" : String(r.epoch + 1), "num");
+    cell(tr, r.epoch == null ? "" : String(r.epoch), "num");
     cell(tr, r.step ?? "", "num");
     const value = r.monitor_value;
     cell(tr, r.monitor ? `${r.monitor}=${value == null ? "-" :
