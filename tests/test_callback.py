@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerassave_callbacks import ExportError, SavedModelExporter
+from kerassave_callbacks import ExportError, SavedModelExporter, load_from_saved_model
 
 from conftest import classifier, classifier_data
 from helpers import (
@@ -302,9 +302,7 @@ def test_resume_continues_versions_and_retention_beside_backup_and_restore(tmp_p
     assert [i["epoch"] for i in _infos(export_dir)] == [4, 5]
 
 
-def test_verbose_prints_one_line_per_export_after_keras_epoch_line(
-    tmp_path, capsys
-):
+def test_verbose_prints_one_line_per_export_after_keras_epoch_line(tmp_path, capsys):
     exporter = SavedModelExporter(
         str(tmp_path), keep=1, grace_seconds=0, monitor="loss", verbose=1
     )
@@ -450,3 +448,18 @@ def test_a_step_export_at_an_epoch_end_leaves_a_version_with_its_metrics(tmp_pat
     assert [i["step"] for i in infos] == [2, 3, 4, 6]
     with_val = [i["step"] for i in infos if "val_loss" in i["metrics"]]
     assert with_val == [3, 6]
+
+
+def test_a_versions_epoch_is_where_training_resumes(tmp_path):
+    fit_classifier([SavedModelExporter(str(tmp_path), keep=None)], epochs=2)
+    newest = _infos(tmp_path)[-1]
+    model = load_from_saved_model(str(tmp_path / str(newest["version"])))
+    fit_classifier(
+        [SavedModelExporter(str(tmp_path), keep=None)],
+        epochs=4,
+        initial_epoch=newest["epoch"],
+        model=model,
+    )
+    infos = _infos(tmp_path)
+    assert [i["epoch"] for i in infos] == [1, 2, 3, 4]
+    assert [i["step"] for i in infos] == [4, 8, 12, 16]  # The Adam step too.
