@@ -16,6 +16,7 @@ from tensorflow.python.framework import convert_to_constants
 
 from kerassave_callbacks import (
     SavedModelExporter,
+    VersionedExporter,
     export_saved_model,
     load_from_saved_model,
 )
@@ -441,3 +442,57 @@ def test_signature_outputs_keep_their_static_shapes(tmp_path):
             }
         assert shapes["loss"] == []
         assert shapes["predictions/logits"] == [None, 3]
+
+
+FINGERPRINT_LOAD = """
+import sys
+import tensorflow as tf
+tf.get_logger().setLevel("INFO")
+from absl import logging
+logging.set_verbosity(logging.INFO)
+for tags in (["serve"], ["train"]):
+    tf.saved_model.load(sys.argv[1], tags=tags)
+print(tf.saved_model.experimental.read_fingerprint(sys.argv[1]).checkpoint_hash)
+"""
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"serving_only": True}], ids=["full", "serving_only"]
+)
+def test_every_export_has_the_fingerprint_of_its_files(tmp_path, options):
+    model = classifier()
+    x, y = classifier_data()
+    exporter = VersionedExporter(str(tmp_path), keep=None, **options)
+    model.fit(x, y, epochs=1, verbose=0)  # Builds Adam: the graphs stay.
+    first = exporter.export(model)
+    model.fit(x, y, epochs=1, verbose=0)
+    second = exporter.export(model)
+
+    a, b = (tf.saved_model.experimental.read_fingerprint(p) for p in (first, second))
+    assert a.saved_model_checksum == b.saved_model_checksum  # The same graphs,
+    assert a.checkpoint_hash != b.checkpoint_hash  # other weights.
+    assert a.saved_model_checksum != 0 and a.signature_def_hash != 0
+
+
+def test_loaders_find_the_fingerprint(tmp_path):
+    path = tmp_path / "export"
+    export_saved_model(classifier(), str(path))
+    out = subprocess.run(
+        [sys.executable, "-c", FINGERPRINT_LOAD, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Fingerprint not found" not in out.stderr
+    assert int(out.stdout.strip().splitlines()[-1]) != 0
+
+
+def test_a_text_export_has_no_zero_fingerprint(tmp_path):
+    # TF fingerprints only saved_model.pb; of a .pbtxt it would write zeros.
+    export_saved_model(classifier(), str(tmp_path / "text"), as_text=True)
+    assert sorted(os.listdir(tmp_path / "text")) == [
+        "assets",
+        "saved_model.pbtxt",
+        "variables",
+    ]

@@ -19,6 +19,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from kerassave_callbacks import _files, _fs, layout
 from kerassave_callbacks.core import (
+    _fingerprint,
     _tf_logs,
     graph_split,
     keras_api,
@@ -255,6 +256,7 @@ class ModeGraphs:
         self._write_keras_assets(path)
         if self._warmup:
             warmup.write(path, self._warmup)
+        _fingerprint.write(path)  # Of the files written, last.
 
     def _serialize_graphs(self, path: str) -> None:
         options = graph_split.save_options(self.modes)
@@ -299,7 +301,7 @@ class ModeGraphs:
         self._saved_model = graph_split.split_by_mode(saved, self.modes, shapes)
         tf.io.gfile.remove(pb_path)
         # TF fingerprints the graph it wrote; after the split that
-        # fingerprint no longer describes the file, so it is left out.
+        # fingerprint no longer describes the file: `write` makes its own.
         fingerprint = posixpath.join(path, layout.FINGERPRINT)
         if tf.io.gfile.exists(fingerprint):
             tf.io.gfile.remove(fingerprint)
