@@ -1,13 +1,15 @@
 """Export events in TensorBoard, written with TF2 summaries.
 
 Tags (a contract with dashboards and with the tests): scalars
-`export/duration_seconds`, `export/size_bytes`, `export/versions_kept`,
-`export/version`; text `export/event` for each export and `export/error` for
-a failed one; and `export/record`, the JSON the Exports dashboard reads.
+`export/duration_seconds`, `export/size_bytes`, `export/versions_kept`
+(each with its unit as the chart's description); text `export/event` for
+each export and `export/error` for a failed one; and `export/record`, the
+JSON the Exports dashboard reads.
 
-Scalars are float32, the only dtype TensorBoard's default loader shows, so
-`export/version` (about 1.8e9) charts to the nearest 128; the text event
-names the exact version. The writer is made at the first event (no event
+Scalars are float32, the only dtype TensorBoard's default loader shows. So
+there is no `export/version` scalar: float32 cannot hold a version number
+(about 1.8e9 charts to the nearest 128); the text event and the dashboard
+name the exact version. The writer is made at the first event (no event
 file before), flushed after each, and closed at the end of training. An
 event that cannot be written (the log directory is unwritable for a while)
 is kept and written at its own step by the next write that succeeds.
@@ -26,7 +28,6 @@ from tensorboard.compat.proto import summary_pb2
 DURATION = "export/duration_seconds"
 SIZE = "export/size_bytes"
 VERSIONS_KEPT = "export/versions_kept"
-VERSION = "export/version"
 EVENT = "export/event"
 ERROR = "export/error"
 RUN = "export"
@@ -140,7 +141,6 @@ class ExportEvents:
                 DURATION: float(record.duration_seconds),
                 SIZE: float(record.size_bytes),
                 VERSIONS_KEPT: float(len(record.kept)),
-                VERSION: float(record.version),
             },
             {EVENT: describe(record, monitor), RECORD: json.dumps(fields)},
         )
@@ -158,9 +158,17 @@ class ExportEvents:
                 self._writer = None
 
 
+# What each chart counts, shown as its description.
+_UNITS = {
+    DURATION: "Seconds from the call of export() to the end of retention.",
+    SIZE: "Bytes of the version directory.",
+    VERSIONS_KEPT: "Versions on disk after retention.",
+}
+
+
 def _write_event(step: int, scalars: dict, texts: dict) -> None:
     for tag, value in scalars.items():
-        tf.summary.scalar(tag, value, step=step)  # float32
+        tf.summary.scalar(tag, value, step=step, description=_UNITS[tag])  # float32
     for tag, value in texts.items():
         if tag == RECORD:
             tf.summary.write(tag, tf.constant(value), step=step, metadata=_RECORD_META)

@@ -181,7 +181,7 @@ def test_warn_trains_through_a_retention_failure(tmp_path):
     assert int(model.optimizer.iterations) == 12
     acc = events(tmp_path / "logs" / "export")
     assert _steps(acc, "export/error") == [8, 12]
-    assert _steps(acc, "export/version") == [8, 12]
+    assert _steps(acc, "export/event") == [8, 12]
     for event in acc.Tensors("export/error"):
         error = event.tensor_proto.string_val[0].decode()
         assert "was committed to" in error and "retention could not remove" in error
@@ -223,7 +223,7 @@ def test_warn_trains_through_a_failing_tensorboard_writer(tmp_path, caplog):
     assert steps == [4, 8, 12]
     assert "Could not write export/error to TensorBoard yet" in caplog.text
     acc = events(run_dir)  # Written late, at their own steps.
-    assert _steps(acc, "export/version") == [4, 8, 12]
+    assert _steps(acc, "export/event") == [4, 8, 12]
     assert _steps(acc, "export/error") == [4]
 
 
