@@ -65,7 +65,14 @@ def _saved_model(path: str):
     try:
         return loader.read_saved_model(path)
     except FileNotFoundError as e:
-        raise UsageError(f"{path} holds no saved_model.pb") from e
+        versions = export_dir_lib.ExportDir(path).versions()
+        hint = (
+            f": it is an export directory; inspect one of its versions, e.g. "
+            f"kerassave inspect {posixpath.join(path.rstrip('/'), str(versions[-1]))}"
+            if versions
+            else ""
+        )
+        raise UsageError(f"{path} holds no saved_model.pb{hint}") from e
     except ValueError as e:
         raise UsageError(str(e)) from e
 
@@ -77,6 +84,7 @@ def cmd_list(args) -> tuple[int, object]:
     rows = _export_dir(args.export_dir).describe()
     if args.json:
         return OK, [r.to_json() for r in rows]
+    marks = _marks(rows, options.Monitor(args.monitor or None, args.mode))
     lines = [
         f"{'version':>12}  {'created':19}  {'epoch':>5}  {'step':>7}  "
         f"{'size':>10}  {'tags':16}  metrics"
@@ -88,13 +96,32 @@ def cmd_list(args) -> tuple[int, object]:
             else "-"
         )
         metrics = " ".join(f"{k}={_short(v)}" for k, v in sorted(r.metrics.items()))
-        pin = " (pinned link)" if r.pinned else ""
         lines.append(
             f"{r.version:>12}  {created:19}  {_dash(r.epoch):>5}  "
-            f"{_dash(r.step):>7}  {_size(r.size_bytes):>10}  "
-            f"{' '.join(r.tags):16}  {metrics}{pin}"
+            f"{_dash(r.step):>7}  {format_size(r.size_bytes):>10}  "
+            f"{' '.join(r.tags):16}  {metrics}{marks.get(r.version, '')}"
         )
     return OK, "\n".join(lines)
+
+
+def _marks(rows, monitor: options.Monitor) -> dict[int, str]:
+    """What the dashboard marks too: the version TF Serving serves (the
+    newest), the best by `monitor`, and links the user pinned."""
+    marks = {r.version: [] for r in rows}
+    if rows:
+        marks[rows[-1].version].append("served")
+    if monitor.name:
+        known = [
+            retention.Version(r.version, 0.0, monitor.value(r.metrics))
+            for r in rows
+            if not r.pinned
+        ]
+        for version in retention.best_versions(known, 1, monitor):
+            marks[version].append(f"best {monitor.name}")
+    for r in rows:
+        if r.pinned:
+            marks[r.version].append("pinned")
+    return {v: f"  ({', '.join(m)})" for v, m in marks.items() if m}
 
 
 def cmd_inspect(args) -> tuple[int, object]:
@@ -211,7 +238,7 @@ def cmd_cleanup(args) -> tuple[int, object]:
 def cmd_serving_config(args) -> tuple[int, object]:
     export_dir = _export_dir(args.export_dir)
     try:
-        from google.protobuf import text_format
+        from google.protobuf import json_format, text_format
         from tensorflow_serving.config import model_server_config_pb2
     except ImportError as e:
         raise UsageError(
@@ -238,10 +265,11 @@ def cmd_serving_config(args) -> tuple[int, object]:
         if not best:
             raise UsageError(f"no version in {base} records {args.monitor!r}")
         policy.specific.versions.extend(best)
-    text = text_format.MessageToString(config)
     if args.json:
-        return OK, {"config": text}
-    return OK, text.rstrip("\n")
+        return OK, json_format.MessageToDict(
+            config, preserving_proto_field_name=True
+        )
+    return OK, text_format.MessageToString(config).rstrip("\n")
 
 
 # Formatting.
@@ -255,7 +283,8 @@ def _short(value) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
-def _size(n: int) -> str:
+def format_size(n: int) -> str:
+    """Bytes as people read them (`145.3 KiB`), the dashboard's format too."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -282,7 +311,11 @@ def parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         return p
 
-    add("list", cmd_list, "one row per complete version, oldest first", "export_dir")
+    listing = add(
+        "list", cmd_list, "one row per complete version, oldest first", "export_dir"
+    )
+    listing.add_argument("--monitor", default="", help="mark the best by it")
+    listing.add_argument("--mode", choices=options.MODES, default="auto")
     add("inspect", cmd_inspect, "tags, signatures and export info", "path")
     add("verify", cmd_verify, "load every version as TF Serving does", "path")
     prune = add("prune", cmd_prune, "apply the exporter's retention", "export_dir")

@@ -377,3 +377,37 @@ def test_help_and_list_import_neither_tensorflow_nor_keras(command, shows, expor
     *shown, last = out.stdout.strip().splitlines()
     assert json.loads(last) == {"code": 0, "heavy": []}
     assert shows.format(**fill) in "\n".join(shown)
+
+
+def test_serving_config_json_is_the_config_itself(exports):
+    export_dir, _, _ = exports
+    args = ["serving_config", export_dir, "--name", "clf"]
+    text = kerassave(*args, check_code=0).stdout
+    as_json = json.loads(kerassave(*args, "--json", check_code=0).stdout)
+
+    from google.protobuf import json_format
+
+    parsed = json_format.ParseDict(as_json, model_server_config_pb2.ModelServerConfig())
+    assert parsed == text_format.Parse(
+        text, model_server_config_pb2.ModelServerConfig()
+    )
+    assert as_json["model_config_list"]["config"][0]["name"] == "clf"
+
+
+def test_list_marks_the_served_and_the_best_version(exports):
+    export_dir, versions, losses = exports
+    out = kerassave("list", export_dir, "--monitor", "val_loss", check_code=0).stdout
+    rows = {int(line.split()[0]): line for line in out.splitlines()[1:]}
+    best = min(losses, key=losses.get)
+
+    assert rows[versions[-1]].rstrip().endswith(")") and "served" in rows[versions[-1]]
+    assert "best val_loss" in rows[best]
+    marked = [v for v, line in rows.items() if "(" in line]
+    assert sorted(marked) == sorted({versions[-1], best})
+    assert all(" KiB " in line or " MiB " in line for line in rows.values())
+
+
+def test_inspect_of_an_export_directory_names_a_version_to_inspect(exports):
+    export_dir, versions, _ = exports
+    out = kerassave("inspect", export_dir, check_code=2)
+    assert f"kerassave inspect {export_dir}/{versions[-1]}" in out.stderr

@@ -3,6 +3,7 @@ headless Chromium."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -92,6 +93,7 @@ def test_chromium_renders_the_table(trained_with_a_failure, tmp_path):
     assert dom.count('<tr class="failed"') == 1 and "failed: Export of version" in dom
     assert f'<tr class="kept" data-version="{versions[-1]}">' in dom
     assert ">served<" in dom and ">best<" in dom
+    assert re.search(r">\d+\.\d KiB<", dom)  # As `kerassave list` prints sizes.
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert screenshot.stat().st_size > 10_000
 

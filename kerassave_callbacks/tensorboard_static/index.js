@@ -40,8 +40,13 @@ function cell(row, text, className) {
   return td;
 }
 
-function mib(bytes) {
-  return bytes == null ? "" : `${(bytes / 1048576).toFixed(2)} MiB`;
+// As `kerassave list` prints sizes (cli.format_size).
+function size(bytes) {
+  if (bytes == null) return "";
+  const units = ["B", "KiB", "MiB", "GiB"];
+  let n = bytes, unit = 0;
+  while (n >= 1024 && unit < units.length - 1) { n /= 1024; unit += 1; }
+  return unit === 0 ? `${n.toFixed(0)} B` : `${n.toFixed(1)} ${units[unit]}`;
 }
 
 function when(record) {
@@ -82,7 +87,7 @@ function table(rows) {
         Number(value).toPrecision(4)}` : "");
     cell(tr, r.duration_seconds == null ? "" :
         `${r.duration_seconds.toFixed(3)} s`, "num");
-    cell(tr, mib(r.size_bytes), "num");
+    cell(tr, size(r.size_bytes), "num");
     if (r.status === "failed") {
       cell(tr, `failed: ${r.error}`, "error status");
     } else {
