@@ -14,7 +14,11 @@ import os
 import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from kerassave_callbacks import _startup  # noqa: E402 (imports no TensorFlow)
+
+# TensorFlow's C++ start-up lines kept off the terminal (unless you set
+# TF_CPP_MIN_LOG_LEVEL): the package's helper for its own entry points.
+_startup.import_tensorflow()
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import digits  # noqa: E402

@@ -16,7 +16,11 @@ from __future__ import annotations
 import os
 import random
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from kerassave_callbacks import _startup  # noqa: E402 (imports no TensorFlow)
+
+# TensorFlow's C++ start-up lines kept off the terminal (unless you set
+# TF_CPP_MIN_LOG_LEVEL): the package's helper for its own entry points.
+_startup.import_tensorflow()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

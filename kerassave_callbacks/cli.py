@@ -25,10 +25,12 @@ import posixpath
 import sys
 import time
 
-from kerassave_callbacks import _files, deleter, options, retention
+from kerassave_callbacks import _files, _startup, deleter, options, retention
 from kerassave_callbacks import export_dir as export_dir_lib
 
 OK, FAILED, USAGE = 0, 1, 2
+# The verbs that read graphs, and so import TensorFlow.
+_READS_GRAPHS = ("inspect", "verify", "serving_config")
 
 
 class UsageError(Exception):
@@ -356,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("keep", "keep_best", "grace_seconds"):
             if getattr(args, name, 0) < 0:
                 raise UsageError(f"--{name} must be >= 0")
+        if args.command in _READS_GRAPHS:
+            _startup.import_tensorflow()
         code, result = args.fn(args)
     except UsageError as e:
         print(f"kerassave: error: {e}", file=sys.stderr)
