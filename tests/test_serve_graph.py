@@ -496,3 +496,16 @@ def test_a_text_export_has_no_zero_fingerprint(tmp_path):
         "saved_model.pbtxt",
         "variables",
     ]
+
+
+def test_tfsmlayer_calls_a_serving_only_export_as_a_keras_export(tmp_path):
+    model = classifier()
+    x, _ = classifier_data()
+    export_saved_model(model, str(tmp_path / "serve"), serving_only=True)
+
+    layer = keras.layers.TFSMLayer(str(tmp_path / "serve"))  # Endpoint "serve".
+    out = layer(tf.constant(x))
+
+    np.testing.assert_allclose(
+        np.asarray(out["logits"]), model.predict(x, verbose=0), atol=1e-5
+    )

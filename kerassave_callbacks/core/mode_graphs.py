@@ -108,6 +108,10 @@ class ModeGraphs:
             setattr(root, layout.METRIC_VARIABLES, self.keras.metric_variables(traced))
         resources = _captured_resources(traced, self._concrete.values())
         setattr(root, layout.RESOURCES, resources)
+        if self.modes == (modes.SERVE,):
+            # As Keras' model.export() names it, for keras.layers.TFSMLayer
+            # (TF2 reads a one-MetaGraph export natively, attributes too).
+            root.serve = self.signatures[modes.SERVE.signature_key]
         return root
 
     def _trace(self, serving_only: bool, target_signature) -> dict:
