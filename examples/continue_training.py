@@ -75,6 +75,9 @@ def continue_training(export_dir: str, steps: int) -> tuple[float, float]:
 
 def main(argv):
     del argv
+    # TF1 sessions are what this example shows: TF logs its v1 loader as
+    # deprecated and each restore as INFO, through two handlers. Errors only.
+    tf.get_logger().setLevel("ERROR")
     before, after = continue_training(_EXPORT_DIR.value, _STEPS.value)
     print(f"eval loss before: {before:.4f}")
     print(f"eval loss after {_STEPS.value} train steps: {after:.4f}")

@@ -411,3 +411,18 @@ def test_inspect_of_an_export_directory_names_a_version_to_inspect(exports):
     export_dir, versions, _ = exports
     out = kerassave("inspect", export_dir, check_code=2)
     assert f"kerassave inspect {export_dir}/{versions[-1]}" in out.stderr
+
+
+def test_verify_prints_no_tensorflow_start_up_lines(exports):
+    export_dir, _, _ = exports
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    out = subprocess.run(
+        [sys.executable, "-m", "kerassave_callbacks", "verify", str(export_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stderr == ""  # No start-up lines, no warnings of our calls.
+    assert out.stdout.count(": ok") == 3
