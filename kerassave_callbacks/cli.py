@@ -245,7 +245,8 @@ def cmd_serving_config(args) -> tuple[int, object]:
     except ImportError as e:
         raise UsageError(
             "serving_config needs tensorflow-serving-api (TensorFlow 2.21 or "
-            "newer): pip install 'kerassave_callbacks[serving]'"
+            "newer): pip install 'tensorflow-serving-api==<your TensorFlow's "
+            "major.minor>.*' (or pip install -e '.[serving]' in a checkout)"
         ) from e
     config = model_server_config_pb2.ModelServerConfig()
     model = config.model_config_list.config.add()
@@ -268,9 +269,7 @@ def cmd_serving_config(args) -> tuple[int, object]:
             raise UsageError(f"no version in {base} records {args.monitor!r}")
         policy.specific.versions.extend(best)
     if args.json:
-        return OK, json_format.MessageToDict(
-            config, preserving_proto_field_name=True
-        )
+        return OK, json_format.MessageToDict(config, preserving_proto_field_name=True)
     return OK, text_format.MessageToString(config).rstrip("\n")
 
 

@@ -196,7 +196,7 @@ def test_tf_keras_is_optional(tmp_path):
         path,
         tmp_path / "keras3",
     )
-    assert "tf_keras" in out and "kerassave_callbacks[tf_keras]" in out
+    assert "pip install 'tf_keras==" in out and "-e '.[tf_keras]'" in out
     assert "import kerassave_callbacks" not in out
 
 

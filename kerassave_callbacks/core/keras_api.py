@@ -13,7 +13,11 @@ import tensorflow as tf
 from kerassave_callbacks.core import _keras_common, keras3
 from kerassave_callbacks.core.adapter import KerasAdapter
 
-_INSTALL = "pip install 'kerassave_callbacks[tf_keras]'"
+# Matches the TensorFlow it runs with (Keras 2 ships in step with it).
+_INSTALL = (
+    "pip install 'tf_keras==<your TensorFlow's major.minor>.*' (or, in a "
+    "checkout of kerassave_callbacks, pip install -e '.[tf_keras]')"
+)
 
 
 def adapter_for(model) -> KerasAdapter:
@@ -79,8 +83,8 @@ def check_supported(model):
             f"Model {model.name!r} is a Keras 3 model under "
             "MultiWorkerMirroredStrategy, which Keras 3's fit does not support "
             "(keras-team/keras#20585). Train multi-worker with tf_keras "
-            "(pip install 'kerassave_callbacks[tf_keras]', then build the "
-            "model with tf_keras, or set TF_USE_LEGACY_KERAS=1 and use "
-            "tf.keras); SavedModelExporter works with both."
+            f"({_INSTALL}, then build the model with tf_keras, or set "
+            "TF_USE_LEGACY_KERAS=1 and use tf.keras); SavedModelExporter works "
+            "with both."
         )
     return strategy

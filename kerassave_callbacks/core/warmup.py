@@ -28,7 +28,8 @@ def serving_protos():
         raise ImportError(
             "warmup_inputs needs the tensorflow-serving-api package, which "
             "requires TensorFlow 2.21 or newer. Install it with: pip install "
-            "'kerassave_callbacks[serving]'"
+            "'tensorflow-serving-api==<your TensorFlow's major.minor>.*' (or, in "
+            "a checkout of kerassave_callbacks, pip install -e '.[serving]')"
         ) from e
     return predict_pb2, prediction_log_pb2
 
