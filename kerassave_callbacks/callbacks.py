@@ -88,18 +88,13 @@ class SavedModelExporter(keras.callbacks.Callback):
       retention, options, schedule: a `RetentionPolicy`, `ExportOptions` or
         `ExportSchedule` instead of the keywords it holds. Default to None.
 
-    With `on_error="warn"` nothing an export does stops training: a model
-    whose graphs cannot be traced, a failed write, a failed retention pass
-    or a failing TensorBoard writer is logged, recorded as `export/error` at
-    the step of the export it belongs to (as soon as the events can be
-    written again), and the next export goes on; a failure after the commit
-    never removes the committed version. A failed last export is tried once
-    more at the end of training.
-
-    The callback keeps its exporter (and the traced graphs) across `fit`
-    calls; `close()`, or leaving a `with` block, waits for pending exports
-    and stops the exporter's threads. Its hooks run in the training thread;
-    `versions()` may be called from any thread.
+    With `on_error="warn"` nothing an export does stops training: each
+    failure is logged and recorded as `export/error` at the step of its
+    export, and the next export goes on; a failure after the commit never
+    removes the version. A failed last export is tried again at train end.
+    The callback keeps its exporter (and traced graphs) across `fit` calls;
+    `close()`, or leaving a `with` block, waits for pending exports and
+    stops its threads. `versions()` may be called from any thread.
 
     Raises:
       TypeError, ValueError: a bad argument, named in the message; at

@@ -45,12 +45,11 @@ class VersionedExporter:
     anything through it, and it does not count towards `keep`.
 
     Threads: `export()`, `wait()`, `close()`, `best_value()` and
-    `record_metrics()` are meant for one thread (the training loop; the
-    last two share retention's cache of export infos); `versions()` only
-    reads and may be called from any thread. `on_commit` runs in the
-    thread that writes.
-    `close()` (or leaving a `with` block) waits for pending work and stops
-    the exporter's threads; a closed exporter refuses to export.
+    `record_metrics()` are for one thread (the training loop; the last two
+    share retention's cache); `versions()` may be called from any thread.
+    `on_commit` runs in the thread that writes. `close()` (or leaving a
+    `with` block) waits for pending work and stops the exporter's threads;
+    a closed exporter refuses to export.
 
     Example:
 
