@@ -31,7 +31,9 @@ POINTS = {
         (t / "variables" / "variables.index").exists()
         and not (t / "assets.extra" / "export_info.json").exists()
     ),
-    "version_being_retired": lambda t: (
+    # A whole version under a temporary name: staged and about to be
+    # committed, or retired by retention and being deleted.
+    "whole_version_in_a_temporary": lambda t: (
         t / "assets.extra" / "export_info.json"
     ).exists(),
 }
