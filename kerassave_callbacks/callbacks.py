@@ -327,9 +327,10 @@ class SavedModelExporter(keras.callbacks.Callback):
             self._wait_for_pending()  # The best so far counts only if committed.
             if not self.monitor.better(value, self._best):
                 if self.verbose:
-                    self._say(
+                    best = "-" if self._best is None else f"{self._best:.4g}"
+                    self._lines.append(  # Printed after Keras' epoch line.
                         f"Epoch {epoch}: {self.monitor.name} did not improve from "
-                        f"{self._best}; no export."
+                        f"{best}; no export."
                     )
                 return
         self._export(epoch, metrics, at_epoch_end=at_epoch_end)
@@ -440,10 +441,10 @@ class SavedModelExporter(keras.callbacks.Callback):
             # Printed at the next hook after Keras' own epoch line.
             self._lines.append(events_lib.progress_line(record, self.monitor.name))
 
-    def _say(self, line: str | None = None) -> None:
-        """Prints the lines of exports committed since the last call (and
-        `line`), as `keras.callbacks.ModelCheckpoint` prints: to stdout."""
+    def _say(self) -> None:
+        """Prints the lines of exports since the last call, as
+        `keras.callbacks.ModelCheckpoint` prints: to stdout."""
         lines, self._lines = self._lines, []
-        for text in lines + ([line] if line else []):
+        for text in lines:
             sys.stdout.write(text + "\n")
         sys.stdout.flush()

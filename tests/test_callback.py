@@ -460,3 +460,16 @@ def test_a_versions_epoch_is_where_training_resumes(tmp_path):
     infos = _infos(tmp_path)
     assert [i["epoch"] for i in infos] == [1, 2, 3, 4]
     assert [i["step"] for i in infos] == [4, 8, 12, 16]  # The Adam step too.
+
+
+def test_verbose_says_when_the_monitor_did_not_improve(tmp_path, capsys):
+    exporter = SavedModelExporter(
+        str(tmp_path), monitor="my_loss", save_best_only=True, verbose=1
+    )
+    x, y = classifier_data()
+    callbacks = [Scripted("my_loss", [0.5, 0.7]), exporter]
+    classifier().fit(x, y, epochs=2, batch_size=8, verbose=2, callbacks=callbacks)
+    out = capsys.readouterr().out.splitlines()
+
+    said = out.index("Epoch 2: my_loss did not improve from 0.5; no export.")
+    assert out[said - 2] == "Epoch 2/2" and out[said - 1].startswith("4/4 - ")
