@@ -98,7 +98,7 @@ def test_exports_to_keep_flag_applies(tmp_path):
 
 
 def test_train_digits_on_two_workers_with_tf_keras(tmp_path):
-    """The README's multi-worker launch: two processes, one working
+    """The multi-worker launch of docs/keras2.md: two processes, one working
     directory; only the chief exports."""
     script = os.path.join(EXAMPLES, "train_digits.py")
     workers = [
