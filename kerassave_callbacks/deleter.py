@@ -11,22 +11,28 @@ it.
 from __future__ import annotations
 
 import concurrent.futures
+import posixpath
 import threading
 import time
 from collections.abc import Callable
 
 from absl import logging
 
-from kerassave_callbacks import _files
+from kerassave_callbacks import _files, layout
 
 
 def delete_version(path: str, now: float) -> None:
-    """Retires the version at `path`, then removes its files.
+    """Retires the version at `path`, then removes its files; a version a
+    link points to now (the user pinned it since retention decided) stays.
 
     Raises:
       ValueError: `path` is a symbolic link (never deleted).
       OSError: it could not be retired; it stays.
     """
+    parent, name = posixpath.split(path)
+    if layout.version_name(name) in _files.linked_versions(parent):
+        logging.info("Not deleting %s: a link in %s pins it now.", path, parent)
+        return
     retired = _files.retire_version(path, now)
     if retired is not None:
         _files.remove_tree(retired)

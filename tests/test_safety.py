@@ -84,6 +84,19 @@ def test_a_version_a_link_points_to_is_pinned_too(tmp_path):
     assert os.path.exists(export_dir / "served" / "saved_model.pb")
 
 
+def test_a_version_linked_during_its_grace_period_stays(tmp_path):
+    export_dir = tmp_path / "exports"
+    model = classifier()
+    with VersionedExporter(str(export_dir), keep=1, grace_seconds=2) as exporter:
+        first = int(os.path.basename(exporter.export(model)))
+        second = int(os.path.basename(exporter.export(model)))
+        # Retention dropped `first`; the user pins it before its grace ends.
+        (export_dir / "served").symlink_to(export_dir / str(first))
+
+    assert exporter.versions() == [first, second]
+    assert os.path.exists(export_dir / "served" / "saved_model.pb")
+
+
 def test_a_link_inside_a_version_is_unlinked_not_followed(tmp_path, pinned):
     export_dir = tmp_path / "exports"
     exporter = VersionedExporter(str(export_dir), keep=1, grace_seconds=0)
