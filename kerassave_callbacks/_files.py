@@ -17,7 +17,7 @@ import time
 from absl import logging
 
 from kerassave_callbacks import _fs, layout
-from kerassave_callbacks._fs import is_local, scheme  # noqa: F401 (re-exported)
+from kerassave_callbacks._fs import is_local
 
 # Schemes whose directory rename is atomic. Elsewhere (gs://, s3://, ram://)
 # a rename copies file by file, so a version is committed by a copy that

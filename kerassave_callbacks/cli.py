@@ -112,14 +112,11 @@ def _marks(rows, monitor: options.Monitor) -> dict[int, str]:
     marks = {r.version: [] for r in rows}
     if rows:
         marks[rows[-1].version].append("served")
-    if monitor.name:
-        known = [
-            retention.Version(r.version, 0.0, monitor.value(r.metrics))
-            for r in rows
-            if not r.pinned
-        ]
-        for version in retention.best_versions(known, 1, monitor):
-            marks[version].append(f"best {monitor.name}")
+    best = monitor.ranked(
+        (r.version, monitor.value(r.metrics)) for r in rows if not r.pinned
+    )
+    if best:
+        marks[best[0]].append(f"best {monitor.name}")
     for r in rows:
         if r.pinned:
             marks[r.version].append("pinned")

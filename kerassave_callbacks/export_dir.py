@@ -15,7 +15,7 @@ import json
 import posixpath
 
 from kerassave_callbacks import _files, _fs, layout, retention
-from kerassave_callbacks.layout import finite_or_none  # noqa: F401 (re-exported)
+from kerassave_callbacks.layout import finite_or_none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,14 +91,22 @@ class ExportDir:
 
     def is_pinned(self, version: int) -> bool:
         """True for a link the user put in, or a version a link points to."""
-        return _files.is_link(self.version_path(version)) or (
-            version in _files.linked_versions(self.path)
-        )
+        return version in self._pinned([version])
+
+    def _pinned(self, versions: list[int]) -> set[int]:
+        """Of `versions`, the links the user put in and the versions a link
+        points to (the directory is read once)."""
+        linked = _files.linked_versions(self.path)
+        return {
+            v for v in versions if v in linked or _files.is_link(self.version_path(v))
+        }
 
     def describe(self, versions: list[int] | None = None) -> list[Version]:
         """A `Version` per complete version (or per one of `versions`)."""
         rows = []
-        for version in self.versions() if versions is None else versions:
+        versions = self.versions() if versions is None else versions
+        pinned = self._pinned(versions)
+        for version in versions:
             path = self.version_path(version)
             info = self.info(version)
             recorded = info.get("tags")
@@ -112,7 +120,7 @@ class ExportDir:
                     metrics=dict(info.get("metrics") or {}),
                     size_bytes=_files.dir_size(path),
                     tags=list(recorded) if recorded else tags(path),
-                    pinned=self.is_pinned(version),
+                    pinned=version in pinned,
                 )
             )
         return rows
@@ -128,9 +136,10 @@ class ExportDir:
             read from disk and added to it.
         """
         known = []
-        linked = _files.linked_versions(self.path)
-        for version in self.versions():
-            if version in linked or _files.is_link(self.version_path(version)):
+        versions = self.versions()
+        pinned = self._pinned(versions)
+        for version in versions:
+            if version in pinned:
                 known.append(retention.Version(version, float(version), pinned=True))
                 continue
             info = infos.get(version) if infos is not None else None

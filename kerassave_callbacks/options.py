@@ -157,9 +157,20 @@ class Monitor:
             return None
         return max(finite) if self.direction == "max" else min(finite)
 
-    def sort_key(self, value: float) -> float:
-        """Sorts values best first."""
-        return -value if self.direction == "max" else value
+    def ranked(self, values: Iterable[tuple[int, float | None]]) -> list[int]:
+        """The versions of `(version, value)` pairs, best value first; a tie
+        goes to the newer version; missing and NaN values are left out.
+
+        Example:
+
+            Monitor("val_loss").ranked([(1, 0.3), (2, 0.3), (3, None)])  # [2, 1]
+        """
+        scored = [(v, finite_or_none(x)) for v, x in values]
+        sign = -1.0 if self.direction == "max" else 1.0
+        ordered = sorted(
+            ((sign * x, -v) for v, x in scored if x is not None),
+        )
+        return [-negative for _, negative in ordered]
 
 
 def as_monitor(monitor, mode: str = "auto") -> Monitor:

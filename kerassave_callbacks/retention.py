@@ -7,7 +7,6 @@ The exporter lists the versions on disk with their `export_info.json`, asks
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable
 
 from absl import logging
@@ -47,13 +46,8 @@ def best_versions(
         versions = [Version(1, 0.0, 0.5), Version(2, 1.0, 0.2)]
         best_versions(versions, 1, Monitor("val_loss"))  # [2]
     """
-    scored = [
-        v
-        for v in versions
-        if v.metric is not None and not math.isnan(v.metric) and not v.pinned
-    ]
-    scored.sort(key=lambda v: (monitor.sort_key(v.metric), -v.version))
-    return [v.version for v in scored[:count]]
+    ranked = monitor.ranked((v.version, v.metric) for v in versions if not v.pinned)
+    return ranked[:count]
 
 
 def _every_n_hours(versions: list[Version], hours: float) -> set[int]:

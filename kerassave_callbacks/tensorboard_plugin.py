@@ -69,16 +69,12 @@ def export_rows(records: list[dict]) -> list[dict]:
         monitor = options.Monitor(
             monitored[-1]["monitor"], monitored[-1].get("mode") or "auto"
         )
-        ranked = [r for r in monitored if monitor.value(r.get("metrics")) is not None]
-        if ranked:  # One best; a tie goes to the newer, as in retention.
-            best = min(
-                ranked,
-                key=lambda r: (
-                    monitor.sort_key(monitor.value(r["metrics"])),
-                    -r["version"],
-                ),
-            )
-            best["best"] = True
+        best = monitor.ranked(
+            (r["version"], monitor.value(r.get("metrics"))) for r in monitored
+        )
+        for r in monitored:
+            if best and r["version"] == best[0]:
+                r["best"] = True
     return rows
 
 

@@ -90,3 +90,16 @@ def test_a_value_or_its_keywords_not_both():
         value_of("retention", policy, RetentionPolicy, {**keywords, "keep": 3})
     with pytest.raises(TypeError, match="must be of type ExportOptions"):
         value_of("options", policy, ExportOptions, {})
+
+
+@pytest.mark.parametrize(
+    "mode, pairs, expected",
+    [
+        ("min", [(1, 0.3), (2, 0.1), (3, 0.3)], [2, 3, 1]),
+        ("max", [(1, 0.3), (2, 0.1), (3, None), (4, math.nan)], [1, 2]),
+        ("min", [], []),
+    ],
+    ids=["ties_go_to_the_newer", "missing_and_nan_left_out", "empty"],
+)
+def test_ranked_best_first(mode, pairs, expected):
+    assert Monitor("m", mode).ranked(pairs) == expected
