@@ -75,11 +75,11 @@ class SavedModelExporter(keras.callbacks.Callback):
         newest can finish loading it; the end of `fit` waits the last grace
         period out (at most this long). 0 deletes at once. Defaults to 10.
       serving_only, input_signature, custom_objects, as_text,
-        target_signature, warmup_inputs, async_export: what each export
-        writes, and whether in a background thread (training then waits
-        only for a snapshot of the variables; pending exports are waited for
-        at the end of training); see `ExportOptions`. Default to False,
-        None, None, False, None, None, False.
+        target_signature, warmup_inputs, async_export, signatures: what
+        each export writes, and whether in a background thread (training
+        then waits only for a snapshot of the variables; pending exports
+        are waited for at the end of training); see `ExportOptions`. Default to False,
+        None, None, False, None, None, False, None.
       log_dir: where to write export events for TensorBoard. Defaults to
         None (no events).
       on_error: "raise" stops `fit` on a failed export; "warn" logs it,
@@ -122,6 +122,7 @@ class SavedModelExporter(keras.callbacks.Callback):
         target_signature=None,
         warmup_inputs=None,
         async_export: bool = False,
+        signatures: dict | None = None,
         log_dir: str | None = None,
         on_error: str = "raise",
         verbose: int = 0,

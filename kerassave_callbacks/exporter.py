@@ -82,10 +82,11 @@ class VersionedExporter:
         and listed. `wait()` and `close()` wait the grace periods out (at
         most this long). 0 deletes at once. Defaults to 10.
       serving_only, input_signature, custom_objects, as_text,
-        target_signature, warmup_inputs, async_export: what each export
-        writes, and whether in a background thread (`wait()` blocks until
-        it is committed; at most one is in flight); see `ExportOptions`.
-        Default to False, None, None, False, None, None, False.
+        target_signature, warmup_inputs, async_export, signatures: what
+        each export writes, and whether in a background thread (`wait()`
+        blocks until it is committed; at most one is in flight); see
+        `ExportOptions`. Default to False, None, None, False, None, None,
+        False, None.
       on_commit: called with an `ExportRecord` after each committed export
         (in the writing thread). Defaults to None.
       clock: returns the unix time; for tests. Defaults to `time.time`.
@@ -93,7 +94,7 @@ class VersionedExporter:
         `keep_every_n_hours` and `grace_seconds`. Defaults to None.
       options: an `ExportOptions` instead of `serving_only`,
         `input_signature`, `custom_objects`, `as_text`, `target_signature`,
-        `warmup_inputs` and `async_export`. Defaults to None.
+        `warmup_inputs`, `async_export` and `signatures`. Defaults to None.
 
     Raises:
       TypeError, ValueError: a bad argument, named in the message.
@@ -118,6 +119,7 @@ class VersionedExporter:
         target_signature=None,
         warmup_inputs=None,
         async_export: bool = False,
+        signatures: dict | None = None,
         on_commit: Callable[[ExportRecord], None] | None = None,
         clock: Callable[[], float] = time.time,
         retention: options_lib.RetentionPolicy | None = None,

@@ -22,6 +22,7 @@ from absl import flags
 
 from kerassave_callbacks import options as options_lib
 from kerassave_callbacks import schedule as schedule_lib
+from kerassave_callbacks import signatures as signatures_lib
 from kerassave_callbacks.callbacks import SavedModelExporter
 
 # name -> (kind, default, help, extra keyword arguments of the DEFINE call).
@@ -51,6 +52,13 @@ _FLAGS = {
         {"lower_bound": 0},
     ),
     "export_serving_only": ("boolean", False, "Write only the serve graph.", {}),
+    "export_signatures": (
+        "string",
+        "",
+        "Serving signatures: a comma list of predict, examples, classify, "
+        "regress, each optionally as key=kind; empty: serving_default only.",
+        {},
+    ),
     "export_log_dir": (
         "string",
         "",
@@ -143,11 +151,27 @@ def define_export_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         flag_values=flag_values,
     )
     flags.register_validator(
+        "export_signatures",
+        _signatures_parse,
+        message="--export_signatures must be a comma list of predict, examples, "
+        "classify, regress, each optionally as key=kind, e.g. "
+        "--export_signatures=classify,examples.",
+        flag_values=flag_values,
+    )
+    flags.register_validator(
         "export_dir",
         bool,
         message="--export_dir must not be empty.",
         flag_values=flag_values,
     )
+
+
+def _signatures_parse(text: str) -> bool:
+    try:
+        signatures_lib.parse(text)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _monitor_is_set_when_needed(values: dict) -> bool:
@@ -182,7 +206,9 @@ def exporter_from_flags(
             grace_seconds=v.export_grace_seconds,
         ),
         "options": options_lib.ExportOptions(
-            serving_only=v.export_serving_only, async_export=v.export_async
+            serving_only=v.export_serving_only,
+            async_export=v.export_async,
+            signatures=signatures_lib.parse(v.export_signatures),
         ),
         "schedule": schedule_lib.ExportSchedule(
             every_n_epochs=v.export_every_n_epochs,

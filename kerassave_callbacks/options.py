@@ -253,10 +253,15 @@ class ExportOptions:
         into every version (the `serving` extra). Defaults to None.
       async_export: write in a background thread; `export()` returns once
         the variables are snapshot. Defaults to False.
+      signatures: the serving signatures of the `serve` graph, a dict of
+        key -> spec from `kerassave_callbacks.signatures` or a custom
+        `tf.function`. Defaults to None (`serving_default` = `predict()`).
 
     Raises:
       ImportError: `warmup_inputs` without the `serving` extra.
-      ValueError: `warmup_inputs` that are no batch of rows.
+      ValueError: `warmup_inputs` that are no batch of rows, or bad
+        `signatures` (see `signatures.normalized`).
+      TypeError: `signatures` that are not a dict of specs.
     """
 
     serving_only: bool = False
@@ -266,8 +271,14 @@ class ExportOptions:
     target_signature: object = None
     warmup_inputs: object = None
     async_export: bool = False
+    signatures: dict | None = None
 
     def __post_init__(self):
+        from kerassave_callbacks import signatures as signatures_lib
+
+        object.__setattr__(
+            self, "signatures", signatures_lib.normalized(self.signatures)
+        )
         if self.warmup_inputs is not None:
             from kerassave_callbacks.core import warmup
 
@@ -280,6 +291,7 @@ class ExportOptions:
             serving_only=self.serving_only,
             target_signature=self.target_signature,
             warmup_inputs=self.warmup_inputs,
+            signatures=self.signatures,
         )
 
 

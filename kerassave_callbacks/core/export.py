@@ -7,6 +7,7 @@ import time
 import tensorflow as tf
 
 from kerassave_callbacks import _files
+from kerassave_callbacks import signatures as signatures_lib
 from kerassave_callbacks.core import keras_api, mode_graphs
 
 
@@ -59,6 +60,7 @@ def export_saved_model(
     *,
     target_signature=None,
     warmup_inputs=None,
+    signatures=None,
 ) -> None:
     """Exports a Keras model as a SavedModel with train, eval and serve graphs.
 
@@ -108,17 +110,25 @@ def export_saved_model(
         behind a sparse categorical loss).
       warmup_inputs: a batch of serve inputs (an array, a list of arrays or
         a dict of input name -> array, as `model.predict` takes, at most
-        1,000 rows); each row becomes one `PredictRequest` in
+        1,000 rows); each row becomes one request to `serving_default` in
         `assets.extra/tf_serving_warmup_requests`, which TF Serving replays
         when it loads the export. Needs the `serving` extra. Defaults to
         None.
+      signatures: the serving signatures of the `serve` graph: a dict of
+        signature key -> spec from `kerassave_callbacks.signatures`
+        (`predict()`, `examples()`, `classify()`, `regress()`) or a
+        `tf.function` with an `input_signature` that calls the model.
+        `serving_default` is `predict()` unless the dict names it. Defaults
+        to None (`serving_default` alone).
 
     Raises:
       TypeError: `model` is not a Keras model, or a signature holds
         something other than `tf.TensorSpec`s.
       ValueError: the model is not built and no `input_signature` was given,
         or it overrides `train_step`/`test_step` and `serving_only` is off,
-        or `warmup_inputs` do not match the serve signature.
+        or `warmup_inputs` do not match the serve signature, or a signature
+        does not fit the model (an input `tf.Example` cannot hold, a
+        `classify` of a model with several outputs and no `output=`).
       ImportError: `warmup_inputs` without the `serving` extra.
       SavedModelExistsError: `saved_model_path` is a file or not empty, or
         something was written there while the export was made (also an
@@ -127,6 +137,7 @@ def export_saved_model(
     """
     del custom_objects  # The export serializes configs; only loading needs them.
     check_model(model)
+    signatures = signatures_lib.normalized(signatures)
     if not str(saved_model_path).strip():
         raise ValueError(
             f"saved_model_path={saved_model_path!r} is empty. Pass the directory "
@@ -148,6 +159,7 @@ def export_saved_model(
         serving_only=serving_only,
         target_signature=target_signature,
         warmup_inputs=warmup_inputs,
+        signatures=signatures,
     )
     try:
         with _files.Staging(parent, time.time()) as staged:

@@ -37,9 +37,14 @@ def save_options(mode_list) -> tf.saved_model.SaveOptions:
 
 
 def split_by_mode(
-    saved: saved_model_pb2.SavedModel, mode_list, checkpoint_shapes: dict
+    saved: saved_model_pb2.SavedModel,
+    mode_list,
+    checkpoint_shapes: dict,
+    *,
+    serving: dict[str, str],
+    shared_inputs: list[str] = (),
 ) -> saved_model_pb2.SavedModel:
-    """One MetaGraph per mode, each with only that mode's signature.
+    """One MetaGraph per mode, each with only that mode's signatures.
 
     Args:
       saved: what `tf.saved_model.save` wrote: one MetaGraph, with a saver
@@ -49,12 +54,16 @@ def split_by_mode(
       mode_list: the modes to write, `modes.SERVE` first.
       checkpoint_shapes: checkpoint key -> shape of the variables written,
         against which every variable of the graph is checked.
+      serving: key -> method name of the serve MetaGraph's signatures.
+      shared_inputs: keys of serving signatures whose one input becomes one
+        tensor (TF Serving's MultiInference runs them on one input).
 
     Raises:
       ValueError: a variable that a MetaGraph keeps is not found in the
         checkpoint with its shape.
     """
     (base,) = saved.meta_graphs
+    _share_input(base, shared_inputs)
     out = saved_model_pb2.SavedModel(
         saved_model_schema_version=saved.saved_model_schema_version
     )
@@ -73,11 +82,13 @@ def split_by_mode(
         meta.CopyFrom(shell)
         del meta.meta_info_def.tags[:]
         meta.meta_info_def.tags.append(mode.tag)
+        methods = serving if mode is modes.SERVE else {mode.signature_key: mode.method_name}
         for key in list(meta.signature_def):
             # Keys with a double underscore (the init op) serve every mode.
-            if key != mode.signature_key and not key.startswith("__"):
+            if key not in methods and not key.startswith("__"):
                 del meta.signature_def[key]
-        meta.signature_def[mode.signature_key].method_name = mode.method_name
+        for key, method in methods.items():
+            meta.signature_def[key].method_name = method
         if several:
             meta.graph_def.CopyFrom(_pruned_graph(meta, base.graph_def))
             variables = _variables(meta.graph_def)
@@ -87,6 +98,30 @@ def split_by_mode(
             graph_savers.add_saver(meta, variables, keys, saves=mode is modes.TRAIN)
             graph_savers.add_variable_collection(meta, variables)
     return out
+
+
+def _share_input(meta, keys) -> None:
+    """Makes the signatures `keys` (each with one input) read the first
+    one's input tensor: their function calls are rewired to it, and their
+    own input placeholders are left unused."""
+    if len(keys) < 2:
+        return
+    shared = _one_input(meta.signature_def[keys[0]])
+    renamed = {}
+    for key in keys[1:]:
+        own = _one_input(meta.signature_def[key])
+        renamed[_tensor_node(own.name)] = _tensor_node(shared.name)
+        own.name = shared.name
+    for node in meta.graph_def.node:
+        for i, name in enumerate(node.input):
+            source = _tensor_node(name)
+            if source in renamed and not name.startswith("^"):
+                node.input[i] = name.replace(source, renamed[source], 1)
+
+
+def _one_input(signature):
+    (tensor,) = signature.inputs.values()
+    return tensor
 
 
 def _variable_keys(meta, checkpoint_shapes: dict) -> dict[str, str]:

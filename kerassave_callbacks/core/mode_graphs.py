@@ -18,12 +18,14 @@ from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 
 from kerassave_callbacks import _files, _fs, layout
+from kerassave_callbacks import signatures as signatures_lib
 from kerassave_callbacks.core import (
     _fingerprint,
     _tf_logs,
     graph_split,
     keras_api,
     modes,
+    serving_signatures,
     single_device,
     specs,
     warmup,
@@ -45,13 +47,17 @@ class ModeGraphs:
         serving_only: bool = False,
         target_signature=None,
         warmup_inputs=None,
+        signatures=None,
     ):
         self.model = model
         self.keras = keras_api.adapter_for(model)
         self.inputs = specs.input_structure(model, input_signature)
+        # Serving signature key -> spec (`signatures.normalized`; None: the
+        # model's predict signature alone).
+        self._specs = signatures
         # Checked against the serve signature before anything is traced.
         self._warmup = (
-            warmup.records(self.inputs, warmup_inputs)
+            warmup.records(self.inputs, warmup_inputs, self._default_spec())
             if warmup_inputs is not None
             else []
         )
@@ -65,8 +71,8 @@ class ModeGraphs:
         # of it (`single_device`).
         self.traced_model = model
         with _tf_logs.quiet():
-            functions = self._trace(serving_only, target_signature)
-        self.signatures = {m.signature_key: functions[m] for m in self.modes}
+            # Signature key -> traced function, of every MetaGraph.
+            self.signatures = self._trace(serving_only, target_signature)
         self._object_graph = None  # Set with the graph bytes on the first save.
         self._graph_files: dict[bool, bytes] = {}  # as_text -> file contents
         # assets/ path -> bytes of what tf.saved_model.save wrote there
@@ -111,8 +117,12 @@ class ModeGraphs:
         if self.modes == (modes.SERVE,):
             # As Keras' model.export() names it, for keras.layers.TFSMLayer
             # (TF2 reads a one-MetaGraph export natively, attributes too).
-            root.serve = self.signatures[modes.SERVE.signature_key]
+            root.serve = self._predict
         return root
+
+    def _default_spec(self):
+        """The spec of `serving_default`, which warm-up requests target."""
+        return (self._specs or {}).get(modes.SERVE.signature_key)
 
     def _trace(self, serving_only: bool, target_signature) -> dict:
         """Traces the mode functions; sets `self.modes`."""
@@ -123,6 +133,7 @@ class ModeGraphs:
             and _trains_as_keras(model, self.keras)
         )
         if training and self.keras.steps_only_on_a_copy(model):
+            _check_no_endpoints(model, self._specs)
             # The model's own slots too: every export saves its values.
             self.keras.build_optimizer(model)
             copy = single_device.copy_of(
@@ -138,12 +149,19 @@ class ModeGraphs:
         return self._trace_modes(training, target_signature)
 
     def _trace_modes(self, training: bool, target_signature) -> dict:
-        """Traces the serve function, and with `training` the train and
+        """Traces the serving signatures, and with `training` the train and
         eval functions, of `traced_model`."""
         model = self.traced_model
-        functions = {modes.SERVE: self._trace_serve()}
+        self._predict = self._trace_serve()
+        outputs = self._predict.get_concrete_function().structured_outputs
+        functions = serving_signatures.build(
+            self._specs or {modes.SERVE.signature_key: signatures_lib.predict()},
+            inputs=self.inputs,
+            predict=self._predict,
+            output_specs={n: tf.TensorSpec(t.shape, t.dtype) for n, t in outputs.items()},
+            model=self.model,
+        )
         if training:
-            outputs = functions[modes.SERVE].get_concrete_function().structured_outputs
             self._targets = specs.target_specs(
                 model,
                 self.output_names,
@@ -154,14 +172,12 @@ class ModeGraphs:
             )
             _check_not_in_strategy_scope(model)
             self.keras.build_optimizer(model)
-            functions[modes.TRAIN] = self._trace_step(training=True)
-            functions[modes.EVAL] = self._trace_step(training=False)
+            functions[modes.TRAIN.signature_key] = self._trace_step(training=True)
+            functions[modes.EVAL.signature_key] = self._trace_step(training=False)
             self.modes = (modes.SERVE, modes.TRAIN, modes.EVAL)
         # Their concrete functions, taken in the thread that traced them: in
         # another context (a strategy's scope) a tf.function traces anew.
-        self._concrete = {
-            m.signature_key: f.get_concrete_function() for m, f in functions.items()
-        }
+        self._concrete = {k: f.get_concrete_function() for k, f in functions.items()}
         return functions
 
     def _call_inputs(self, flat_args):
@@ -302,7 +318,13 @@ class ModeGraphs:
         pb_path = posixpath.join(path, layout.SAVED_MODEL_PB)
         with tf.io.gfile.GFile(pb_path, "rb") as f:
             saved = saved_model_pb2.SavedModel.FromString(f.read())
-        self._saved_model = graph_split.split_by_mode(saved, self.modes, shapes)
+        self._saved_model = graph_split.split_by_mode(
+            saved,
+            self.modes,
+            shapes,
+            serving=serving_signatures.method_names(self._specs),
+            shared_inputs=serving_signatures.shared_input_keys(self._specs),
+        )
         tf.io.gfile.remove(pb_path)
         # TF fingerprints the graph it wrote; after the split that
         # fingerprint no longer describes the file: `write` makes its own.
@@ -392,6 +414,20 @@ def _trains_as_keras(model, adapter) -> bool:
         )
         return False
     return True
+
+
+def _check_no_endpoints(model, specs) -> None:
+    """A custom endpoint calls the model itself, but the graphs of a model
+    with distributed variables are traced on a single-device copy."""
+    endpoints = [k for k, s in (specs or {}).items() if signatures_lib.is_endpoint(s)]
+    if endpoints:
+        raise ValueError(
+            f"Cannot export the custom endpoints {endpoints} with the train and "
+            f"eval graphs of model {model.name!r}, whose variables are "
+            "distributed: those graphs are traced on a single-device copy that "
+            "the endpoints do not call. Pass serving_only=True, or use the "
+            "built-in signatures."
+        )
 
 
 def _check_not_in_strategy_scope(model) -> None:

@@ -15,7 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from kerassave_callbacks import layout
-from kerassave_callbacks.core import modes
+from kerassave_callbacks import signatures as signatures_lib
+from kerassave_callbacks.core import modes, serving_signatures
 
 MAX_ROWS = 1000
 
@@ -74,21 +75,32 @@ def _is_text(value) -> bool:
     return array.dtype.kind in "OSU"
 
 
-def records(input_structure, warmup_inputs) -> list[bytes]:
-    """One serialized `PredictionLog` per row of `warmup_inputs`.
+def records(input_structure, warmup_inputs, spec=None) -> list[bytes]:
+    """One serialized `PredictionLog` per row of `warmup_inputs`, a request
+    to the `serving_default` signature: a `PredictRequest` of the model's
+    inputs, or, when `serving_default` is `examples()`, `classify()` or
+    `regress()`, a `PredictRequest`, `ClassificationRequest` or
+    `RegressionRequest` of the rows as serialized `tf.Example`s.
 
     Args:
-      input_structure: the serve signature's inputs (named `tf.TensorSpec`s,
-        as `ModeGraphs.inputs`).
+      input_structure: the model's inputs (named `tf.TensorSpec`s, as
+        `ModeGraphs.inputs`).
       warmup_inputs: an array (one input), a list of arrays (in input
         order) or a dict of input name -> array, as `model.predict` takes.
+      spec: the `serving_default` spec (None: `predict()`).
 
     Raises:
       ImportError: tensorflow-serving-api is not installed.
       ValueError: the inputs do not match the signature (names, dtypes,
-        shapes) or have no rows or more than MAX_ROWS.
+        shapes) or have no rows or more than MAX_ROWS, or `serving_default`
+        is a custom endpoint (whose inputs are not the model's).
     """
-    predict_pb2, prediction_log_pb2 = serving_protos()
+    if signatures_lib.is_endpoint(spec):
+        raise ValueError(
+            "warmup_inputs are rows of the model's inputs, but serving_default "
+            "is a custom endpoint. Name the endpoint otherwise and keep "
+            "serving_default a built-in signature, or drop warmup_inputs."
+        )
     specs = tf.nest.flatten(input_structure)
     names = [spec.name for spec in specs]
     if isinstance(warmup_inputs, Mapping):
@@ -115,20 +127,63 @@ def records(input_structure, warmup_inputs) -> list[bytes]:
             )
         values = [warmup_inputs]
     _rows(values)
-    arrays = [_checked(value, spec) for value, spec in zip(values, specs, strict=True)]
-    logs = []
-    for row in range(len(arrays[0])):
+    arrays = {
+        s.name: _checked(value, s) for value, s in zip(values, specs, strict=True)
+    }
+    rows = [
+        {name: array[row : row + 1] for name, array in arrays.items()}
+        for row in range(len(arrays[specs[0].name]))
+    ]
+    if spec is None or spec.kind == "predict":
+        return [_predict_log(row, specs) for row in rows]
+    features = serving_signatures.feature_spec(input_structure, spec)
+    return [
+        _examples_log(spec, serving_signatures.to_example(row, features))
+        for row in rows
+    ]
+
+
+def _predict_log(row: dict, specs) -> bytes:
+    predict_pb2, prediction_log_pb2 = serving_protos()
+    request = predict_pb2.PredictRequest()
+    request.model_spec.signature_name = modes.SERVE.signature_key
+    for s in specs:
+        request.inputs[s.name].CopyFrom(tf.make_tensor_proto(row[s.name], s.dtype))
+    log = prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=request)
+    )
+    return log.SerializeToString()
+
+
+def _examples_log(spec, example: bytes) -> bytes:
+    """A request of one serialized example to `serving_default`, through the
+    API of its method."""
+    from tensorflow_serving.apis import classification_pb2, regression_pb2
+
+    predict_pb2, prediction_log_pb2 = serving_protos()
+    key = modes.SERVE.signature_key
+    if spec.kind == "examples":
         request = predict_pb2.PredictRequest()
-        request.model_spec.signature_name = modes.SERVE.signature_key
-        for spec, array in zip(specs, arrays, strict=True):
-            request.inputs[spec.name].CopyFrom(
-                tf.make_tensor_proto(array[row : row + 1], dtype=spec.dtype)
-            )
+        request.inputs[spec.input_key].CopyFrom(
+            tf.make_tensor_proto([example], tf.string)
+        )
         log = prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=request)
         )
-        logs.append(log.SerializeToString())
-    return logs
+    elif spec.kind == "classify":
+        request = classification_pb2.ClassificationRequest()
+        request.input.example_list.examples.add().ParseFromString(example)
+        log = prediction_log_pb2.PredictionLog(
+            classify_log=prediction_log_pb2.ClassifyLog(request=request)
+        )
+    else:
+        request = regression_pb2.RegressionRequest()
+        request.input.example_list.examples.add().ParseFromString(example)
+        log = prediction_log_pb2.PredictionLog(
+            regress_log=prediction_log_pb2.RegressLog(request=request)
+        )
+    request.model_spec.signature_name = key
+    return log.SerializeToString()
 
 
 def _checked(value, spec: tf.TensorSpec) -> np.ndarray:
@@ -158,12 +213,14 @@ def write(path: str, logs: list[bytes]) -> None:
 
 
 def read(path: str) -> list:
-    """The `PredictRequest`s of a version's warm-up file ([] when none)."""
+    """The requests of a version's warm-up file ([] when none):
+    `PredictRequest`s, `ClassificationRequest`s or `RegressionRequest`s."""
     target = posixpath.join(path, layout.WARMUP_REQUESTS)
     if not tf.io.gfile.exists(target):
         return []
     _, prediction_log_pb2 = serving_protos()
-    return [
-        prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
-        for record in tf.data.TFRecordDataset(target)
-    ]
+    requests = []
+    for record in tf.data.TFRecordDataset(target):
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        requests.append(getattr(log, log.WhichOneof("log_type")).request)
+    return requests
