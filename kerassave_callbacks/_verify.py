@@ -7,14 +7,16 @@ subcommands that read graphs.
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 
 import numpy as np
 import tensorflow as tf
 
 from kerassave_callbacks import _files, layout
+from kerassave_callbacks import signatures as signatures_lib
 from kerassave_callbacks import export_dir as export_dir_lib
-from kerassave_callbacks.core import _tf_logs, loader, modes, warmup
+from kerassave_callbacks.core import _tf_logs, loader, modes, serving_signatures, warmup
 
 
 def _tensor(info) -> dict:
@@ -45,8 +47,100 @@ def signatures(saved) -> dict:
 # Checking, the way TF Serving loads a version.
 
 
-def _feed_for(info, request) -> np.ndarray:
-    return tf.make_ndarray(request) if request is not None else _one_row(info)
+@dataclasses.dataclass
+class _Row:
+    """One example to run every signature on: the model's input values
+    (name -> array with a batch of one) and the same as a `tf.Example`."""
+
+    values: dict
+    example: bytes
+
+
+def _rows(requests, default) -> list[_Row]:
+    """The rows of the warm-up requests; without any, one row of zeros of
+    `default`'s inputs (when it takes the model's inputs)."""
+    if not requests:
+        if default is None or _takes_examples(default):
+            return []
+        values = {k: _one_row(v) for k, v in default.inputs.items()}
+        return [_Row(values, _example_of(values))]
+    rows = []
+    for request in requests:
+        if hasattr(request, "input"):  # Classification or Regression.
+            examples = request.input.example_list.examples
+            rows += [_row_of(e.SerializeToString()) for e in examples]
+        elif _is_examples_request(request):
+            examples = tf.make_ndarray(request.inputs[signatures_lib.EXAMPLES_KEY])
+            rows += [_row_of(e) for e in examples.reshape(-1)]
+        else:
+            values = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+            rows.append(_Row(values, _example_of(values)))
+    return rows
+
+
+def _is_examples_request(request) -> bool:
+    keys = list(request.inputs)
+    return keys == [signatures_lib.EXAMPLES_KEY] and request.inputs[
+        signatures_lib.EXAMPLES_KEY
+    ].dtype == tf.string.as_datatype_enum
+
+
+def _example_of(values: dict) -> bytes:
+    kinds = {
+        name: tf.io.FixedLenFeature([], _example_dtype(np.asarray(v)))
+        for name, v in values.items()
+    }
+    return serving_signatures.to_example(
+        {k: np.asarray(v)[0] for k, v in values.items()}, kinds
+    )
+
+
+def _example_dtype(array: np.ndarray) -> tf.DType:
+    if array.dtype.kind in "OSU":
+        return tf.string
+    return tf.int64 if array.dtype.kind in "iub" else tf.float32
+
+
+def _row_of(serialized: bytes) -> _Row:
+    example = tf.train.Example.FromString(serialized)
+    values = {}
+    for name, feature in example.features.feature.items():
+        kind = feature.WhichOneof("kind")
+        dtype = {"bytes_list": object, "int64_list": np.int64}.get(kind, np.float32)
+        values[name] = np.asarray([list(getattr(feature, kind).value)], dtype=dtype)
+    return _Row(values, serialized)
+
+
+def _takes_examples(sig) -> bool:
+    """Whether a signature's one input is a batch of serialized examples."""
+    if sig.method_name in (signatures_lib.CLASSIFY_METHOD, signatures_lib.REGRESS_METHOD):
+        return True
+    keys = list(sig.inputs)
+    return keys == [signatures_lib.EXAMPLES_KEY] and sig.inputs[
+        signatures_lib.EXAMPLES_KEY
+    ].dtype == tf.string.as_datatype_enum
+
+
+def _feeds(sig, row: _Row) -> dict | None:
+    """Input key -> value of `row` for `sig`; None when `row` does not hold
+    the signature's inputs (a custom endpoint's, say)."""
+    if _takes_examples(sig):
+        (key,) = sig.inputs
+        return {key: np.asarray([row.example], dtype=object)}
+    if not set(sig.inputs) <= set(row.values):
+        return None
+    return {k: _shaped(row.values[k], info) for k, info in sig.inputs.items()}
+
+
+def _shaped(value, info) -> np.ndarray:
+    """`value` (one row) in the shape and dtype of the input `info`."""
+    dtype = tf.dtypes.as_dtype(info.dtype)
+    array = np.asarray(value, dtype=object if dtype == tf.string else dtype.as_numpy_dtype)
+    if not info.tensor_shape.unknown_rank:
+        shape = [1 if d.size < 0 else d.size for d in info.tensor_shape.dim]
+        if shape and int(np.prod(shape)) == array.size:
+            array = array.reshape(shape)
+    return array
 
 
 def _one_row(info) -> np.ndarray:
@@ -102,34 +196,40 @@ def verify_version(path: str, *, versioned: bool = False) -> list[str]:
 
 def _load_and_run(path: str, tags: list[str], requests) -> list[str]:
     """Loads one MetaGraph in a fresh TF1 session (restore and init op, as TF
-    Serving does) and, for `serve`, runs `serving_default` on the warm-up
-    requests (or on one row of zeros), comparing each warm-up reply with the
-    signature run through `tf.saved_model.load`."""
+    Serving does) and, for `serve`, runs every signature on the warm-up rows
+    (or on one row of zeros), comparing each reply with the signature run
+    through `tf.saved_model.load`."""
     with tf.compat.v1.Session(graph=tf.Graph()) as sess:
         with _tf_logs.quiet():
             meta = tf.compat.v1.saved_model.load(sess, tags, path)
         if modes.SERVE.tag not in tags:
             return []
-        sig = meta.signature_def.get(modes.SERVE.signature_key)
-        if sig is None:
+        sigs = {k: v for k, v in meta.signature_def.items() if not k.startswith("__")}
+        if modes.SERVE.signature_key not in sigs:
             return [f"tags {tags}: no {modes.SERVE.signature_key} signature"]
-        fetch = {k: v.name for k, v in sig.outputs.items()}
+        rows = _rows(requests, sigs[modes.SERVE.signature_key])
         runs = []
-        for request in requests or [None]:
-            given = dict(request.inputs) if request is not None else {}
-            feeds = {k: _feed_for(v, given.get(k)) for k, v in sig.inputs.items()}
-            outputs = sess.run(fetch, {sig.inputs[k].name: v for k, v in feeds.items()})
-            runs.append((feeds, outputs))
-    if not requests:
-        return []
-    fn = tf.saved_model.load(path, tags=tags).signatures[modes.SERVE.signature_key]
+        for key, sig in sorted(sigs.items()):
+            fetch = {k: v.name for k, v in sig.outputs.items()}
+            for index, row in enumerate(rows):
+                feeds = _feeds(sig, row)
+                if feeds is not None:
+                    feed = {sig.inputs[k].name: v for k, v in feeds.items()}
+                    runs.append((key, index, feeds, sess.run(fetch, feed)))
+    loaded = tf.saved_model.load(path, tags=tags)
     problems = []
-    for index, (feeds, outputs) in enumerate(runs):
-        direct = fn(**{k: tf.constant(v) for k, v in feeds.items()})
-        for key, value in outputs.items():
-            if not np.allclose(direct[key].numpy(), value, atol=1e-5, equal_nan=True):
+    for key, index, feeds, outputs in runs:
+        direct = loaded.signatures[key](**{k: tf.constant(v) for k, v in feeds.items()})
+        for name, value in outputs.items():
+            if not _same(direct[name].numpy(), value):
                 problems.append(
-                    f"warm-up request {index}: output {key!r} differs between "
-                    "a TF1 session and tf.saved_model.load"
+                    f"signature {key!r}, warm-up row {index}: output {name!r} "
+                    "differs between a TF1 session and tf.saved_model.load"
                 )
     return problems
+
+
+def _same(a, b) -> bool:
+    if a.dtype.kind in "OSU" or b.dtype.kind in "OSU":
+        return np.array_equal(a, b)
+    return np.allclose(a, b, atol=1e-5, equal_nan=True)
