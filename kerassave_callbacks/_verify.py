@@ -14,8 +14,8 @@ import numpy as np
 import tensorflow as tf
 
 from kerassave_callbacks import _files, layout
-from kerassave_callbacks import signatures as signatures_lib
 from kerassave_callbacks import export_dir as export_dir_lib
+from kerassave_callbacks import signatures as signatures_lib
 from kerassave_callbacks.core import _tf_logs, loader, modes, serving_signatures, warmup
 
 
@@ -80,9 +80,11 @@ def _rows(requests, default) -> list[_Row]:
 
 def _is_examples_request(request) -> bool:
     keys = list(request.inputs)
-    return keys == [signatures_lib.EXAMPLES_KEY] and request.inputs[
-        signatures_lib.EXAMPLES_KEY
-    ].dtype == tf.string.as_datatype_enum
+    return (
+        keys == [signatures_lib.EXAMPLES_KEY]
+        and request.inputs[signatures_lib.EXAMPLES_KEY].dtype
+        == tf.string.as_datatype_enum
+    )
 
 
 def _example_of(values: dict) -> bytes:
@@ -113,12 +115,16 @@ def _row_of(serialized: bytes) -> _Row:
 
 def _takes_examples(sig) -> bool:
     """Whether a signature's one input is a batch of serialized examples."""
-    if sig.method_name in (signatures_lib.CLASSIFY_METHOD, signatures_lib.REGRESS_METHOD):
+    if sig.method_name in (
+        signatures_lib.CLASSIFY_METHOD,
+        signatures_lib.REGRESS_METHOD,
+    ):
         return True
     keys = list(sig.inputs)
-    return keys == [signatures_lib.EXAMPLES_KEY] and sig.inputs[
-        signatures_lib.EXAMPLES_KEY
-    ].dtype == tf.string.as_datatype_enum
+    return (
+        keys == [signatures_lib.EXAMPLES_KEY]
+        and sig.inputs[signatures_lib.EXAMPLES_KEY].dtype == tf.string.as_datatype_enum
+    )
 
 
 def _feeds(sig, row: _Row) -> dict | None:
@@ -135,7 +141,9 @@ def _feeds(sig, row: _Row) -> dict | None:
 def _shaped(value, info) -> np.ndarray:
     """`value` (one row) in the shape and dtype of the input `info`."""
     dtype = tf.dtypes.as_dtype(info.dtype)
-    array = np.asarray(value, dtype=object if dtype == tf.string else dtype.as_numpy_dtype)
+    array = np.asarray(
+        value, dtype=object if dtype == tf.string else dtype.as_numpy_dtype
+    )
     if not info.tensor_shape.unknown_rank:
         shape = [1 if d.size < 0 else d.size for d in info.tensor_shape.dim]
         if shape and int(np.prod(shape)) == array.size:

@@ -199,7 +199,12 @@ def regress(
     return SignatureSpec("regress", output=output, feature_spec=feature_spec)
 
 
-KINDS = {"predict": predict, "examples": examples, "classify": classify, "regress": regress}
+KINDS = {
+    "predict": predict,
+    "examples": examples,
+    "classify": classify,
+    "regress": regress,
+}
 
 
 def is_endpoint(spec) -> bool:

@@ -11,7 +11,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import run_tf1, saved_model_cli
 
 from kerassave_callbacks import (
     SavedModelExporter,
@@ -21,6 +20,8 @@ from kerassave_callbacks import (
     signatures,
 )
 from kerassave_callbacks.core import loader, serving_signatures, warmup
+
+from helpers import run_tf1, saved_model_cli
 
 COLORS = ["red", "green", "blue"]
 SIGNATURES = {
@@ -99,9 +100,7 @@ def trained():
 @pytest.fixture(scope="module", params=[False, True], ids=["full", "serving_only"])
 def exported(trained, tmp_path_factory, request):
     path = str(tmp_path_factory.mktemp("signatures") / "export")
-    export_saved_model(
-        trained, path, serving_only=request.param, signatures=SIGNATURES
-    )
+    export_saved_model(trained, path, serving_only=request.param, signatures=SIGNATURES)
     return path
 
 
@@ -145,7 +144,9 @@ def test_every_signature_is_valid_for_tf_serving_with_its_method(exported):
     assert sigs["classify"].outputs["classes"].dtype == tf.string.as_datatype_enum
     assert list(sigs["regress"].outputs) == ["outputs"]
     # MultiInference runs classify and regress on one input tensor.
-    assert sigs["classify"].inputs["inputs"].name == sigs["regress"].inputs["inputs"].name
+    assert (
+        sigs["classify"].inputs["inputs"].name == sigs["regress"].inputs["inputs"].name
+    )
     assert list(sigs["examples"].inputs) == ["examples"]
 
 
@@ -167,7 +168,10 @@ def test_classify_and_regress_run_together_on_one_fed_tensor(trained, exported):
     rows = mixed_rows()
     with tf.compat.v1.Session(graph=tf.Graph()) as sess:
         meta = tf.compat.v1.saved_model.load(sess, ["serve"], exported)
-        classify, regress = meta.signature_def["classify"], meta.signature_def["regress"]
+        classify, regress = (
+            meta.signature_def["classify"],
+            meta.signature_def["regress"],
+        )
         scores, outputs = sess.run(
             [classify.outputs["scores"].name, regress.outputs["outputs"].name],
             {classify.inputs["inputs"].name: examples_of(rows)},
@@ -218,7 +222,10 @@ def test_saved_model_cli_runs_classify_on_input_examples(trained, exported, tmp_
 
 
 def test_train_and_eval_graphs_keep_their_one_signature(exported):
-    tags = [list(m.meta_info_def.tags) for m in loader.read_saved_model(exported).meta_graphs]
+    tags = [
+        list(m.meta_info_def.tags)
+        for m in loader.read_saved_model(exported).meta_graphs
+    ]
     assert tags in ([["serve"]], [["serve"], ["train"], ["eval"]])
     for tag in [t for (t,) in tags if t != "serve"]:
         with tf.compat.v1.Session(graph=tf.Graph()) as sess:
@@ -233,3 +240,256 @@ def test_kerassave_verify_runs_every_signature_and_inspect_names_methods(exporte
     methods = {k: v["method_name"] for k, v in shown["tags"]["serve"].items()}
     assert methods["classify"] == "tensorflow/serving/classify"
     assert methods["regress"] == "tensorflow/serving/regress"
+
+
+# Refused before anything is written.
+
+
+def _refused(model, specs, match, tmp_path, **kwargs):
+    path = tmp_path / "refused"
+    with pytest.raises((ValueError, TypeError), match=match):
+        export_saved_model(model, str(path), signatures=specs, **kwargs)
+    assert not path.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_signature_for_a_model_with_several_outputs_names_them(trained, tmp_path):
+    _refused(
+        trained, {"c": signatures.classify()}, r"outputs \['label', 'score'\]", tmp_path
+    )
+    _refused(
+        trained, {"c": signatures.classify(output="nope")}, "no such output", tmp_path
+    )
+
+
+def test_classify_and_regress_refuse_outputs_they_cannot_answer(trained, tmp_path):
+    _refused(
+        trained,
+        {"c": signatures.classify(output="label", class_names=["x", "y"])},
+        "2 names, but output 'label' has 3 scores",
+        tmp_path,
+    )
+    _refused(
+        trained,
+        {"r": signatures.regress(output="label")},
+        r"one float value per example",
+        tmp_path,
+    )
+
+
+def test_an_input_with_an_unknown_inner_dimension_needs_a_feature_spec(tmp_path):
+    inputs = keras.Input((None,), name="tokens", dtype="int32")
+    pooled = keras.layers.GlobalAveragePooling1D()(
+        keras.layers.Embedding(10, 2)(inputs)
+    )
+    model = keras.Model(inputs, keras.layers.Dense(1)(pooled))
+    _refused(
+        model,
+        {"examples": signatures.examples()},
+        r"input 'tokens' of shape \(None, None\).*feature_spec",
+        tmp_path,
+    )
+    spec = {"tokens": tf.io.FixedLenFeature([4], tf.int64)}
+    path = str(tmp_path / "ok")
+    export_saved_model(
+        model, path, signatures={"examples": signatures.examples(feature_spec=spec)}
+    )
+    tokens = np.array([[1, 2, 3, 4]])
+    example = serving_signatures.to_example({"tokens": tokens[0]}, spec)
+    (got,) = run_tf1(path, "serve", "examples", {"examples": [example]})
+    (value,) = got.values()
+    np.testing.assert_allclose(value, model(tokens), atol=1e-5)
+
+
+def test_bad_signatures_arguments_name_the_value_and_the_fix():
+    with pytest.raises(TypeError, match="must be a dict"):
+        signatures.normalized([signatures.classify()])
+    with pytest.raises(TypeError, match=r"signatures\['x'\] must be a spec"):
+        signatures.normalized({"x": "classify"})
+    with pytest.raises(ValueError, match="input_signature"):
+        signatures.normalized({"x": tf.function(lambda x: x)})
+    with pytest.raises(ValueError, match="'train'.*train graph"):
+        signatures.normalized({"train": signatures.predict()})
+    with pytest.raises(ValueError, match="non-empty list of str"):
+        signatures.classify(class_names=[])
+    with pytest.raises(ValueError, match=r"Unknown signature kind 'clasify'"):
+        signatures.parse("clasify")
+    assert signatures.normalized({"serving_default": signatures.predict()}) is None
+
+
+def test_the_flag_value_names_keys_and_kinds():
+    assert signatures.parse("classify, serving_default=examples") == {
+        "classify": signatures.classify(),
+        "serving_default": signatures.examples(),
+    }
+    assert signatures.parse("regress") == {
+        "regress": signatures.regress(),
+        "serving_default": signatures.predict(),
+    }
+    assert signatures.parse("") is None
+
+
+# Custom endpoints.
+
+
+def test_a_custom_endpoint_with_its_own_preprocessing_serves(trained, tmp_path):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="csv")])
+    def from_csv(csv):
+        fields = tf.strings.split(csv, ",").to_tensor(shape=[None, 5])
+        measures = tf.strings.to_number(fields[:, :3])
+        count = tf.strings.to_number(fields[:, 3:4], tf.int32)
+        outputs = trained(
+            {"measures": measures, "count": count, "color": fields[:, 4:5]}
+        )
+        return {"label": outputs["label"]}
+
+    path = str(tmp_path / "export")
+    export_saved_model(trained, path, signatures={"csv": from_csv})
+    lines = np.array([b"0.5,1,-2,3,blue", b"1,0,0,1,red"], dtype=object)
+    rows = {
+        "measures": np.array([[0.5, 1, -2], [1, 0, 0]], "float32"),
+        "count": np.array([[3], [1]], "int32"),
+        "color": np.array([["blue"], ["red"]], dtype=object),
+    }
+    expected = predicted(trained, rows)["label"]
+    (tf1,) = run_tf1(path, "serve", "csv", {"csv": lines})
+    np.testing.assert_allclose(tf1["label"], expected, atol=1e-5)
+    loaded = tf.saved_model.load(path, tags=["serve"])
+    tf2 = loaded.signatures["csv"](csv=tf.constant(lines))["label"]
+    np.testing.assert_allclose(tf2.numpy(), expected, atol=1e-5)
+    assert cli.main(["verify", path]) == 0
+
+
+def test_verify_fails_a_signature_that_fails_on_the_warm_up_rows(trained, tmp_path):
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, 3], tf.float32, name="measures"),
+            tf.TensorSpec([None, 1], tf.int32, name="count"),
+            tf.TensorSpec([None, 1], tf.string, name="color"),
+        ]
+    )
+    def strict(measures, count, color):
+        check = tf.debugging.assert_less(measures, -100.0, message="too large")
+        with tf.control_dependencies([check]):
+            return {
+                "label": trained(
+                    {"measures": measures, "count": count, "color": color}
+                )["label"]
+            }
+
+    path = str(tmp_path / "export")
+    export_saved_model(
+        trained, path, signatures={"strict": strict}, warmup_inputs=mixed_rows(2)
+    )
+    assert cli.main(["verify", path]) == 1
+
+
+# Warm-up requests target serving_default, through its API.
+
+
+@pytest.mark.parametrize(
+    "spec, log_type",
+    [
+        (signatures.classify(output="label"), "classify_log"),
+        (signatures.regress(output="score"), "regress_log"),
+        (signatures.examples(), "predict_log"),
+    ],
+)
+def test_warm_up_requests_go_through_the_api_of_serving_default(
+    trained, tmp_path, spec, log_type
+):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = str(tmp_path / "export")
+    rows = mixed_rows(3)
+    export_saved_model(
+        trained,
+        path,
+        serving_only=True,
+        signatures={"serving_default": spec},
+        warmup_inputs=rows,
+    )
+    records = [
+        prediction_log_pb2.PredictionLog.FromString(r.numpy())
+        for r in tf.data.TFRecordDataset(
+            f"{path}/assets.extra/tf_serving_warmup_requests"
+        )
+    ]
+    assert [r.WhichOneof("log_type") for r in records] == [log_type] * 3
+    requests = warmup.read(path)
+    assert {r.model_spec.signature_name for r in requests} == {"serving_default"}
+    if log_type == "predict_log":
+        serialized = [tf.make_ndarray(r.inputs["examples"])[0] for r in requests]
+    else:
+        serialized = [
+            r.input.example_list.examples[0].SerializeToString() for r in requests
+        ]
+    # The requests hold the rows: run through serving_default, they answer
+    # what the model answers.
+    (got,) = run_tf1(path, "serve", "serving_default", {spec.input_key: serialized})
+    expected = predicted(trained, rows)
+    key = {"classify_log": "scores", "regress_log": "outputs"}.get(log_type, "label")
+    want = expected["score" if key == "outputs" else "label"]
+    np.testing.assert_allclose(got[key], want, atol=1e-5)
+    assert cli.main(["verify", path]) == 0
+
+
+def test_warm_up_rows_cannot_target_a_custom_serving_default(trained, tmp_path):
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+    def custom(x):
+        return trained(
+            {
+                "measures": x,
+                "count": tf.zeros([tf.shape(x)[0], 1], tf.int32),
+                "color": tf.fill([tf.shape(x)[0], 1], "red"),
+            }
+        )
+
+    _refused(
+        trained,
+        {"serving_default": custom},
+        "serving_default is a custom endpoint",
+        tmp_path,
+        warmup_inputs=mixed_rows(2),
+    )
+
+
+# Everywhere exports are made.
+
+
+def test_the_callback_traces_signatures_once_and_every_version_classifies(tmp_path):
+    model = mixed_model()
+    rows = mixed_rows(8)
+    exporter = SavedModelExporter(
+        str(tmp_path / "exports"),
+        grace_seconds=0,
+        signatures={"classify": signatures.classify(output="label")},
+        async_export=True,
+    )
+    data = {k: tf.constant(v) for k, v in rows.items()}
+    model.fit(data, mixed_targets(8), epochs=2, verbose=0, callbacks=[exporter])
+    versions = exporter.versions()
+    assert len(versions) == 2
+    graphs = exporter.exporter._cache.graphs
+    model.fit(data, mixed_targets(8), epochs=1, verbose=0, callbacks=[exporter])
+    assert exporter.exporter._cache.graphs is graphs  # Traced once.
+    newest = str(tmp_path / "exports" / str(exporter.versions()[-1]))
+    (got,) = run_tf1(newest, "serve", "classify", {"inputs": examples_of(rows)})
+    np.testing.assert_allclose(
+        got["scores"], predicted(model, rows)["label"], atol=1e-5
+    )
+
+
+def test_exports_with_signatures_go_to_ram_filesystem(trained):
+    with VersionedExporter(
+        "ram://signatures/exports",
+        grace_seconds=0,
+        signatures={"regress": signatures.regress(output="score")},
+    ) as exporter:
+        path = exporter.export(trained)
+    rows = mixed_rows(2)
+    loaded = tf.saved_model.load(path, tags=["serve"])
+    got = loaded.signatures["regress"](inputs=tf.constant(examples_of(rows)))
+    np.testing.assert_allclose(
+        got["outputs"].numpy(), predicted(trained, rows)["score"], atol=1e-5
+    )

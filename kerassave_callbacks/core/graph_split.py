@@ -82,7 +82,9 @@ def split_by_mode(
         meta.CopyFrom(shell)
         del meta.meta_info_def.tags[:]
         meta.meta_info_def.tags.append(mode.tag)
-        methods = serving if mode is modes.SERVE else {mode.signature_key: mode.method_name}
+        methods = (
+            serving if mode is modes.SERVE else {mode.signature_key: mode.method_name}
+        )
         for key in list(meta.signature_def):
             # Keys with a double underscore (the init op) serve every mode.
             if key not in methods and not key.startswith("__"):

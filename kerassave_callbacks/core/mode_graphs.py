@@ -158,7 +158,9 @@ class ModeGraphs:
             self._specs or {modes.SERVE.signature_key: signatures_lib.predict()},
             inputs=self.inputs,
             predict=self._predict,
-            output_specs={n: tf.TensorSpec(t.shape, t.dtype) for n, t in outputs.items()},
+            output_specs={
+                n: tf.TensorSpec(t.shape, t.dtype) for n, t in outputs.items()
+            },
             model=self.model,
         )
         if training:

@@ -161,28 +161,22 @@ def _examples_log(spec, example: bytes) -> bytes:
     from tensorflow_serving.apis import classification_pb2, regression_pb2
 
     predict_pb2, prediction_log_pb2 = serving_protos()
-    key = modes.SERVE.signature_key
     if spec.kind == "examples":
         request = predict_pb2.PredictRequest()
         request.inputs[spec.input_key].CopyFrom(
             tf.make_tensor_proto([example], tf.string)
         )
-        log = prediction_log_pb2.PredictionLog(
-            predict_log=prediction_log_pb2.PredictLog(request=request)
-        )
-    elif spec.kind == "classify":
-        request = classification_pb2.ClassificationRequest()
-        request.input.example_list.examples.add().ParseFromString(example)
-        log = prediction_log_pb2.PredictionLog(
-            classify_log=prediction_log_pb2.ClassifyLog(request=request)
-        )
+        field, log_type = "predict_log", prediction_log_pb2.PredictLog
     else:
-        request = regression_pb2.RegressionRequest()
+        if spec.kind == "classify":
+            request = classification_pb2.ClassificationRequest()
+            field, log_type = "classify_log", prediction_log_pb2.ClassifyLog
+        else:
+            request = regression_pb2.RegressionRequest()
+            field, log_type = "regress_log", prediction_log_pb2.RegressLog
         request.input.example_list.examples.add().ParseFromString(example)
-        log = prediction_log_pb2.PredictionLog(
-            regress_log=prediction_log_pb2.RegressLog(request=request)
-        )
-    request.model_spec.signature_name = key
+    request.model_spec.signature_name = modes.SERVE.signature_key
+    log = prediction_log_pb2.PredictionLog(**{field: log_type(request=request)})
     return log.SerializeToString()
 
 
