@@ -197,3 +197,22 @@ def test_a_default_tensorboard_serves_the_export_scalars(trained):
     assert "epoch_loss" in tags.get("train", {})  # Keras' own, beside it.
     assert [step for _, step, _ in points] == [45, 90, 135]
     assert all(size > 100_000 for _, _, size in points)
+
+
+def test_classify_example_answers_as_the_serving_default_signature(tmp_path):
+    out = _run("classify_examples.py", "--epochs=1", "--samples=6", cwd=tmp_path)
+    lines = out.stdout.splitlines()
+    (version,) = [line.split(": ", 1)[1] for line in lines if line.startswith("version: ")]
+    classified = [int(line.split()[1]) for line in lines if line.startswith("classified ")]
+    assert len(classified) == 6
+
+    import numpy as np
+    import tensorflow as tf
+
+    sys.path.insert(0, EXAMPLES)
+    import digits
+
+    _, (x, _) = digits.load_digits()
+    serve = tf.saved_model.load(str(tmp_path / version), tags=["serve"])
+    (logits,) = serve.signatures["serving_default"](pixels=tf.constant(x[:6])).values()
+    assert classified == np.argmax(logits.numpy(), axis=-1).tolist()

@@ -10,6 +10,7 @@ from kerassave_callbacks import (
     SavedModelExporter,
     define_export_flags,
     exporter_from_flags,
+    signatures,
 )
 from kerassave_callbacks.flags import EXPORT_FLAG_NAMES
 
@@ -40,6 +41,7 @@ def test_every_export_flag_is_defined():
     export_log_dir="/tmp/logs",
     export_async=True,
     export_on_error="warn",
+    export_signatures="classify,serving_default=examples",
 )
 def test_exporter_from_flags_maps_every_flag():
     exporter = exporter_from_flags(FLAGS, verbose=1)
@@ -57,6 +59,10 @@ def test_exporter_from_flags_maps_every_flag():
     )
     assert exporter.options.async_export and exporter.on_error == "warn"
     assert exporter.verbose == 1
+    assert exporter.options.signatures == {
+        "classify": signatures.classify(),
+        "serving_default": signatures.examples(),
+    }
 
 
 @flagsaver.flagsaver(exports_to_keep=0, export_log_dir="", export_every_n_steps=0)
@@ -65,6 +71,7 @@ def test_zero_and_empty_mean_off():
     assert exporter.retention.keep is None
     assert exporter.log_dir is None
     assert exporter.schedule.every_n_steps is None
+    assert exporter.options.signatures is None
 
 
 @flagsaver.flagsaver(export_grace_seconds=0.0)
@@ -97,6 +104,7 @@ def test_a_clash_with_a_flag_of_the_binary_names_it():
         (["--export_keep_best=2"], "need --export_monitor"),
         (["--export_save_best_only"], "need --export_monitor"),
         (["--export_dir="], "--export_dir must not be empty"),
+        (["--export_signatures=predict,clasify"], "--export_signatures must be"),
     ],
 )
 def test_bad_values_are_refused_at_parse_time(argv, fragment):
