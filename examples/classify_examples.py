@@ -60,7 +60,9 @@ def serialized_examples(pixels: np.ndarray) -> list[bytes]:
     return [
         tf.train.Example(
             features=tf.train.Features(
-                feature={"pixels": tf.train.Feature(float_list=tf.train.FloatList(value=row))}
+                feature={
+                    "pixels": tf.train.Feature(float_list=tf.train.FloatList(value=row))
+                }
             )
         ).SerializeToString()
         for row in pixels

@@ -202,8 +202,12 @@ def test_a_default_tensorboard_serves_the_export_scalars(trained):
 def test_classify_example_answers_as_the_serving_default_signature(tmp_path):
     out = _run("classify_examples.py", "--epochs=1", "--samples=6", cwd=tmp_path)
     lines = out.stdout.splitlines()
-    (version,) = [line.split(": ", 1)[1] for line in lines if line.startswith("version: ")]
-    classified = [int(line.split()[1]) for line in lines if line.startswith("classified ")]
+    (version,) = [
+        line.split(": ", 1)[1] for line in lines if line.startswith("version: ")
+    ]
+    classified = [
+        int(line.split()[1]) for line in lines if line.startswith("classified ")
+    ]
     assert len(classified) == 6
 
     import numpy as np

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import c_loader
 import keras
 import numpy as np
 import pytest
@@ -197,6 +198,20 @@ def test_signatures_answer_what_the_model_answers_through_tf2(trained, exported)
     }
     for key, outputs in expected.items():
         assert_outputs({k: v.numpy() for k, v in got[key].items()}, outputs)
+
+
+def test_tf_cpp_loader_runs_every_signature_as_tf_serving_does(trained, exported):
+    rows = mixed_rows()
+    examples = examples_of(rows)
+    expected = _expected(trained, rows)
+    feeds = {
+        "serving_default": rows,
+        "examples": {"examples": examples},
+        "classify": {"inputs": examples},
+        "regress": {"inputs": examples},
+    }
+    for key, feed in feeds.items():
+        assert_outputs(c_loader.run(exported, "serve", key, feed), expected[key])
 
 
 def test_saved_model_cli_runs_classify_on_input_examples(trained, exported, tmp_path):
@@ -493,3 +508,38 @@ def test_exports_with_signatures_go_to_ram_filesystem(trained):
     np.testing.assert_allclose(
         got["outputs"].numpy(), predicted(trained, rows)["score"], atol=1e-5
     )
+
+
+def test_a_tf_keras_model_gets_the_same_signatures(tmp_path):
+    import tf_keras
+
+    measures = tf_keras.Input((3,), name="measures")
+    count = tf_keras.Input((1,), name="count", dtype="int32")
+    color = tf_keras.Input((1,), name="color", dtype="string")
+    colors = tf_keras.layers.StringLookup(vocabulary=COLORS, output_mode="one_hot")
+    merged = tf_keras.layers.Concatenate()(
+        [measures, tf_keras.layers.Lambda(lambda c: tf.cast(c, "float32"))(count)]
+        + [colors(color)]
+    )
+    label = tf_keras.layers.Dense(3, activation="softmax", name="label")(merged)
+    score = tf_keras.layers.Dense(1, name="score")(merged)
+    model = tf_keras.Model(
+        {"measures": measures, "count": count, "color": color},
+        {"label": label, "score": score},
+    )
+    model.compile("adam", {"label": "sparse_categorical_crossentropy", "score": "mse"})
+    rows = mixed_rows(8)
+    data = {k: tf.constant(v) for k, v in rows.items()}
+    model.fit(data, mixed_targets(8), verbose=0)
+    path = str(tmp_path / "export")
+
+    export_saved_model(model, path, signatures=SIGNATURES)
+
+    expected = _expected(model, rows)
+    for key in ("classify", "regress"):
+        (got,) = run_tf1(path, "serve", key, {"inputs": examples_of(rows)})
+        assert_outputs(got, expected[key])
+    loaded = tf.saved_model.load(path, tags=["serve"])
+    got = loaded.signatures["examples"](examples=tf.constant(examples_of(rows)))
+    assert_outputs({k: v.numpy() for k, v in got.items()}, expected["examples"])
+    assert cli.main(["verify", path]) == 0
