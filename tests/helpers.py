@@ -61,8 +61,9 @@ def run_tf1(path: str, tag: str, signature_key: str, feeds: dict, runs: int = 1)
         return [sess.run(fetch, feed) for _ in range(runs)]
 
 
-def trained_export(tmp_path):
-    """Fits the classifier for two epochs and exports it: (model, path, x, y)."""
+def trained_export(tmp_path, signatures=None):
+    """Fits the classifier for two epochs and exports it (with `signatures`):
+    (model, path, x, y)."""
     from kerassave_callbacks import export_saved_model
 
     from conftest import classifier, classifier_data
@@ -71,7 +72,7 @@ def trained_export(tmp_path):
     model = classifier()
     model.fit(x, y, epochs=2, batch_size=8, verbose=0)
     path = str(tmp_path / "export")
-    export_saved_model(model, path)
+    export_saved_model(model, path, signatures=signatures)
     return model, path, x, y
 
 

@@ -43,6 +43,20 @@ result["train_loss_finite"] = bool(np.isfinite(out["loss"].numpy()))
 result["serving_error"] = float(np.abs(
     served.signatures["serving_default"](x=tf.constant(x))["y"].numpy()
     - model(x).numpy()).max())
+from kerassave_callbacks import signatures
+export_saved_model(model, f"{base}/classify", signatures={
+    "classify": signatures.classify()})
+example = tf.train.Example(features=tf.train.Features(feature={
+    "x": tf.train.Feature(float_list=tf.train.FloatList(value=x[0]))}))
+classify = tf.saved_model.load(f"{base}/classify", tags=["serve"]).signatures[
+    "classify"]
+scores = classify(inputs=tf.constant([example.SerializeToString()]))["scores"]
+result["classify_error"] = float(np.abs(scores.numpy() - model(x[:1]).numpy()).max())
+endpoint = tf.function(lambda x: model(x), input_signature=[tf.TensorSpec([None, 4])])
+try:
+    export_saved_model(model, f"{base}/endpoint", signatures={"e": endpoint})
+except ValueError as e:
+    result["endpoint"] = str(e)
 result["written"] = sorted(os.listdir(base))
 print(json.dumps(result))
 """
@@ -53,9 +67,13 @@ def test_export_of_a_mirrored_model_inside_and_outside_the_scope(tmp_path):
 
     # Its steps are traced on a single-device copy, outside any scope.
     assert result["inside"] == "exported"
-    assert result["written"] == ["inside", "inside_serving", "outside"]
+    assert result["written"] == ["classify", "inside", "inside_serving", "outside"]
     assert result["train_loss_finite"]
     assert result["serving_error"] < 1e-5
+    # Built-in signatures call the copy's graphs; an endpoint of the user's,
+    # which calls the model itself, cannot and is refused.
+    assert result["classify_error"] < 1e-5
+    assert "custom endpoints ['e']" in result["endpoint"]
 
 
 TWO_REPLICAS = """

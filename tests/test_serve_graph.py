@@ -20,6 +20,7 @@ from kerassave_callbacks import (
     export_saved_model,
     load_from_saved_model,
 )
+from kerassave_callbacks import signatures as signatures_lib
 from kerassave_callbacks.core import keras3
 
 from conftest import classifier, classifier_data
@@ -54,8 +55,21 @@ def test_each_graph_exposes_the_variables_its_signature_uses(tmp_path):
     assert iterations in scalars
 
 
-def test_freezing_the_serve_signature_leaves_no_variable_ops(tmp_path):
-    model, path, x, _ = trained_export(tmp_path)
+# The serve graph of an export with more signatures than serving_default
+# stays readable for its serving_default.
+WITH_SIGNATURES = pytest.mark.parametrize(
+    "signatures",
+    [
+        None,
+        {"classify": signatures_lib.classify(), "examples": signatures_lib.examples()},
+    ],
+    ids=["default", "with_classify"],
+)
+
+
+@WITH_SIGNATURES
+def test_freezing_the_serve_signature_leaves_no_variable_ops(tmp_path, signatures):
+    model, path, x, _ = trained_export(tmp_path, signatures)
     fn = tf.saved_model.load(path, tags=["serve"]).signatures["serving_default"]
 
     frozen = convert_to_constants.convert_variables_to_constants_v2(fn)
@@ -69,8 +83,11 @@ def test_freezing_the_serve_signature_leaves_no_variable_ops(tmp_path):
     assert_close(out["logits"] if isinstance(out, dict) else out[0], model(x))
 
 
-def test_tf2onnx_converts_the_serve_graph_and_onnxruntime_predicts(tmp_path):
-    model, path, x, _ = trained_export(tmp_path)
+@WITH_SIGNATURES
+def test_tf2onnx_converts_the_serve_graph_and_onnxruntime_predicts(
+    tmp_path, signatures
+):
+    model, path, x, _ = trained_export(tmp_path, signatures)
     onnx_path = str(tmp_path / "model.onnx")
     out = subprocess.run(
         [

@@ -543,3 +543,26 @@ def test_a_tf_keras_model_gets_the_same_signatures(tmp_path):
     got = loaded.signatures["examples"](examples=tf.constant(examples_of(rows)))
     assert_outputs({k: v.numpy() for k, v in got.items()}, expected["examples"])
     assert cli.main(["verify", path]) == 0
+
+
+def test_float16_outputs_of_mixed_precision_are_served_as_float(tmp_path):
+    inputs = keras.Input((4,), name="features")
+    hidden = keras.layers.Dense(8, activation="relu", dtype="mixed_float16")(inputs)
+    outputs = keras.layers.Dense(2, activation="softmax", dtype="mixed_float16")(hidden)
+    model = keras.Model(inputs, outputs)
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    assert model(x).dtype == "float16"
+    path = str(tmp_path / "export")
+    export_saved_model(model, path, signatures={"classify": signatures.classify()})
+
+    feature = {"features": tf.io.FixedLenFeature([4], tf.float32)}
+    examples = [serving_signatures.to_example({"features": row}, feature) for row in x]
+    with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+        meta = tf.compat.v1.saved_model.load(sess, ["serve"], path)
+        sig = meta.signature_def["classify"]
+        assert is_valid(sig)
+        scores = sess.run(
+            sig.outputs["scores"].name, {sig.inputs["inputs"].name: examples}
+        )
+    assert scores.dtype == np.float32
+    np.testing.assert_allclose(scores, np.asarray(model(x), "float32"), atol=1e-3)
