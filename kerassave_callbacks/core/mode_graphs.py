@@ -1,11 +1,10 @@
-"""Traces a Keras model's train / eval / serve graphs and saves them.
+"""Saves a model's traced functions (`tracing`) as a SavedModel, many times.
 
-TensorFlow 2.21 with Keras 3 has no graph mode for Keras, so the mode graphs
-of the old `tf.keras.experimental.export_saved_model` are rebuilt on TF2
-tracing: each mode is a `tf.function` traced once, saved together with
-`tf.saved_model.save`, and the one MetaGraph that writes is then split into
-one MetaGraph per mode tag, each keeping only its own signature
-(`graph_split`).
+Serializing happens on the first save: the functions are saved together
+with `tf.saved_model.save`, and the one MetaGraph that writes is split into
+one MetaGraph per mode tag, each keeping only its own signatures
+(`graph_split`). Every later save writes the cached graph bytes and the
+variables' values (`SaveV2`), tracing and serializing nothing.
 """
 
 from __future__ import annotations
@@ -13,12 +12,10 @@ from __future__ import annotations
 import posixpath
 
 import tensorflow as tf
-from absl import logging
 from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 
 from kerassave_callbacks import _files, _fs, layout
-from kerassave_callbacks import signatures as signatures_lib
 from kerassave_callbacks.core import (
     _fingerprint,
     _tf_logs,
@@ -28,6 +25,7 @@ from kerassave_callbacks.core import (
     serving_signatures,
     single_device,
     specs,
+    tracing,
     warmup,
 )
 
@@ -35,8 +33,8 @@ from kerassave_callbacks.core import (
 class ModeGraphs:
     """The traced mode functions of one model, ready to be saved many times.
 
-    Tracing happens once, in the constructor; `save` writes the model's
-    current variable values each time it is called.
+    Tracing happens once, in the constructor (`tracing.trace`); `save`
+    writes the model's current variable values each time it is called.
     """
 
     def __init__(
@@ -51,37 +49,35 @@ class ModeGraphs:
     ):
         self.model = model
         self.keras = keras_api.adapter_for(model)
-        self.inputs = specs.input_structure(model, input_signature)
-        # Serving signature key -> spec (`signatures.normalized`; None: the
-        # model's predict signature alone).
-        self._specs = signatures
+        inputs = specs.input_structure(model, input_signature)
         # Checked against the serve signature before anything is traced.
         self._warmup = (
-            warmup.records(self.inputs, warmup_inputs, self._default_spec())
+            warmup.records(inputs, warmup_inputs, _default_spec(signatures))
             if warmup_inputs is not None
             else []
         )
-        self._input_specs = tf.nest.flatten(self.inputs)
-        self.output_names: list[str] = []  # Known once `serve` is traced.
-        self._output_keys: list[str] | None = None  # Raw keys of dict outputs.
-        self.modes = (modes.SERVE,)
         self._model_json = self.keras.to_json(model)
         self._layer_assets = self.keras.layer_assets(model)
-        # The model whose graphs are traced: `model`, or a single-device copy
-        # of it (`single_device`).
-        self.traced_model = model
         with _tf_logs.quiet():
-            # Signature key -> traced function, of every MetaGraph.
-            self.signatures = self._trace(serving_only, target_signature)
+            self.traced = tracing.trace(
+                model,
+                self.keras,
+                inputs,
+                serving_only=serving_only,
+                target_signature=target_signature,
+                signatures=signatures,
+                model_json=self._model_json,
+                layer_assets=self._layer_assets,
+            )
+        self.modes = self.traced.modes
         self._object_graph = None  # Set with the graph bytes on the first save.
         self._graph_files: dict[bool, bytes] = {}  # as_text -> file contents
         # assets/ path -> bytes of what tf.saved_model.save wrote there
         # (vocabulary files of tables): known after the first save.
         self._saved_assets: dict[str, bytes] = {}
-        # Optimizer slots and compiled metrics are created while tracing:
+        # Optimizer slots and compiled metrics were created while tracing:
         # collect what to save only now.
-        traced = self.traced_model
-        self.root = self._saved_root(traced)
+        self.root = self._saved_root()
         # (checkpoint key, variable) of every variable the export holds.
         self._variables = [
             (layout.variable_key(group, i), v)
@@ -95,16 +91,17 @@ class ModeGraphs:
         # Where each saved value is read from: the variable itself, or the
         # model's own when the graphs are a copy's (metrics: saved as zeros).
         self._sources = [v for _, v in self._variables]
-        if traced is not model:
+        if self.traced.traced_model is not model:
             self._sources = single_device.model_sources(
                 self.keras, self.model, self.root, modes.TRAIN in self.modes
             )
 
-    def _saved_root(self, traced) -> tf.Module:
+    def _saved_root(self) -> tf.Module:
         """The object `tf.saved_model.save` saves: the traced model's
         variables by group, and the resources its graphs use (tracked, so
         that the init op initializes them when a TF1 session or TF Serving
         loads)."""
+        traced = self.traced.traced_model
         root = tf.Module()
         setattr(root, layout.MODEL_VARIABLES, self.keras.model_variables(traced))
         if modes.TRAIN in self.modes:
@@ -112,121 +109,13 @@ class ModeGraphs:
                 root, layout.OPTIMIZER_VARIABLES, self.keras.optimizer_variables(traced)
             )
             setattr(root, layout.METRIC_VARIABLES, self.keras.metric_variables(traced))
-        resources = _captured_resources(traced, self._concrete.values())
+        resources = _captured_resources(traced, self.traced.concrete.values())
         setattr(root, layout.RESOURCES, resources)
         if self.modes == (modes.SERVE,):
             # As Keras' model.export() names it, for keras.layers.TFSMLayer
             # (TF2 reads a one-MetaGraph export natively, attributes too).
-            root.serve = self._predict
+            root.serve = self.traced.predict
         return root
-
-    def _default_spec(self):
-        """The spec of `serving_default`, which warm-up requests target."""
-        return (self._specs or {}).get(modes.SERVE.signature_key)
-
-    def _trace(self, serving_only: bool, target_signature) -> dict:
-        """Traces the mode functions; sets `self.modes`."""
-        model = self.model
-        training = (
-            not serving_only
-            and self.keras.is_compiled(model)
-            and _trains_as_keras(model, self.keras)
-        )
-        if training and self.keras.steps_only_on_a_copy(model):
-            _check_no_endpoints(model, self._specs)
-            # The model's own slots too: every export saves its values.
-            self.keras.build_optimizer(model)
-            copy = single_device.copy_of(
-                self.keras, model, self._model_json, self._layer_assets
-            )
-            if copy is not None:
-                self.traced_model = copy
-                # Outside the strategy's scope, which is thread-local.
-                return single_device.in_a_fresh_thread(
-                    lambda: self._trace_modes(True, target_signature)
-                )
-            training = False
-        return self._trace_modes(training, target_signature)
-
-    def _trace_modes(self, training: bool, target_signature) -> dict:
-        """Traces the serving signatures, and with `training` the train and
-        eval functions, of `traced_model`."""
-        model = self.traced_model
-        self._predict = self._trace_serve()
-        outputs = self._predict.get_concrete_function().structured_outputs
-        functions = serving_signatures.build(
-            self._specs or {modes.SERVE.signature_key: signatures_lib.predict()},
-            inputs=self.inputs,
-            predict=self._predict,
-            output_specs={
-                n: tf.TensorSpec(t.shape, t.dtype) for n, t in outputs.items()
-            },
-            model=self.model,
-        )
-        if training:
-            self._targets = specs.target_specs(
-                model,
-                self.output_names,
-                [outputs[n] for n in self.output_names],
-                target_signature,
-                loss_keys=self._output_keys,
-                input_names=[s.name for s in self._input_specs],
-            )
-            _check_not_in_strategy_scope(model)
-            self.keras.build_optimizer(model)
-            functions[modes.TRAIN.signature_key] = self._trace_step(training=True)
-            functions[modes.EVAL.signature_key] = self._trace_step(training=False)
-            self.modes = (modes.SERVE, modes.TRAIN, modes.EVAL)
-        # Their concrete functions, taken in the thread that traced them: in
-        # another context (a strategy's scope) a tf.function traces anew.
-        self._concrete = {k: f.get_concrete_function() for k, f in functions.items()}
-        return functions
-
-    def _call_inputs(self, flat_args):
-        return tf.nest.pack_sequence_as(self.inputs, list(flat_args))
-
-    def _named_outputs(self, outputs) -> dict:
-        return dict(zip(self.output_names, tf.nest.flatten(outputs), strict=True))
-
-    def _trace_serve(self):
-        def serve(*args):
-            outputs = self.traced_model(self._call_inputs(args), training=False)
-            if not self.output_names:
-                self.output_names = specs.output_names(self.model, outputs)
-                if isinstance(outputs, dict):
-                    self._output_keys = [str(k) for k in sorted(outputs)]
-            return self._named_outputs(outputs)
-
-        return _traced(serve, self._input_specs)
-
-    def _pack_targets(self, flat_targets, outputs):
-        if isinstance(outputs, dict):
-            return dict(zip(sorted(outputs), flat_targets, strict=True))
-        return tf.nest.pack_sequence_as(outputs, list(flat_targets))
-
-    def _trace_step(self, training: bool):
-        model = self.traced_model
-        n_inputs = len(self._input_specs)
-
-        def step(*args):
-            x = self._call_inputs(args[:n_inputs])
-            loss, y_pred, metrics = self.keras.step(
-                model,
-                x,
-                lambda y_pred: self._pack_targets(args[n_inputs:], y_pred),
-                training,
-            )
-            results = {modes.LOSS_KEY: loss}
-            for name, value in self._named_outputs(y_pred).items():
-                results[modes.PREDICTIONS_PREFIX + name] = value
-            for name, value in metrics.items():
-                if name != modes.LOSS_KEY:
-                    key = modes.METRICS_PREFIX + name + modes.METRIC_VALUE_SUFFIX
-                    results[key] = value
-            return results
-
-        signature = self._input_specs + self._targets
-        return _traced(step, signature)
 
     @property
     def serialized(self) -> bool:
@@ -290,7 +179,7 @@ class ModeGraphs:
                 )
 
         try:
-            if self.traced_model is self.model:
+            if self.traced.traced_model is self.model:
                 save()
             else:  # The copy's graphs, saved outside the model's strategy.
                 single_device.in_a_fresh_thread(save)
@@ -324,8 +213,8 @@ class ModeGraphs:
             saved,
             self.modes,
             shapes,
-            serving=serving_signatures.method_names(self._specs),
-            shared_inputs=serving_signatures.shared_input_keys(self._specs),
+            serving=serving_signatures.method_names(self.traced.specs),
+            shared_inputs=serving_signatures.shared_input_keys(self.traced.specs),
         )
         tf.io.gfile.remove(pb_path)
         # TF fingerprints the graph it wrote; after the split that
@@ -356,8 +245,8 @@ class ModeGraphs:
         cannot be saved.
         """
         if self._distributed:
-            return self.signatures
-        return self._concrete
+            return dict(self.traced.functions)
+        return dict(self.traced.concrete)
 
     def _write_keras_assets(self, path: str) -> None:
         assets = posixpath.join(path, "assets")
@@ -369,6 +258,11 @@ class ModeGraphs:
         _files.write_tree(
             posixpath.join(assets, layout.LAYER_ASSETS), self._layer_assets
         )
+
+
+def _default_spec(signatures):
+    """The spec of `serving_default`, which warm-up requests target."""
+    return (signatures or {}).get(modes.SERVE.signature_key)
 
 
 def model_resources(model) -> list:
@@ -384,83 +278,6 @@ def _captured_resources(model, concrete_functions) -> list:
     """The resources of the model that the traced graphs use."""
     captured = {id(t) for fn in concrete_functions for t in fn.captured_inputs}
     return [r for r in model_resources(model) if id(r.resource_handle) in captured]
-
-
-def _trains_as_keras(model, adapter) -> bool:
-    """Whether the train and eval graphs can repeat what `fit` does.
-
-    They run Keras' own step (`compute_loss`, the optimizer, the compiled
-    metrics). A model whose `train_step` or `test_step` is its own is
-    refused, since a graph that trains differently from `fit` would be
-    silently wrong; a model compiled with no loss gets only the serve graph,
-    with a warning.
-
-    Raises:
-      ValueError: `train_step` or `test_step` is overridden.
-    """
-    for method in ("train_step", "test_step"):
-        owner = adapter.overrides(model, method)
-        if owner is not None:
-            raise ValueError(
-                f"Model {model.name!r} overrides `{method}` in {owner}, so the "
-                "train and eval graphs, which run Keras' own step, would train "
-                "differently from fit(). Pass serving_only=True to export only "
-                "the serve graph."
-            )
-    if not adapter.has_loss(model):
-        logging.warning(
-            "Model %r is compiled with no loss, so its export has only the "
-            "serve graph (a train graph would have nothing to minimize). "
-            "Pass a loss to compile(), or serving_only=True to silence this.",
-            model.name,
-        )
-        return False
-    return True
-
-
-def _check_no_endpoints(model, specs) -> None:
-    """A custom endpoint calls the model itself, but the graphs of a model
-    with distributed variables are traced on a single-device copy."""
-    endpoints = [k for k, s in (specs or {}).items() if signatures_lib.is_endpoint(s)]
-    if endpoints:
-        raise ValueError(
-            f"Cannot export the custom endpoints {endpoints} with the train and "
-            f"eval graphs of model {model.name!r}, whose variables are "
-            "distributed: those graphs are traced on a single-device copy that "
-            "the endpoints do not call. Pass serving_only=True, or use the "
-            "built-in signatures."
-        )
-
-
-def _check_not_in_strategy_scope(model) -> None:
-    """The train graph cannot be traced inside `strategy.scope()`.
-
-    There Keras' optimizer wants a replica context; outside the scope the
-    model keeps its distributed variables and traces fine.
-    """
-    if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
-        raise ValueError(
-            f"Cannot export the train and eval graphs of model {model.name!r} "
-            "inside `strategy.scope()`. Export outside the `with "
-            "strategy.scope():` block (the model keeps its distributed "
-            "variables), or pass serving_only=True."
-        )
-
-
-def _traced(fn, input_signature):
-    """`fn` as a `tf.function`, traced now (creating lazy optimizer and
-    metric variables).
-
-    Without autograph, as Keras traces its own train step and
-    `model.export()` its serving function: the graphs hold the ops `fit`
-    runs.
-
-    The `tf.function` itself is kept: under a distribution strategy it is
-    what gets saved (see `ModeGraphs._to_save`).
-    """
-    fn = tf.function(fn, input_signature=input_signature, autograph=False)
-    fn.get_concrete_function()
-    return fn
 
 
 def to_text(saved: saved_model_pb2.SavedModel) -> bytes:
