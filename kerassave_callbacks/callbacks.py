@@ -13,7 +13,7 @@ from kerassave_callbacks import export_dir as export_dir_lib
 from kerassave_callbacks import exporter as exporter_lib
 from kerassave_callbacks import options as options_lib
 from kerassave_callbacks import schedule as schedule_lib
-from kerassave_callbacks.core import keras_api
+from kerassave_callbacks.core import adapter, keras_api
 from kerassave_callbacks.options import ExportOptions, RetentionPolicy
 from kerassave_callbacks.records import ExportError, ExportRecord
 from kerassave_callbacks.schedule import ExportSchedule
@@ -26,7 +26,7 @@ def _uncommitted(failure: ExportError | None) -> bool:
     return failure is not None and failure.committed is None
 
 
-class SavedModelExporter(keras.callbacks.Callback):
+class SavedModelExporter(adapter.BatchHooks, keras.callbacks.Callback):
     """Exports integer-versioned SavedModels for TF Serving during `fit`.
 
     Exports at the end of every `every_n_epochs`-th epoch, optionally every
@@ -177,18 +177,9 @@ class SavedModelExporter(keras.callbacks.Callback):
         # not trained since.
         self._retry: dict | None = None
 
-    # Keras 2's fit (tf_keras) asks each callback which batch hooks it
-    # implements, through these methods of its own Callback class; Keras 3
-    # never calls them.
-
-    def _implements_train_batch_hooks(self) -> bool:
+    def _uses_train_batch_hooks(self) -> bool:
+        """Whether it exports from batch hooks (Keras 2's `fit` asks)."""
         return self.schedule.every_n_steps is not None
-
-    def _implements_test_batch_hooks(self) -> bool:
-        return False
-
-    def _implements_predict_batch_hooks(self) -> bool:
-        return False
 
     def versions(self) -> list[int]:
         """The complete versions in `export_dir`, oldest first.

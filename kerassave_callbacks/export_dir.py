@@ -127,7 +127,7 @@ class ExportDir:
 
     def for_retention(
         self, monitor: str | None, infos: dict | None = None
-    ) -> list[retention.Version]:
+    ) -> list[retention.Candidate]:
         """What retention needs to know of each complete version.
 
         Args:
@@ -140,7 +140,7 @@ class ExportDir:
         pinned = self._pinned(versions)
         for version in versions:
             if version in pinned:
-                known.append(retention.Version(version, float(version), pinned=True))
+                known.append(retention.Candidate(version, float(version), pinned=True))
                 continue
             info = infos.get(version) if infos is not None else None
             if info is None:
@@ -149,7 +149,7 @@ class ExportDir:
                     infos[version] = info
             metric = (info.get("metrics") or {}).get(monitor)
             known.append(
-                retention.Version(
+                retention.Candidate(
                     version,
                     created=finite_or_none(info.get("created")) or float(version),
                     metric=finite_or_none(metric),

@@ -54,7 +54,7 @@ class Retainer:
         """Caches the export info of a version (just written or changed)."""
         self._infos[version] = info
 
-    def known(self) -> list[retention.Version]:
+    def known(self) -> list[retention.Candidate]:
         """What retention knows of each complete version on disk."""
         known = self._dir.for_retention(self.monitor.name, self._infos)
         listed = {v.version for v in known}

@@ -17,8 +17,9 @@ _NO_MONITOR = Monitor()
 
 
 @dataclasses.dataclass(frozen=True)
-class Version:
-    """What retention knows of one version on disk.
+class Candidate:
+    """One version on disk as retention weighs it: only what the policy
+    reads (`export_dir.Version` is the full row that `kerassave list` shows).
 
     Attributes:
       version: the integer name of the version directory.
@@ -35,7 +36,7 @@ class Version:
 
 
 def best_versions(
-    versions: Iterable[Version], count: int, monitor: Monitor
+    versions: Iterable[Candidate], count: int, monitor: Monitor
 ) -> list[int]:
     """The `count` best versions by metric, best first; ties go to the newer.
 
@@ -43,14 +44,14 @@ def best_versions(
 
     Example:
 
-        versions = [Version(1, 0.0, 0.5), Version(2, 1.0, 0.2)]
+        versions = [Candidate(1, 0.0, 0.5), Candidate(2, 1.0, 0.2)]
         best_versions(versions, 1, Monitor("val_loss"))  # [2]
     """
     ranked = monitor.ranked((v.version, v.metric) for v in versions if not v.pinned)
     return ranked[:count]
 
 
-def _every_n_hours(versions: list[Version], hours: float) -> set[int]:
+def _every_n_hours(versions: list[Candidate], hours: float) -> set[int]:
     kept: set[int] = set()
     anchor = None
     for v in sorted(versions, key=lambda v: (v.created, v.version)):
@@ -61,7 +62,7 @@ def _every_n_hours(versions: list[Version], hours: float) -> set[int]:
 
 
 def versions_to_keep(
-    versions: Iterable[Version], policy: RetentionPolicy, monitor: Monitor
+    versions: Iterable[Candidate], policy: RetentionPolicy, monitor: Monitor
 ) -> set[int]:
     """The versions `policy` keeps, by integer name (pinned ones always)."""
     versions = list(versions)
@@ -79,7 +80,7 @@ def versions_to_keep(
 
 
 def versions_to_delete(
-    versions: Iterable[Version],
+    versions: Iterable[Candidate],
     policy: RetentionPolicy,
     monitor: Monitor = _NO_MONITOR,
     protected: Iterable[int] = (),
@@ -88,7 +89,7 @@ def versions_to_delete(
 
     Example:
 
-        versions = [Version(1, created=0.0), Version(2, 1.0), Version(3, 2.0)]
+        versions = [Candidate(1, created=0.0), Candidate(2, 1.0), Candidate(3, 2.0)]
         versions_to_delete(versions, RetentionPolicy(keep=2), protected=[3])  # [1]
     """
     versions = list(versions)
@@ -100,7 +101,7 @@ def versions_to_delete(
 
 
 def deletion_times(
-    versions: Iterable[Version], doomed: Iterable[int], grace_seconds: float
+    versions: Iterable[Candidate], doomed: Iterable[int], grace_seconds: float
 ) -> dict[int, float]:
     """When each doomed version may be deleted (unix time): `grace_seconds`
     after it was superseded, i.e. after the next newer version was created,
@@ -108,7 +109,7 @@ def deletion_times(
 
     Example:
 
-        versions = [Version(1, created=0.0), Version(2, created=5.0)]
+        versions = [Candidate(1, created=0.0), Candidate(2, created=5.0)]
         deletion_times(versions, [1], grace_seconds=10.0)  # {1: 15.0}
     """
     by_version = sorted(versions, key=lambda v: v.version)

@@ -7,13 +7,13 @@ import math
 import pytest
 
 from kerassave_callbacks.options import Monitor, RetentionPolicy
-from kerassave_callbacks.retention import Version, deletion_times, versions_to_delete
+from kerassave_callbacks.retention import Candidate, deletion_times, versions_to_delete
 
 HOUR = 3600.0
 
 
-def _v(n: int, metric=None, created=None) -> Version:
-    return Version(n, created=float(n) if created is None else created, metric=metric)
+def _v(n: int, metric=None, created=None) -> Candidate:
+    return Candidate(n, created=float(n) if created is None else created, metric=metric)
 
 
 TEN = [_v(n) for n in range(1, 11)]
@@ -88,5 +88,5 @@ GRACE = {
 
 @pytest.mark.parametrize("versions,doomed,grace,expected", GRACE.values(), ids=GRACE)
 def test_deletion_times(versions, doomed, grace, expected):
-    known = [Version(v, created=10.0 * v) for v in reversed(versions)]
+    known = [Candidate(v, created=10.0 * v) for v in reversed(versions)]
     assert deletion_times(known, doomed, grace) == expected

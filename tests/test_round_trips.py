@@ -4,7 +4,6 @@ the model that wrote it, for the model kinds users have."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -335,20 +334,6 @@ print(type(loaded.layers[-1]).__name__)
 
 def test_enable_unsafe_deserialization_is_honoured(tmp_path):
     assert run_python(UNSAFE, tmp_path / "export") == "Lambda"
-
-
-def test_a_model_compiled_without_a_loss_exports_its_serve_graph(tmp_path, caplog):
-    model = classifier(compiled=False)
-    model.compile(optimizer="adam")
-    path = str(tmp_path / "export")
-    with caplog.at_level(logging.WARNING):
-        export_saved_model(model, path)
-
-    assert "compiled with no loss" in caplog.text
-    x, _ = classifier_data()
-    assert_close(serve_tf2(path, {"features": x})["logits"], model(x))
-    saved = tf.saved_model.load(path, tags=["serve"])
-    assert list(saved.signatures) == ["serving_default"]
 
 
 def test_dict_output_keys_with_slashes(tmp_path):

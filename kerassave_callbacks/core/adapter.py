@@ -16,6 +16,32 @@ from typing import Any, Protocol
 import tensorflow as tf
 
 
+class BatchHooks:
+    """A callback mixin that tells Keras 2's `fit` (`tf_keras`) which batch
+    hooks the callback implements: `tf_keras` asks each callback through
+    private methods of its own `Callback` class, which Keras 3 never calls.
+    The callback says it with `_uses_train_batch_hooks()`.
+
+    Example:
+
+        class Exporter(BatchHooks, keras.callbacks.Callback):
+            def _uses_train_batch_hooks(self) -> bool:
+                return True
+    """
+
+    def _uses_train_batch_hooks(self) -> bool:
+        return False
+
+    def _implements_train_batch_hooks(self) -> bool:
+        return self._uses_train_batch_hooks()
+
+    def _implements_test_batch_hooks(self) -> bool:
+        return False
+
+    def _implements_predict_batch_hooks(self) -> bool:
+        return False
+
+
 class KerasAdapter(Protocol):
     """The functions an adapter module defines (a module satisfies this
     protocol structurally).
