@@ -77,10 +77,9 @@ class VersionedExporter:
       keep_every_n_hours: also keep one version per this many hours.
         Defaults to None.
       grace_seconds: a version retention drops is deleted only once it
-        has been superseded for this long, so that a server that picked it
-        as the newest can finish loading it; until then it stays on disk
-        and listed. `wait()` and `close()` wait the grace periods out (at
-        most this long). 0 deletes at once. Defaults to 10.
+        has been superseded this long, so that a server that picked it as
+        the newest can finish loading it (it stays listed meanwhile);
+        `wait()` and `close()` wait it out. 0 deletes at once. Defaults to 10.
       serving_only, input_signature, custom_objects, as_text,
         target_signature, warmup_inputs, async_export, signatures: what
         each export writes, and whether in a background thread (`wait()`
@@ -92,9 +91,8 @@ class VersionedExporter:
       clock: returns the unix time; for tests. Defaults to `time.time`.
       retention: a `RetentionPolicy` instead of `keep`, `keep_best`,
         `keep_every_n_hours` and `grace_seconds`. Defaults to None.
-      options: an `ExportOptions` instead of `serving_only`,
-        `input_signature`, `custom_objects`, `as_text`, `target_signature`,
-        `warmup_inputs`, `async_export` and `signatures`. Defaults to None.
+      options: an `ExportOptions` instead of the keywords it holds (from
+        `serving_only` to `signatures`). Defaults to None.
 
     Raises:
       TypeError, ValueError: a bad argument, named in the message.

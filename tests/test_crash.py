@@ -1,4 +1,4 @@
-"""Exports killed with SIGKILL at random moments leave nothing TF Serving loads
+"""Exports killed with SIGKILL at chosen points leave nothing TF Serving loads
 half-written, and the next exporter cleans up after them."""
 
 from __future__ import annotations
