@@ -84,7 +84,7 @@ def records(input_structure, warmup_inputs, spec=None) -> list[bytes]:
 
     Args:
       input_structure: the model's inputs (named `tf.TensorSpec`s, as
-        `ModeGraphs.inputs`).
+        `specs.input_structure` returns them).
       warmup_inputs: an array (one input), a list of arrays (in input
         order) or a dict of input name -> array, as `model.predict` takes.
       spec: the `serving_default` spec (None: `predict()`).
