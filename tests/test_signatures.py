@@ -149,6 +149,12 @@ def test_every_signature_is_valid_for_tf_serving_with_its_method(exported):
         sigs["classify"].inputs["inputs"].name == sigs["regress"].inputs["inputs"].name
     )
     assert list(sigs["examples"].inputs) == ["examples"]
+    dims = {
+        name: [d.size for d in t.tensor_shape.dim]
+        for name, t in sigs["classify"].outputs.items()
+    }
+    assert dims == {"scores": [-1, 3], "classes": [-1, 3]}
+    assert [d.size for d in sigs["classify"].inputs["inputs"].tensor_shape.dim] == [-1]
 
 
 def test_signatures_answer_what_the_model_answers_through_a_tf1_session(
@@ -316,6 +322,16 @@ def test_an_input_with_an_unknown_inner_dimension_needs_a_feature_spec(tmp_path)
     np.testing.assert_allclose(value, model(tokens), atol=1e-5)
 
 
+def test_an_input_dtype_a_tf_example_cannot_hold_is_refused_by_name():
+    inputs = {"z": tf.TensorSpec([None, 2], tf.complex64, name="z")}
+    with pytest.raises(ValueError, match="input 'z' of dtype complex64.*feature_spec"):
+        serving_signatures.feature_spec(inputs, signatures.examples())
+    with pytest.raises(ValueError, match=r"names inputs \['nope'\]"):
+        serving_signatures.feature_spec(
+            inputs, signatures.examples(feature_spec={"nope": None})
+        )
+
+
 def test_bad_signatures_arguments_name_the_value_and_the_fix():
     with pytest.raises(TypeError, match="must be a dict"):
         signatures.normalized([signatures.classify()])
@@ -348,7 +364,11 @@ def test_the_flag_value_names_keys_and_kinds():
 
 
 def test_a_custom_endpoint_with_its_own_preprocessing_serves(trained, tmp_path):
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="csv")])
+    # (Without autograph: its converted-function cache can hand a function
+    # defined in a test to another test's function that reuses its id.)
+    @tf.function(
+        input_signature=[tf.TensorSpec([None], tf.string, name="csv")], autograph=False
+    )
     def from_csv(csv):
         fields = tf.strings.split(csv, ",").to_tensor(shape=[None, 5])
         measures = tf.strings.to_number(fields[:, :3])
@@ -381,7 +401,8 @@ def test_verify_fails_a_signature_that_fails_on_the_warm_up_rows(trained, tmp_pa
             tf.TensorSpec([None, 3], tf.float32, name="measures"),
             tf.TensorSpec([None, 1], tf.int32, name="count"),
             tf.TensorSpec([None, 1], tf.string, name="color"),
-        ]
+        ],
+        autograph=False,
     )
     def strict(measures, count, color):
         check = tf.debugging.assert_less(measures, -100.0, message="too large")
@@ -450,7 +471,9 @@ def test_warm_up_requests_go_through_the_api_of_serving_default(
 
 
 def test_warm_up_rows_cannot_target_a_custom_serving_default(trained, tmp_path):
-    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, 3], tf.float32)], autograph=False
+    )
     def custom(x):
         return trained(
             {
