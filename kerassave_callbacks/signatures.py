@@ -232,7 +232,11 @@ def normalized(signatures) -> dict | None:
         )
     out = {}
     for key, spec in signatures.items():
-        if not isinstance(key, str) or not key or key.startswith("__"):
+        if not isinstance(key, str):
+            raise TypeError(
+                f"Signature keys must be str. Received: {key!r} in `signatures`."
+            )
+        if not key or key.startswith("__"):
             raise ValueError(
                 f"Invalid signature key {key!r} in `signatures`: use a "
                 "non-empty str that does not start with '__'."

@@ -337,6 +337,10 @@ def test_bad_signatures_arguments_name_the_value_and_the_fix():
         signatures.normalized([signatures.classify()])
     with pytest.raises(TypeError, match=r"signatures\['x'\] must be a spec"):
         signatures.normalized({"x": "classify"})
+    with pytest.raises(TypeError, match="keys must be str"):
+        signatures.normalized({1: signatures.predict()})
+    with pytest.raises(ValueError, match="does not start with '__'"):
+        signatures.normalized({"__init": signatures.predict()})
     with pytest.raises(ValueError, match="input_signature"):
         signatures.normalized({"x": tf.function(lambda x: x)})
     with pytest.raises(ValueError, match="'train'.*train graph"):
@@ -358,6 +362,18 @@ def test_the_flag_value_names_keys_and_kinds():
         "serving_default": signatures.predict(),
     }
     assert signatures.parse("") is None
+
+
+def test_predict_under_another_key_is_the_same_function(trained, tmp_path):
+    path = str(tmp_path / "export")
+    export_saved_model(
+        trained, path, serving_only=True, signatures={"raw": signatures.predict()}
+    )
+    rows = mixed_rows(2)
+    expected = predicted(trained, rows)
+    for key in ("raw", "serving_default"):
+        (got,) = run_tf1(path, "serve", key, rows)
+        assert_outputs(got, expected)
 
 
 # Custom endpoints.
