@@ -170,23 +170,10 @@ class ModeGraphs:
         _fingerprint.write(path)  # Of the files written, last.
 
     def _serialize_graphs(self, path: str) -> None:
-        options = graph_split.save_options(self.modes)
-
-        def save():
-            with _tf_logs.quiet():
-                tf.saved_model.save(
-                    self.root, path, signatures=self._to_save(), options=options
-                )
-
-        try:
-            if self.traced.traced_model is self.model:
-                save()
-            else:  # The copy's graphs, saved outside the model's strategy.
-                single_device.in_a_fresh_thread(save)
-        except AssertionError as e:  # TF's word for an untracked resource.
-            raise ValueError(
-                f"Cannot save the graphs of model {self.model.name!r}: {e}"
-            ) from e
+        """Saves the traced functions with `tf.saved_model.save` into `path`
+        and keeps what every save writes: the split graph, the object graph
+        and the files TF wrote under `assets/`."""
+        self._tf_save(path)
         assets = posixpath.join(path, "assets")
         if tf.io.gfile.isdir(assets):
             self._saved_assets = {
@@ -197,15 +184,7 @@ class ModeGraphs:
             posixpath.join(path, layout.VARIABLES_PREFIX)
         )
         shapes = reader.get_variable_to_shape_map()
-        expected = set(self._keys)
-        written = set(shapes)
-        if written != expected:
-            raise ValueError(
-                f"Cannot export model {self.model.name!r}: its graphs use state "
-                "that is not in its variables (a mutable lookup table, say), "
-                f"saved under checkpoint keys {sorted(written ^ expected)}. "
-                "Keep such state in variables or in tf.lookup.StaticHashTable."
-            )
+        self._check_keys(set(shapes))
         pb_path = posixpath.join(path, layout.SAVED_MODEL_PB)
         with tf.io.gfile.GFile(pb_path, "rb") as f:
             saved = saved_model_pb2.SavedModel.FromString(f.read())
@@ -223,6 +202,37 @@ class ModeGraphs:
         if tf.io.gfile.exists(fingerprint):
             tf.io.gfile.remove(fingerprint)
         self._object_graph = tf.constant(reader.get_tensor(layout.OBJECT_GRAPH_KEY))
+
+    def _tf_save(self, path: str) -> None:
+        options = graph_split.save_options(self.modes)
+
+        def save():
+            with _tf_logs.quiet():
+                tf.saved_model.save(
+                    self.root, path, signatures=self._to_save(), options=options
+                )
+
+        try:
+            if self.traced.traced_model is self.model:
+                save()
+            else:  # The copy's graphs, saved outside the model's strategy.
+                single_device.in_a_fresh_thread(save)
+        except AssertionError as e:  # TF's word for an untracked resource.
+            raise ValueError(
+                f"Cannot save the graphs of model {self.model.name!r}: {e}"
+            ) from e
+
+    def _check_keys(self, written: set[str]) -> None:
+        """Raises ValueError unless TF's checkpoint holds exactly the keys
+        every later save writes."""
+        expected = set(self._keys)
+        if written != expected:
+            raise ValueError(
+                f"Cannot export model {self.model.name!r}: its graphs use state "
+                "that is not in its variables (a mutable lookup table, say), "
+                f"saved under checkpoint keys {sorted(written ^ expected)}. "
+                "Keep such state in variables or in tf.lookup.StaticHashTable."
+            )
 
     @property
     def saves_without_tracing(self) -> bool:
