@@ -17,10 +17,6 @@ import tensorflow as tf
 from kerassave_callbacks import signatures as signatures_lib
 from kerassave_callbacks.signatures import SignatureSpec
 
-# TF Serving's Classify and Regress APIs pass one batch of serialized
-# examples; MultiInference needs every signature it runs to read it.
-_EXAMPLES = tf.TensorSpec([None], tf.string)
-
 
 def feature_spec(inputs, spec: SignatureSpec) -> dict[str, tf.io.FixedLenFeature]:
     """Input name -> `tf.io.FixedLenFeature`, for parsing `tf.Example`s into
@@ -123,11 +119,11 @@ def _from_examples(spec, inputs, predict, output_specs, model):
     else:
         name = _output_name(spec, output_specs, model)
         answer = _ANSWERS[spec.kind](spec, name, output_specs[name], model_outputs)
+    # One batch of serialized examples, the input key named by the spec (a
+    # `*args` function takes its signature's input names from the specs).
     fn = tf.function(
         lambda *args: answer(args[0]),
-        input_signature=[
-            tf.TensorSpec(_EXAMPLES.shape, _EXAMPLES.dtype, name=spec.input_key)
-        ],
+        input_signature=[tf.TensorSpec([None], tf.string, name=spec.input_key)],
         autograph=False,
     )
     fn.get_concrete_function()
@@ -155,13 +151,14 @@ def _classify(spec, name, out: tf.TensorSpec, model_outputs):
     if not out.dtype.is_floating or out.shape.rank not in (1, 2):
         raise ValueError(
             f"classify(output={name!r}) needs scores of shape [batch, classes] "
-            f"(float); the output is {out.dtype.name} {out.shape}."
+            f"(float); the output is {out.dtype.name} {out.shape}. Name another "
+            "output, or serve this one with predict() or an endpoint of your own."
         )
     k = 1 if out.shape.rank == 1 else out.shape[-1]
     if k is None:
         raise ValueError(
             f"classify(output={name!r}): the output's number of classes is "
-            f"unknown (shape {out.shape})."
+            f"unknown (shape {out.shape}); give its last axis a fixed size."
         )
     names = spec.class_names or tuple(str(i) for i in range(k))
     if len(names) != k:
