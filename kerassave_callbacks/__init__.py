@@ -36,17 +36,23 @@ _HOMES = {
     "load_from_saved_model": "kerassave_callbacks.core",
 }
 
-__all__ = sorted([*_HOMES, "__version__"])
+# Public modules: `kerassave_callbacks.signatures.classify()` and
+# `from kerassave_callbacks import signatures` both work.
+_MODULES = ("signatures",)
+
+__all__ = sorted([*_HOMES, *_MODULES, "__version__"])
 
 
 def __getattr__(name: str):
-    home = _HOMES.get(name)
-    if home is None:
+    if name in _MODULES:
+        value = importlib.import_module(f"kerassave_callbacks.{name}")
+    elif name in _HOMES:
+        value = getattr(importlib.import_module(_HOMES[name]), name)
+    else:
         raise AttributeError(f"module 'kerassave_callbacks' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_HOMES])
+    return sorted([*globals(), *_HOMES, *_MODULES])

@@ -352,6 +352,16 @@ def test_bad_signatures_arguments_name_the_value_and_the_fix():
     assert signatures.normalized({"serving_default": signatures.predict()}) is None
 
 
+def test_the_module_is_public_and_reached_from_the_package():
+    import kerassave_callbacks
+
+    assert kerassave_callbacks.signatures is signatures
+    assert "signatures" in kerassave_callbacks.__all__
+    assert kerassave_callbacks.signatures.classify().method_name == (
+        "tensorflow/serving/classify"
+    )
+
+
 def test_the_flag_value_names_keys_and_kinds():
     assert signatures.parse("classify, serving_default=examples") == {
         "classify": signatures.classify(),

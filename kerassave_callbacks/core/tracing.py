@@ -13,6 +13,7 @@ traces its own train step.
 from __future__ import annotations
 
 import dataclasses
+import types
 from collections.abc import Mapping
 
 import tensorflow as tf
@@ -24,7 +25,7 @@ from kerassave_callbacks.core import modes, serving_signatures, single_device, s
 
 @dataclasses.dataclass(frozen=True)
 class Traced:
-    """The traced functions of one model.
+    """The traced functions of one model (read-only).
 
     Attributes:
       model: the model exported.
@@ -141,8 +142,10 @@ class _Tracer:
             inputs=self.inputs,
             output_names=tuple(self.output_names),
             modes=mode_list,
-            functions=functions,
-            concrete={k: f.get_concrete_function() for k, f in functions.items()},
+            functions=types.MappingProxyType(functions),
+            concrete=types.MappingProxyType(
+                {k: f.get_concrete_function() for k, f in functions.items()}
+            ),
             predict=predict,
             specs=self.specs,
         )
