@@ -16,6 +16,7 @@ import tensorflow as tf
 from kerassave_callbacks import (
     SavedModelExporter,
     VersionedExporter,
+    _verify,
     cli,
     export_saved_model,
     signatures,
@@ -257,6 +258,16 @@ def test_train_and_eval_graphs_keep_their_one_signature(exported):
 
 def test_kerassave_verify_runs_every_signature_and_inspect_names_methods(exported):
     assert cli.main(["verify", exported]) == 0
+    # What verify feeds: a row for every signature (no warm-up: zeros).
+    (serve,) = [
+        m
+        for m in loader.read_saved_model(exported).meta_graphs
+        if m.meta_info_def.tags == ["serve"]
+    ]
+    sigs = {k: v for k, v in serve.signature_def.items() if not k.startswith("__")}
+    (row,) = _verify._rows([], sigs["serving_default"])
+    fed = {k for k, sig in sigs.items() if _verify._feeds(sig, row) is not None}
+    assert fed == {"serving_default", "examples", "classify", "regress"}
     _, shown = cli.cmd_inspect(cli.parser().parse_args(["inspect", exported, "--json"]))
     methods = {k: v["method_name"] for k, v in shown["tags"]["serve"].items()}
     assert methods["classify"] == "tensorflow/serving/classify"
