@@ -69,7 +69,7 @@ def _rows(requests, default) -> list[_Row]:
         if hasattr(request, "input"):  # Classification or Regression.
             examples = request.input.example_list.examples
             rows += [_row_of(e.SerializeToString()) for e in examples]
-        elif _is_examples_request(request):
+        elif _is_examples_input(request.inputs):
             examples = tf.make_ndarray(request.inputs[signatures_lib.EXAMPLES_KEY])
             rows += [_row_of(e) for e in examples.reshape(-1)]
         else:
@@ -78,29 +78,27 @@ def _rows(requests, default) -> list[_Row]:
     return rows
 
 
-def _is_examples_request(request) -> bool:
-    keys = list(request.inputs)
-    return (
-        keys == [signatures_lib.EXAMPLES_KEY]
-        and request.inputs[signatures_lib.EXAMPLES_KEY].dtype
-        == tf.string.as_datatype_enum
-    )
+def _is_examples_input(inputs) -> bool:
+    """Whether `inputs` (of a signature or a request) are `examples()`'s one
+    string input."""
+    key = signatures_lib.EXAMPLES_KEY
+    return list(inputs) == [key] and inputs[key].dtype == tf.string.as_datatype_enum
 
 
 def _example_of(values: dict) -> bytes:
-    kinds = {
-        name: tf.io.FixedLenFeature([], _example_dtype(np.asarray(v)))
-        for name, v in values.items()
-    }
+    kinds = {}
+    for name, value in values.items():
+        array = np.asarray(value)
+        text = array.dtype.kind in "OSU"
+        dtype = (
+            tf.string
+            if text
+            else serving_signatures.example_dtype(tf.as_dtype(array.dtype))
+        )
+        kinds[name] = tf.io.FixedLenFeature([], dtype)
     return serving_signatures.to_example(
         {k: np.asarray(v)[0] for k, v in values.items()}, kinds
     )
-
-
-def _example_dtype(array: np.ndarray) -> tf.DType:
-    if array.dtype.kind in "OSU":
-        return tf.string
-    return tf.int64 if array.dtype.kind in "iub" else tf.float32
 
 
 def _row_of(serialized: bytes) -> _Row:
@@ -115,16 +113,8 @@ def _row_of(serialized: bytes) -> _Row:
 
 def _takes_examples(sig) -> bool:
     """Whether a signature's one input is a batch of serialized examples."""
-    if sig.method_name in (
-        signatures_lib.CLASSIFY_METHOD,
-        signatures_lib.REGRESS_METHOD,
-    ):
-        return True
-    keys = list(sig.inputs)
-    return (
-        keys == [signatures_lib.EXAMPLES_KEY]
-        and sig.inputs[signatures_lib.EXAMPLES_KEY].dtype == tf.string.as_datatype_enum
-    )
+    methods = (signatures_lib.CLASSIFY_METHOD, signatures_lib.REGRESS_METHOD)
+    return sig.method_name in methods or _is_examples_input(sig.inputs)
 
 
 def _feeds(sig, row: _Row) -> dict | None:

@@ -62,21 +62,24 @@ def _derived_feature(leaf: tf.TensorSpec, kind: str) -> tf.io.FixedLenFeature:
             f"from tf.Example for the {kind!r} signature: a tf.Example feature "
             f"needs a fixed shape after the batch axis. {fix}"
         )
-    return tf.io.FixedLenFeature(inner, _example_dtype(leaf.dtype, leaf.name, fix))
+    dtype = example_dtype(leaf.dtype)
+    if dtype is None:
+        raise ValueError(
+            f"Cannot read the model's input {leaf.name!r} of dtype "
+            f"{leaf.dtype.name} from tf.Example, which holds floats, int64s and "
+            f"bytes. {fix}"
+        )
+    return tf.io.FixedLenFeature(inner, dtype)
 
 
-def _example_dtype(dtype: tf.DType, name: str, fix: str) -> tf.DType:
-    """The `tf.Example` list that holds `dtype`: float, int64 or bytes."""
+def example_dtype(dtype: tf.DType) -> tf.DType | None:
+    """The dtype of the `tf.Example` list that holds values of `dtype`
+    (float32, int64 or string), or None when none does."""
     if dtype.is_floating:
         return tf.float32
     if dtype.is_integer or dtype.is_bool:
         return tf.int64
-    if dtype == tf.string:
-        return tf.string
-    raise ValueError(
-        f"Cannot read the model's input {name!r} of dtype {dtype.name} from "
-        f"tf.Example, which holds floats, int64s and bytes. {fix}"
-    )
+    return tf.string if dtype == tf.string else None
 
 
 def build(specs: Mapping, *, inputs, predict, output_specs: dict, model) -> dict:
