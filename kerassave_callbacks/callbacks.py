@@ -80,6 +80,10 @@ class SavedModelExporter(adapter.BatchHooks, keras.callbacks.Callback):
         then waits only for a snapshot of the variables; pending exports
         are waited for at the end of training); see `ExportOptions`. Default to False,
         None, None, False, None, None, False, None.
+      validate: the publish gate (True, False or a `PublishGate`): a
+        version that fails it is not published (kept as
+        `rejected-<version>`), `export/rejected` is written, and `on_error`
+        decides whether training goes on. Defaults to True.
       log_dir: where to write export events for TensorBoard. Defaults to
         None (no events).
       on_error: "raise" stops `fit` on a failed export; "warn" logs it,
@@ -123,6 +127,7 @@ class SavedModelExporter(adapter.BatchHooks, keras.callbacks.Callback):
         warmup_inputs=None,
         async_export: bool = False,
         signatures: dict | None = None,
+        validate: bool | options_lib.PublishGate = True,
         log_dir: str | None = None,
         on_error: str = "raise",
         verbose: int = 0,

@@ -17,9 +17,14 @@ from kerassave_callbacks import export_dir as export_dir_lib
 from kerassave_callbacks import options as options_lib
 from kerassave_callbacks._version import __version__
 from kerassave_callbacks.core import export as core_export
-from kerassave_callbacks.core import keras_api
+from kerassave_callbacks.core import keras_api, validation
 from kerassave_callbacks.options import ExportOptions, RetentionPolicy
-from kerassave_callbacks.records import ExportError, ExportRecord, PendingExport
+from kerassave_callbacks.records import (
+    ExportError,
+    ExportRecord,
+    ExportRejectedError,
+    PendingExport,
+)
 
 _COMMIT_ATTEMPTS = 20
 
@@ -86,6 +91,11 @@ class VersionedExporter:
         blocks until it is committed; at most one is in flight); see
         `ExportOptions`. Default to False, None, None, False, None, None,
         False, None.
+      validate: the publish gate (True, False or a `PublishGate`): before
+        its rename, each version is loaded from disk as TF Serving loads
+        it, its warm-up replayed and its answers compared with the model's;
+        one that fails is kept as `rejected-<version>` and `export()`
+        raises `ExportRejectedError`. Defaults to True.
       on_commit: called with an `ExportRecord` after each committed export
         (in the writing thread). Defaults to None.
       clock: returns the unix time; for tests. Defaults to `time.time`.
@@ -118,6 +128,7 @@ class VersionedExporter:
         warmup_inputs=None,
         async_export: bool = False,
         signatures: dict | None = None,
+        validate: bool | options_lib.PublishGate = True,
         on_commit: Callable[[ExportRecord], None] | None = None,
         clock: Callable[[], float] = time.time,
         retention: options_lib.RetentionPolicy | None = None,
@@ -213,8 +224,26 @@ class VersionedExporter:
 
     # Exporting.
 
+    def _gate_inputs(self, info: dict) -> dict | None:
+        """What the publish gate needs, taken now in the caller's thread:
+        the rows, the model's answers and the best published metric."""
+        expectation = self._cache.expectation(info)
+        if expectation is None:
+            return None
+        requests, answers = expectation
+        gate = self.options.validate
+        return {
+            "requests": requests,
+            "answers": answers,
+            "low_precision": validation.low_precision(self._cache.graphs.model),
+            "metric": gate.metric_problem(
+                self.monitor, info.get("metrics"), self._retainer.best_value()
+            ),
+        }
+
     def _next_version(self) -> int:
-        newest = max(self.versions() + [self._last_version])
+        rejected = _files.rejected_versions(self.export_dir)
+        newest = max(self.versions() + rejected + [self._last_version])
         version = max(int(self._clock()), newest + 1)
         self._last_version = version
         return version
@@ -275,10 +304,12 @@ class VersionedExporter:
             },
         ).to_json()
         graphs, values = self._cache.snapshot(model, info)
+        gate = self._gate_inputs(info)
         info["version"] = self._next_version()
         info["created"] = self._clock()
         info["tags"] = [m.tag for m in graphs.modes]
-        write = lambda: self._write(graphs, values, info, started)  # noqa: E731
+        info["names"] = graphs.names
+        write = lambda: self._write(graphs, values, info, started, gate)  # noqa: E731
         # Tracing happened above, in this thread; what is left (for a first
         # export also tf.saved_model.save) runs in the background, unless
         # saving would trace the model again (distributed variables).
@@ -327,12 +358,18 @@ class VersionedExporter:
             if deletions:
                 self._retainer.wait()
 
-    def _write(self, graphs, values, info: dict, started: float) -> ExportRecord:
+    def _write(
+        self, graphs, values, info: dict, started: float, gate: dict | None
+    ) -> ExportRecord:
         try:
             _fs.makedirs(self.export_dir)
             with _files.Staging(self.export_dir, self._clock()) as staged:
                 graphs.write(staged.path, values, as_text=self.options.as_text)
+                if gate is not None:
+                    self._check_gate(staged, info, gate)
                 path = self._commit(staged, info)
+        except ExportRejectedError:
+            raise
         except Exception as e:
             raise ExportError(
                 f"Export of version {info['version']} to {self.export_dir!r} "
@@ -340,6 +377,45 @@ class VersionedExporter:
                 info=info,
             ) from e
         return self._after_commit(path, info, started)
+
+    def _check_gate(self, staged: _files.Staging, info: dict, gate: dict) -> None:
+        """Runs the publish gate on the staged tree; a version that fails is
+        kept as `rejected-<version>` and raises.
+
+        Raises:
+          ExportRejectedError: the version failed the gate.
+        """
+        requests = gate["requests"]
+        problems = [gate["metric"]] if gate["metric"] else []
+        problems += validation.check(
+            staged.path,
+            self.options.validate,
+            feeds=requests.feeds,
+            answers=gate["answers"],
+            source=requests.source,
+            low_precision=gate["low_precision"],
+        )
+        if not problems:
+            return
+        version = info["version"]
+        _write_json(posixpath.join(staged.path, layout.EXPORT_INFO), info)
+        reason = {"version": version, "rejected": self._clock(), "problems": problems}
+        kept = _files.reject(
+            staged,
+            self.export_dir,
+            version,
+            _json_bytes(reason),
+            self.options.validate.keep_rejected,
+        )
+        logging.warning("Version %d failed the publish gate: %s", version, problems)
+        where = f" It is kept at {kept} for a look." if kept else ""
+        raise ExportRejectedError(
+            f"Version {version} of {self.export_dir!r} failed the publish gate "
+            f"and was not published: {'; '.join(problems)}.{where}",
+            info=info,
+            problems=problems,
+            rejected=kept,
+        )
 
     def _commit(self, staged: _files.Staging, info: dict) -> str:
         """Writes the export info and finalizes; another writer that took

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from absl import logging
 
-from kerassave_callbacks.core import keras_api, mode_graphs
+from kerassave_callbacks.core import keras_api, mode_graphs, validation
 from kerassave_callbacks.options import ExportOptions
 from kerassave_callbacks.records import ExportError
 
@@ -32,6 +32,8 @@ class GraphCache:
         self._options = options
         self.graphs: mode_graphs.ModeGraphs | None = None
         self._key: tuple | None = None
+        # The publish gate's rows, made once per graphs.
+        self._requests: tuple | None = None  # (graphs, validation.Requests)
 
     def for_model(self, model) -> mode_graphs.ModeGraphs:
         """The graphs of `model`, traced now if it is new or changed."""
@@ -58,6 +60,32 @@ class GraphCache:
             where = f" (in layer {layer!r})" if layer else ""
             raise ExportError(
                 f"Could not build the graphs of model {model.name!r}{where}: "
+                f"{type(e).__name__}: {e} Nothing was written.",
+                info=info,
+            ) from e
+
+    def expectation(self, info: dict) -> tuple | None:
+        """(requests, answers) of the publish gate for the cached graphs:
+        the validation rows, and the model's own answers to them now; None
+        when the gate is off.
+
+        Raises:
+          ExportError: the gate's rows do not fit the model (or the model
+            refuses them), with `info` as its export info.
+        """
+        gate = self._options.validate
+        if not gate.enabled:
+            return None
+        graphs = self.graphs
+        try:
+            if self._requests is None or self._requests[0] is not graphs:
+                made = validation.requests(graphs, gate, self._options.warmup_inputs)
+                self._requests = (graphs, made)
+            requests = self._requests[1]
+            return requests, validation.answers(graphs, requests)
+        except Exception as e:
+            raise ExportError(
+                f"The publish gate cannot check model {graphs.model.name!r}: "
                 f"{type(e).__name__}: {e} Nothing was written.",
                 info=info,
             ) from e

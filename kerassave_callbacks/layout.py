@@ -64,6 +64,26 @@ def version_name(name: str) -> int | None:
     return None
 
 
+# A staged version that failed the publish gate: kept under a name TF
+# Serving ignores, with its reasons in REJECTION.
+REJECTED_PREFIX = "rejected-"
+REJECTION = "rejection.json"
+
+
+def rejected_name(version: int) -> str:
+    """The name a rejected version is kept under."""
+    return f"{REJECTED_PREFIX}{int(version)}"
+
+
+def rejected_version(name: str) -> int | None:
+    """The version of a rejected copy's name, else None (inverse of
+    `rejected_name`)."""
+    name = name.rstrip("/")
+    if not name.startswith(REJECTED_PREFIX):
+        return None
+    return version_name(name[len(REJECTED_PREFIX) :])
+
+
 TEMP_PREFIX = "temp-"
 # temp-<unix seconds>-<host>-<pid namespace>-<pid>-<random>: never all
 # digits. The namespace says whose PIDs <pid> is one of (see `_namespace`).
@@ -179,6 +199,8 @@ class ExportInfo:
       tags: the tag sets of its MetaGraphs, e.g. `["serve", "train",
         "eval"]` (several tags of one MetaGraph joined with ","); empty in
         exports of earlier releases, which did not record them.
+      names: "inputs" and "outputs" -> Keras name -> signature key (see
+        docs/format.md); empty in exports of earlier releases.
     """
 
     version: int | None = None
@@ -188,6 +210,7 @@ class ExportInfo:
     created: float | None = None
     library: dict = dataclasses.field(default_factory=dict)
     tags: tuple[str, ...] = ()
+    names: dict = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
         """The JSON object written to disk."""
@@ -210,7 +233,21 @@ class ExportInfo:
             created=finite_or_none(value.get("created")),
             library=dict(value.get("library") or {}),
             tags=tuple(value.get("tags") or ()),
+            names=_names_or_empty(value.get("names")),
         )
+
+
+def _names_or_empty(value) -> dict:
+    """The `names` field if it is {"inputs"|"outputs": {str: str}}, else {}."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        group: dict(pairs)
+        for group, pairs in value.items()
+        if group in ("inputs", "outputs")
+        and isinstance(pairs, dict)
+        and all(isinstance(x, str) for kv in pairs.items() for x in kv)
+    }
 
 
 def _int_or_none(value) -> int | None:

@@ -36,6 +36,36 @@ class ExportError(RuntimeError):
         self.committed = committed
 
 
+class ExportRejectedError(ExportError):
+    """A version failed the publish gate (`PublishGate`): it was not
+    published, and its staged tree was kept as `rejected-<version>` (when
+    `keep_rejected` allows) with its reasons.
+
+    Attributes:
+      problems: one line per failed check.
+      rejected: the path of the kept copy, or None.
+
+    Example:
+
+        try:
+            exporter.export(model)
+        except ExportRejectedError as e:
+            logging.warning("Not published: %s (kept at %s)", e.problems, e.rejected)
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        info: dict | None = None,
+        problems: list[str] = (),
+        rejected: str | None = None,
+    ):
+        super().__init__(message, info=info)
+        self.problems = list(problems)
+        self.rejected = rejected
+
+
 @dataclasses.dataclass(frozen=True)
 class ExportRecord:
     """What one committed export did.

@@ -7,8 +7,9 @@ import time
 import tensorflow as tf
 
 from kerassave_callbacks import _files
+from kerassave_callbacks import options as options_lib
 from kerassave_callbacks import signatures as signatures_lib
-from kerassave_callbacks.core import keras_api, mode_graphs
+from kerassave_callbacks.core import keras_api, mode_graphs, validation
 
 
 class SavedModelExistsError(FileExistsError, AssertionError):
@@ -61,6 +62,7 @@ def export_saved_model(
     target_signature=None,
     warmup_inputs=None,
     signatures=None,
+    validate=True,
 ) -> None:
     """Exports a Keras model as a SavedModel with train, eval and serve graphs.
 
@@ -120,6 +122,11 @@ def export_saved_model(
         `tf.function` with an `input_signature` that calls the model.
         `serving_default` is `predict()` unless the dict names it. Defaults
         to None (`serving_default` alone).
+      validate: the publish gate, True, False or a `PublishGate`: before
+        the rename, the staged SavedModel is loaded as TF Serving loads it,
+        its warm-up replayed and its answers compared with the model's; if
+        it fails, nothing is left and `GateFailure` (a ValueError) says
+        why. Defaults to True.
 
     Raises:
       TypeError: `model` is not a Keras model, or a signature holds
@@ -134,6 +141,7 @@ def export_saved_model(
         something was written there while the export was made (also an
         `AssertionError`, as in the original API); nothing there is removed.
       PermissionError: `saved_model_path` cannot be written.
+      GateFailure: the SavedModel failed the publish gate (a ValueError).
     """
     del custom_objects  # The export serializes configs; only loading needs them.
     check_model(model)
@@ -161,9 +169,13 @@ def export_saved_model(
         warmup_inputs=warmup_inputs,
         signatures=signatures,
     )
+    gate = options_lib.as_gate(validate)
+    expected = _expectation(graphs, gate, warmup_inputs)
     try:
         with _files.Staging(parent, time.time()) as staged:
             graphs.save(staged.path, as_text=as_text)
+            if expected is not None:
+                _check_gate(staged.path, saved_model_path, gate, graphs, *expected)
             # Empty when checked, but tracing took a while: only an empty
             # directory is removed, never what someone wrote there meanwhile.
             if tf.io.gfile.isdir(saved_model_path):
@@ -180,3 +192,24 @@ def export_saved_model(
             f"saved_model_path={saved_model_path!r} is not writable: {e}. "
             "Pass a directory you can write to."
         ) from e
+
+
+def _expectation(graphs, gate, warmup_inputs) -> tuple | None:
+    """(requests, answers) of the publish gate, or None when it is off."""
+    if not gate.enabled:
+        return None
+    requests = validation.requests(graphs, gate, warmup_inputs)
+    return requests, validation.answers(graphs, requests)
+
+
+def _check_gate(staged: str, path: str, gate, graphs, requests, answers) -> None:
+    problems = validation.check(
+        staged,
+        gate,
+        feeds=requests.feeds,
+        answers=answers,
+        source=requests.source,
+        low_precision=validation.low_precision(graphs.model),
+    )
+    if problems:
+        raise validation.GateFailure(path, problems)

@@ -50,9 +50,12 @@ class ModeGraphs:
         self.model = model
         self.keras = keras_api.adapter_for(model)
         inputs = specs.input_structure(model, input_signature)
+        self._input_names = specs.input_names(model, input_signature)
         # Checked against the serve signature before anything is traced.
         self._warmup = (
-            warmup.records(inputs, warmup_inputs, _default_spec(signatures))
+            warmup.records(
+                inputs, warmup_inputs, _default_spec(signatures), self._input_names
+            )
             if warmup_inputs is not None
             else []
         )
@@ -116,6 +119,15 @@ class ModeGraphs:
             # (TF2 reads a one-MetaGraph export natively, attributes too).
             root.serve = self.traced.predict
         return root
+
+    @property
+    def names(self) -> dict:
+        """ "inputs" and "outputs" -> Keras name -> signature key, as
+        `export_info.json` records them (`names.signature_key`)."""
+        outputs = zip(
+            self.traced.keras_output_names, self.traced.output_names, strict=True
+        )
+        return {"inputs": dict(self._input_names), "outputs": dict(outputs)}
 
     @property
     def serialized(self) -> bool:

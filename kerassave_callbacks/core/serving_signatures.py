@@ -133,6 +133,19 @@ def _from_examples(spec, inputs, predict, output_specs, model):
     return fn
 
 
+def answer_of(spec, outputs: dict, output_specs: dict, model) -> dict | None:
+    """What the signature of `spec` answers when the model's outputs are
+    `outputs` (output name -> tensor), run by the same code as its traced
+    function; None for a custom endpoint, whose answer is its own."""
+    if signatures_lib.is_endpoint(spec):
+        return None
+    if spec.kind in ("predict", "examples"):
+        return dict(outputs)
+    name = _output_name(spec, output_specs, model)
+    answer = _ANSWERS[spec.kind](spec, name, output_specs[name], lambda _: outputs)
+    return answer(None)
+
+
 def _output_name(spec, output_specs: dict, model) -> str:
     names = list(output_specs)
     if spec.output is None:

@@ -2,29 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
 
-from kerassave_callbacks.core import keras_api, modes
-
-_BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
-
-
-def _clean(name: str) -> str:
-    """A tensor name usable as a signature key (`name:0` -> `name`)."""
-    return _BAD_NAME_CHARS.sub("_", name.split(":")[0])
-
-
-def _unique(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        count = seen.get(name, 0)
-        seen[name] = count + 1
-        out.append(name if count == 0 else f"{name}_{count}")
-    return out
+from kerassave_callbacks.core import keras_api, modes, names
 
 
 def input_structure(model, input_signature=None):
@@ -37,13 +19,26 @@ def input_structure(model, input_signature=None):
         around such a structure (the `tf.function` convention).
 
     Returns:
-      A structure of `tf.TensorSpec` whose leaves carry unique names: the
-      keys of a dict input, else the Keras input names.
+      A structure of `tf.TensorSpec` whose leaves are named by their
+      signature keys (`names.signature_key`): of the keys of a dict input,
+      else of the Keras input names.
 
     Raises:
-      ValueError: no `input_signature` and the model was never built.
+      ValueError: no `input_signature` and the model was never built, or
+        two inputs would have one signature key.
       TypeError: `input_signature` holds something other than `TensorSpec`s.
     """
+    return _named(_structure(model, input_signature))
+
+
+def input_names(model, input_signature=None) -> dict[str, str]:
+    """Keras input name -> signature key, in input order."""
+    structure = _structure(model, input_signature)
+    raw = _raw_names(structure)
+    return dict(zip(raw, names.signature_keys(raw, "input"), strict=True))
+
+
+def _structure(model, input_signature):
     if input_signature is None:
         if not model.built:
             raise ValueError(
@@ -64,48 +59,50 @@ def input_structure(model, input_signature=None):
                 f"input_signature={input_signature!r}. Expected e.g. "
                 "`[tf.TensorSpec([None, 4], tf.float32, name='features')]`."
             )
-    return _named(structure)
+    return structure
+
+
+def _raw_names(structure) -> list[str]:
+    """The Keras names of the leaves: dict keys win over spec names."""
+    if isinstance(structure, Mapping):
+        return [str(k) for k in sorted(structure)]
+    leaves = tf.nest.flatten(structure)
+    single = len(leaves) == 1
+    return [
+        s.name.split(":")[0] if s.name else ("inputs" if single else f"inputs_{i}")
+        for i, s in enumerate(leaves)
+    ]
 
 
 def _named(structure):
-    """Gives every leaf spec a unique name (dict keys win over spec names)."""
+    """Names every leaf spec by its signature key."""
+    keys = names.signature_keys(_raw_names(structure), "input")
     if isinstance(structure, Mapping):
-        keys = sorted(structure)
-        leaves = [structure[k] for k in keys]
-        names = [_clean(str(k)) for k in keys]
+        leaves = [structure[k] for k in sorted(structure)]
     else:
         leaves = tf.nest.flatten(structure)
-        single = len(leaves) == 1
-        names = [
-            _clean(s.name) if s.name else ("inputs" if single else f"inputs_{i}")
-            for i, s in enumerate(leaves)
-        ]
-        keys = None
-    names = _unique(names)
     named = [
         tf.TensorSpec(s.shape, s.dtype, name=n)
-        for s, n in zip(leaves, names, strict=True)
+        for s, n in zip(leaves, keys, strict=True)
     ]
-    if keys is not None:
-        return dict(zip(keys, named, strict=True))
+    if isinstance(structure, Mapping):
+        return dict(zip(sorted(structure), named, strict=True))
     return tf.nest.pack_sequence_as(structure, named)
 
 
 def output_names(model, outputs) -> list[str]:
-    """Names of the model's outputs, in `tf.nest.flatten(outputs)` order."""
+    """Keras names of the model's outputs, in `tf.nest.flatten(outputs)`
+    order (their signature keys: `names.signature_keys`)."""
     flat = tf.nest.flatten(outputs)
     if isinstance(outputs, Mapping):
-        names = [_clean(str(k)) for k in sorted(outputs)]
-    else:
-        keras_names = list(getattr(model, "output_names", None) or [])
-        sequential = keras_api.adapter_for(model).is_sequential(model)
-        if not keras_names and sequential and model.layers:
-            keras_names = [model.layers[-1].name]  # Sequential has no output_names.
-        if len(keras_names) == len(flat):
-            names = [_clean(n) for n in keras_names]
-        else:
-            names = [f"output_{i}" for i in range(len(flat))]
-    return _unique(names)
+        return [str(k) for k in sorted(outputs)]
+    keras_names = list(getattr(model, "output_names", None) or [])
+    sequential = keras_api.adapter_for(model).is_sequential(model)
+    if not keras_names and sequential and model.layers:
+        keras_names = [model.layers[-1].name]  # Sequential has no output_names.
+    if len(keras_names) == len(flat):
+        return [str(n) for n in keras_names]
+    return [f"output_{i}" for i in range(len(flat))]
 
 
 def _loss_for(loss, name: str, index: int):

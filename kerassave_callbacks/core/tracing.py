@@ -20,7 +20,13 @@ import tensorflow as tf
 from absl import logging
 
 from kerassave_callbacks import signatures as signatures_lib
-from kerassave_callbacks.core import modes, serving_signatures, single_device, specs
+from kerassave_callbacks.core import (
+    modes,
+    names,
+    serving_signatures,
+    single_device,
+    specs,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +38,9 @@ class Traced:
       traced_model: the model whose functions were traced: `model`, or a
         single-device copy of it (`single_device`).
       inputs: the model's inputs, named `tf.TensorSpec`s.
-      output_names: the signature names of the model's outputs.
+      output_names: the signature keys of the model's outputs.
+      keras_output_names: the Keras names of the outputs, in the order of
+        `output_names` (`names.signature_key` maps one to the other).
       modes: the modes traced, `modes.SERVE` first.
       functions: signature key -> `tf.function`, of every MetaGraph.
       concrete: signature key -> its concrete function, taken in the thread
@@ -46,6 +54,7 @@ class Traced:
     traced_model: object
     inputs: object
     output_names: tuple[str, ...]
+    keras_output_names: tuple[str, ...]
     modes: tuple[modes.Mode, ...]
     functions: Mapping
     concrete: Mapping
@@ -107,7 +116,7 @@ class _Tracer:
         self.specs = signatures
         self.input_specs = tf.nest.flatten(inputs)
         self.output_names: list[str] = []  # Known once predict is traced.
-        self.output_keys: list[str] | None = None  # Raw keys of dict outputs.
+        self.output_keys: list[str] = []  # Their Keras names.
 
     def trace(self, training: bool, target_signature) -> Traced:
         predict = self._trace_predict()
@@ -141,6 +150,7 @@ class _Tracer:
             traced_model=self.traced_model,
             inputs=self.inputs,
             output_names=tuple(self.output_names),
+            keras_output_names=tuple(self.output_keys),
             modes=mode_list,
             functions=types.MappingProxyType(functions),
             concrete=types.MappingProxyType(
@@ -160,9 +170,8 @@ class _Tracer:
         def serve(*args):
             outputs = self.traced_model(self._call_inputs(args), training=False)
             if not self.output_names:
-                self.output_names = specs.output_names(self.model, outputs)
-                if isinstance(outputs, dict):
-                    self.output_keys = [str(k) for k in sorted(outputs)]
+                self.output_keys = specs.output_names(self.model, outputs)
+                self.output_names = names.signature_keys(self.output_keys, "output")
             return self._named_outputs(outputs)
 
         return _traced(serve, self.input_specs)

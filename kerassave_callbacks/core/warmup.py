@@ -50,17 +50,17 @@ def check(warmup_inputs) -> None:
         _rows([warmup_inputs])
 
 
-def _rows(values) -> int:
+def _rows(values, argument: str = "warmup_inputs") -> int:
     counts = {len(a) if a.ndim else 0 for a in map(_array, values)} or {0}
     if len(counts) != 1:
         raise ValueError(
-            "warmup_inputs must have the same number of rows in every input. "
+            f"{argument} must have the same number of rows in every input. "
             f"Received row counts {sorted(counts)}."
         )
     (rows,) = counts
     if not 1 <= rows <= MAX_ROWS:
         raise ValueError(
-            f"warmup_inputs must have 1 to {MAX_ROWS} rows (each becomes one "
+            f"{argument} must have 1 to {MAX_ROWS} rows (each becomes one "
             f"request TF Serving replays on every load). Received {rows}."
         )
     return rows
@@ -75,7 +75,9 @@ def _is_text(value) -> bool:
     return array.dtype.kind in "OSU"
 
 
-def records(input_structure, warmup_inputs, spec=None) -> list[bytes]:
+def records(
+    input_structure, warmup_inputs, spec=None, keras_names: Mapping | None = None
+) -> list[bytes]:
     """One serialized `PredictionLog` per row of `warmup_inputs`, a request
     to the `serving_default` signature: a `PredictRequest` of the model's
     inputs, or, when `serving_default` is `examples()`, `classify()` or
@@ -88,6 +90,8 @@ def records(input_structure, warmup_inputs, spec=None) -> list[bytes]:
       warmup_inputs: an array (one input), a list of arrays (in input
         order) or a dict of input name -> array, as `model.predict` takes.
       spec: the `serving_default` spec (None: `predict()`).
+      keras_names: Keras input name -> signature key; a dict of
+        `warmup_inputs` may be keyed by either.
 
     Raises:
       ImportError: tensorflow-serving-api is not installed.
@@ -102,34 +106,7 @@ def records(input_structure, warmup_inputs, spec=None) -> list[bytes]:
             "serving_default a built-in signature, or drop warmup_inputs."
         )
     specs = tf.nest.flatten(input_structure)
-    names = [spec.name for spec in specs]
-    if isinstance(warmup_inputs, Mapping):
-        keys = list(input_structure) if isinstance(input_structure, Mapping) else names
-        given = {str(k) for k in warmup_inputs}
-        if given != {str(k) for k in keys}:
-            raise ValueError(
-                f"warmup_inputs names inputs {sorted(given)}, but the serve "
-                f"signature takes {sorted(str(k) for k in keys)}."
-            )
-        values = [warmup_inputs[k] for k in keys]
-    elif isinstance(warmup_inputs, (list, tuple)) and len(specs) > 1:
-        if len(warmup_inputs) != len(specs):
-            raise ValueError(
-                f"warmup_inputs holds {len(warmup_inputs)} arrays, but the serve "
-                f"signature takes {len(specs)} inputs {names}."
-            )
-        values = list(warmup_inputs)
-    else:
-        if len(specs) != 1:
-            raise ValueError(
-                f"warmup_inputs is one array, but the serve signature takes "
-                f"{len(specs)} inputs {names}: pass a dict of name -> array."
-            )
-        values = [warmup_inputs]
-    _rows(values)
-    arrays = {
-        s.name: _checked(value, s) for value, s in zip(values, specs, strict=True)
-    }
+    arrays = input_arrays(input_structure, warmup_inputs, keras_names)
     rows = [
         {name: array[row : row + 1] for name, array in arrays.items()}
         for row in range(len(arrays[specs[0].name]))
@@ -141,6 +118,55 @@ def records(input_structure, warmup_inputs, spec=None) -> list[bytes]:
         _examples_log(spec, serving_signatures.to_example(row, features))
         for row in rows
     ]
+
+
+def input_arrays(
+    input_structure,
+    inputs,
+    keras_names: Mapping | None = None,
+    argument: str = "warmup_inputs",
+) -> dict[str, np.ndarray]:
+    """Signature key -> array of the rows `inputs` (an array, a list of
+    arrays in input order, or a dict keyed by input name or signature key),
+    checked against the model's inputs.
+
+    Raises:
+      ValueError: names, counts, dtypes or shapes that do not match, or no
+        rows or more than MAX_ROWS (`argument` names the argument).
+    """
+    specs = tf.nest.flatten(input_structure)
+    names = [spec.name for spec in specs]
+    if isinstance(inputs, Mapping):
+        keys = list(input_structure) if isinstance(input_structure, Mapping) else names
+        if not isinstance(input_structure, Mapping):
+            keyed = {(keras_names or {}).get(str(k), k): v for k, v in inputs.items()}
+            inputs = keyed
+        given = {str(k) for k in inputs}
+        if given != {str(k) for k in keys}:
+            raise ValueError(
+                f"{argument} names inputs {sorted(given)}, but the serve "
+                f"signature takes {sorted(str(k) for k in keys)}."
+            )
+        values = [inputs[k] for k in keys]
+    elif isinstance(inputs, (list, tuple)) and len(specs) > 1:
+        if len(inputs) != len(specs):
+            raise ValueError(
+                f"{argument} holds {len(inputs)} arrays, but the serve "
+                f"signature takes {len(specs)} inputs {names}."
+            )
+        values = list(inputs)
+    else:
+        if len(specs) != 1:
+            raise ValueError(
+                f"{argument} is one array, but the serve signature takes "
+                f"{len(specs)} inputs {names}: pass a dict of name -> array."
+            )
+        values = [inputs]
+    _rows(values, argument)
+    return {
+        s.name: _checked(value, s, argument)
+        for value, s in zip(values, specs, strict=True)
+    }
 
 
 def _predict_log(row: dict, specs) -> bytes:
@@ -180,18 +206,18 @@ def _examples_log(spec, example: bytes) -> bytes:
     return log.SerializeToString()
 
 
-def _checked(value, spec: tf.TensorSpec) -> np.ndarray:
+def _checked(value, spec: tf.TensorSpec, argument: str) -> np.ndarray:
     text = _is_text(value)
     if text != (spec.dtype == tf.string):
         raise ValueError(
-            f"warmup_inputs[{spec.name!r}] holds "
+            f"{argument}[{spec.name!r}] holds "
             f"{'strings' if text else 'numbers'}, but the serve signature "
             f"takes {spec.dtype.name}."
         )
     array = np.asarray(value, dtype=object if text else spec.dtype.as_numpy_dtype)
     if not spec.shape.is_compatible_with(array.shape):
         raise ValueError(
-            f"warmup_inputs[{spec.name!r}] has shape {array.shape}, but the "
+            f"{argument}[{spec.name!r}] has shape {array.shape}, but the "
             f"serve signature takes {spec.shape} (rows first)."
         )
     return array
@@ -209,12 +235,20 @@ def write(path: str, logs: list[bytes]) -> None:
 def read(path: str) -> list:
     """The requests of a version's warm-up file ([] when none):
     `PredictRequest`s, `ClassificationRequest`s or `RegressionRequest`s."""
+    return [
+        getattr(log, log.WhichOneof("log_type")).request
+        for log in read_logs(path)
+        if log.WhichOneof("log_type") is not None
+    ]
+
+
+def read_logs(path: str) -> list:
+    """The `PredictionLog`s of a version's warm-up file ([] when none)."""
     target = posixpath.join(path, layout.WARMUP_REQUESTS)
     if not tf.io.gfile.exists(target):
         return []
     _, prediction_log_pb2 = serving_protos()
-    requests = []
-    for record in tf.data.TFRecordDataset(target):
-        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-        requests.append(getattr(log, log.WhichOneof("log_type")).request)
-    return requests
+    return [
+        prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        for record in tf.data.TFRecordDataset(target)
+    ]

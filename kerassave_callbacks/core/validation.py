@@ -1,0 +1,274 @@
+"""The publish gate: a staged version, loaded as TF Serving loads it, must
+replay its warm-up requests and answer as the model itself does.
+
+Three steps, so that each runs where it must:
+
+- `requests(graphs, gate, warmup_inputs)`, once per traced graphs: the
+  validation rows (the gate's `inputs`, else the warm-up rows, else rows
+  drawn from the input specs) as each serve signature is fed them;
+- `answers(graphs, requests)`, at every export in the caller's thread
+  (Keras code runs only there, and the model moves on after the
+  snapshot): what `model(x, training=False)` answers, through the same
+  code as each signature (`serving_signatures.answer_of`);
+- `check(path, ...)`, on the staged directory before the rename (in the
+  writer thread for async exports): load (`served.Served`), replay the
+  warm-up, run every signature and compare.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from kerassave_callbacks import signatures as signatures_lib
+from kerassave_callbacks.core import served as served_lib
+from kerassave_callbacks.core import serving_signatures, warmup
+
+# Rows drawn from the input specs: this many when the batch is free.
+_DRAWN_ROWS = 2
+
+
+class GateFailure(ValueError):
+    """A version failed the publish gate; `problems` says why.
+
+    Attributes:
+      problems: one line per failed check.
+    """
+
+    def __init__(self, path: str, problems: list[str]):
+        super().__init__(
+            f"{path} failed the publish gate, so it is not published: "
+            + "; ".join(problems)
+        )
+        self.problems = list(problems)
+
+
+@dataclasses.dataclass(frozen=True)
+class Requests:
+    """The validation rows of one model's graphs.
+
+    Attributes:
+      rows: input signature key -> array (a batch of rows).
+      feeds: serve signature key -> input key -> array (the rows as that
+        signature takes them; custom endpoints are fed zeros of their own
+        inputs at check time).
+      source: where the rows come from, for messages.
+      drawn: True when the rows were made up from the input specs (the
+        model may refuse them; then nothing is compared).
+    """
+
+    rows: Mapping
+    feeds: Mapping
+    source: str
+    drawn: bool
+
+
+def requests(graphs, gate, warmup_inputs) -> Requests:
+    """The validation rows of `graphs` (a `ModeGraphs`) as each serve
+    signature takes them.
+
+    Raises:
+      ValueError: the gate's `inputs` do not fit the model's inputs.
+    """
+    traced = graphs.traced
+    given, source = gate.inputs, "the PublishGate's inputs"
+    if given is None:
+        given, source = warmup_inputs, "the warm-up rows"
+    if given is None:
+        rows, source = _drawn(traced.inputs), "rows drawn from the input specs"
+    else:
+        rows = warmup.input_arrays(
+            traced.inputs,
+            tf.nest.map_structure(lambda a: np.asarray(a)[: gate.MAX_ROWS], given),
+            graphs.names["inputs"],
+            "PublishGate(inputs=...)" if gate.inputs is not None else "warmup_inputs",
+        )
+    specs = traced.specs or {signatures_lib.DEFAULT_KEY: signatures_lib.predict()}
+    feeds = {
+        key: _feeds(spec, rows, traced.inputs)
+        for key, spec in specs.items()
+        if not signatures_lib.is_endpoint(spec)
+    }
+    return Requests(rows, feeds, source, drawn=given is None)
+
+
+def _drawn(inputs) -> dict:
+    """Rows made up from the input specs: uniform floats in [0, 1), zeros
+    of integers and bools, empty strings; free inner dimensions of 1."""
+    rng = np.random.default_rng(0)
+    rows = {}
+    for spec in tf.nest.flatten(inputs):
+        dims = spec.shape.as_list() if spec.shape.rank is not None else [None]
+        shape = [_DRAWN_ROWS if dims[0] is None else dims[0]] + [
+            1 if d is None else d for d in dims[1:]
+        ]
+        if spec.dtype == tf.string:
+            rows[spec.name] = np.full(shape, b"", dtype=object)
+        elif spec.dtype.is_floating:
+            rows[spec.name] = rng.random(shape).astype(spec.dtype.as_numpy_dtype)
+        else:
+            rows[spec.name] = np.zeros(shape, spec.dtype.as_numpy_dtype)
+    return rows
+
+
+def _feeds(spec, rows: dict, inputs) -> dict:
+    if spec.input_key is None:  # predict(): the model's own inputs.
+        return dict(rows)
+    features = serving_signatures.feature_spec(inputs, spec)
+    count = len(next(iter(rows.values())))
+    examples = [
+        serving_signatures.to_example({k: v[i] for k, v in rows.items()}, features)
+        for i in range(count)
+    ]
+    return {spec.input_key: np.asarray(examples, dtype=object)}
+
+
+def answers(graphs, requests: Requests) -> dict | None:
+    """Serve signature key -> output key -> what the model itself answers
+    on the rows (`model(x, training=False)`, now); None when the model
+    refuses rows drawn from its specs (a warning says so).
+
+    Raises:
+      ValueError: the model refuses the rows it was given.
+    """
+    traced = graphs.traced
+    flat = tf.nest.flatten(traced.inputs)
+    x = tf.nest.pack_sequence_as(
+        traced.inputs, [tf.constant(requests.rows[s.name]) for s in flat]
+    )
+    try:
+        outputs = graphs.model(x, training=False)
+    except Exception as e:
+        if not requests.drawn:
+            raise ValueError(
+                f"Model {graphs.model.name!r} cannot run {requests.source}: {e}"
+            ) from e
+        logging.warning(
+            "The publish gate compares no answers of model %r: it cannot run "
+            "%s (%s). Pass PublishGate(inputs=...) with real rows.",
+            graphs.model.name,
+            requests.source,
+            e,
+        )
+        return None
+    named = dict(zip(traced.output_names, tf.nest.flatten(outputs), strict=True))
+    structured = traced.predict.get_concrete_function().structured_outputs
+    output_specs = {n: tf.TensorSpec(t.shape, t.dtype) for n, t in structured.items()}
+    specs = traced.specs or {signatures_lib.DEFAULT_KEY: signatures_lib.predict()}
+    found = {}
+    for key, spec in specs.items():
+        answer = serving_signatures.answer_of(spec, named, output_specs, graphs.model)
+        if answer is not None:
+            found[key] = {k: np.asarray(v) for k, v in answer.items()}
+    return found
+
+
+def low_precision(model) -> bool:
+    """Whether the model computes in float16 or bfloat16 (mixed precision)."""
+    return str(getattr(model, "compute_dtype", "float32")) in ("float16", "bfloat16")
+
+
+def check(
+    path: str,
+    gate,
+    *,
+    feeds: Mapping | None = None,
+    answers: Mapping | None = None,
+    source: str = "rows of zeros",
+    low_precision: bool = False,
+) -> list[str]:
+    """The problems TF Serving would have with the SavedModel at `path`,
+    and the answers that differ from `answers` ([] when none).
+
+    Args:
+      path: the SavedModel directory (staged or published).
+      gate: the `PublishGate` (load limit, tolerances).
+      feeds: signature key -> input key -> array; a signature not named
+        here is fed zeros of its inputs. Defaults to None.
+      answers: signature key -> output key -> the expected array; None
+        compares nothing. Defaults to None.
+      source: what the feeds are, for messages. Defaults to zeros.
+      low_precision: use the looser default tolerances. Defaults to False.
+    """
+    try:
+        served = served_lib.Served(path)
+    except Exception as e:  # Whatever TF raises is the finding.
+        return [f"TF Serving could not load it: {served_lib.first_line(e)}"]
+    with served:
+        problems = []
+        if served.load_seconds > gate.load_seconds:
+            problems.append(
+                f"it took {served.load_seconds:.1f}s to load, more than "
+                f"load_seconds={gate.load_seconds}"
+            )
+        problems += served.replay_warmup()
+        missing = sorted(set(feeds or {}) - set(served.signatures))
+        problems += [f"signature {k!r} is missing" for k in missing]
+        tolerances = gate.tolerances(low_precision)
+        for key in sorted(served.signatures):
+            given = (feeds or {}).get(key)
+            fed = given if given is not None else zero_feeds(served.signatures[key])
+            try:
+                outputs = served.run(key, fed)
+            except Exception as e:
+                what = source if given is not None else "rows of zeros"
+                line = served_lib.first_line(e)
+                problems.append(f"signature {key!r} failed on {what}: {line}")
+                continue
+            expected = (answers or {}).get(key)
+            if expected is not None:
+                problems += _compared(key, outputs, expected, tolerances, source)
+    return problems
+
+
+def zero_feeds(sig) -> dict:
+    """Input key -> a row of zeros (or empty strings) for a `SignatureDef`."""
+    feeds = {}
+    for key, info in sig.inputs.items():
+        dtype = tf.dtypes.as_dtype(info.dtype)
+        dims = [] if info.tensor_shape.unknown_rank else info.tensor_shape.dim
+        shape = [1 if d.size < 0 else d.size for d in dims]
+        if shape:
+            shape[0] = 1 if dims[0].size < 0 else shape[0]
+        if dtype == tf.string:
+            feeds[key] = np.full(shape, b"", dtype=object)
+        else:
+            feeds[key] = np.zeros(shape, dtype=dtype.as_numpy_dtype)
+    return feeds
+
+
+def _compared(key, outputs: dict, expected: dict, tolerances, source) -> list[str]:
+    rtol, atol = tolerances
+    problems = []
+    for name, want in sorted(expected.items()):
+        got = outputs.get(name)
+        if got is None:
+            problems.append(f"signature {key!r} has no output {name!r}")
+            continue
+        why = _difference(np.asarray(got), want, rtol, atol)
+        if why:
+            problems.append(
+                f"signature {key!r}, output {name!r} on {source}: {why} than "
+                "what the model answers (the graphs serve another model: a "
+                "Python attribute read while tracing, say)"
+            )
+    return problems
+
+
+def _difference(got: np.ndarray, want: np.ndarray, rtol, atol) -> str | None:
+    """Why `got` is not `want`, or None when they match."""
+    if got.shape != want.shape and got.size == want.size:
+        got = got.reshape(want.shape)
+    if got.shape != want.shape:
+        return f"shape {list(got.shape)} rather {list(want.shape)}: other"
+    if want.dtype.kind in "OSU" or got.dtype.kind in "OSU":
+        return None if np.array_equal(got, want) else "other values"
+    got, want = got.astype(np.float64), want.astype(np.float64)
+    if np.allclose(got, want, rtol=rtol, atol=atol, equal_nan=True):
+        return None
+    worst = float(np.nanmax(np.abs(got - want)))
+    return f"values up to {worst:.3g} apart (rtol={rtol}, atol={atol}): other"
