@@ -13,10 +13,17 @@ import posixpath
 import numpy as np
 import tensorflow as tf
 
-from kerassave_callbacks import _files, layout
+from kerassave_callbacks import _files, layout, options
 from kerassave_callbacks import export_dir as export_dir_lib
 from kerassave_callbacks import signatures as signatures_lib
-from kerassave_callbacks.core import _tf_logs, loader, modes, serving_signatures, warmup
+from kerassave_callbacks.core import (
+    loader,
+    modes,
+    serving_signatures,
+    validation,
+    warmup,
+)
+from kerassave_callbacks.core import served as served_lib
 
 
 def _tensor(info) -> dict:
@@ -62,7 +69,7 @@ def _rows(requests, default) -> list[_Row]:
     if not requests:
         if default is None or _takes_examples(default):
             return []
-        values = {k: _one_row(v) for k, v in default.inputs.items()}
+        values = validation.zero_feeds(default)
         return [_Row(values, _example_of(values))]
     rows = []
     for request in requests:
@@ -141,18 +148,13 @@ def _shaped(value, info) -> np.ndarray:
     return array
 
 
-def _one_row(info) -> np.ndarray:
-    dtype = tf.dtypes.as_dtype(info.dtype)
-    shape = [1 if d.size < 0 else d.size for d in info.tensor_shape.dim]
-    if shape:
-        shape[0] = 1
-    if dtype == tf.string:
-        return np.full(shape, b"", dtype=object)
-    return np.zeros(shape, dtype=dtype.as_numpy_dtype)
-
-
 def verify_version(path: str, *, versioned: bool = False) -> list[str]:
-    """The problems TF Serving would have with one SavedModel ([] when none).
+    """The problems TF Serving would have with one SavedModel ([] when none):
+    the publish gate's checks (`validation.check`: loaded with tag `serve`
+    in a fresh session, warm-up replayed as TF Serving replays it, every
+    serve signature run on the warm-up rows or zeros), every other
+    MetaGraph loaded, and the serve answers of a TF1 session and of
+    `tf.saved_model.load` compared.
 
     With `versioned` (a version of an export directory), its
     `export_info.json` is required too.
@@ -166,17 +168,7 @@ def verify_version(path: str, *, versioned: bool = False) -> list[str]:
         loader.read_all_values(loader.open_checkpoint(path), path)
     except (FileNotFoundError, ValueError) as e:
         return [str(e)]
-    problems = []
-    info_path = posixpath.join(path, layout.EXPORT_INFO)
-    if tf.io.gfile.exists(info_path):
-        info = export_dir_lib.read_info(path)
-        name = posixpath.basename(path.rstrip("/"))
-        if not info:
-            problems.append(f"{layout.EXPORT_INFO} is not valid JSON")
-        elif name.isdigit() and info.get("version") != int(name):
-            problems.append(
-                f"{layout.EXPORT_INFO} names version {info.get('version')}, not {name}"
-            )
+    problems = _info_problems(path)
     try:
         requests = warmup.read(path)
     except (ImportError, tf.errors.OpError, ValueError) as e:
@@ -184,47 +176,66 @@ def verify_version(path: str, *, versioned: bool = False) -> list[str]:
         problems.append(f"cannot read {layout.WARMUP_REQUESTS}: {e}")
     for meta in saved.meta_graphs:
         tags = list(meta.meta_info_def.tags)
+        if modes.SERVE.tag in tags:
+            problems += _check_serving(path, meta, requests)
+            continue
         try:
-            problems += _load_and_run(path, tags, requests)
+            served_lib.Served(path, tags).close()
         except Exception as e:  # Whatever TF raises is the finding.
-            message = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            problems.append(f"tags {tags}: {type(e).__name__}: {message}".rstrip(": "))
+            problems.append(
+                f"tags {tags}: {type(e).__name__}: {served_lib.first_line(e)}"
+            )
     return problems
 
 
-def _load_and_run(path: str, tags: list[str], requests) -> list[str]:
-    """Loads one MetaGraph in a fresh TF1 session (restore and init op, as TF
-    Serving does) and, for `serve`, runs every signature on the warm-up rows
-    (or on one row of zeros), comparing each reply with the signature run
-    through `tf.saved_model.load`."""
-    with tf.compat.v1.Session(graph=tf.Graph()) as sess:
-        with _tf_logs.quiet():
-            meta = tf.compat.v1.saved_model.load(sess, tags, path)
-        if modes.SERVE.tag not in tags:
-            return []
-        sigs = {k: v for k, v in meta.signature_def.items() if not k.startswith("__")}
-        if modes.SERVE.signature_key not in sigs:
-            return [f"tags {tags}: no {modes.SERVE.signature_key} signature"]
-        rows = _rows(requests, sigs[modes.SERVE.signature_key])
-        runs = []
-        for key, sig in sorted(sigs.items()):
-            fetch = {k: v.name for k, v in sig.outputs.items()}
-            for index, row in enumerate(rows):
-                feeds = _feeds(sig, row)
-                if feeds is not None:
-                    feed = {sig.inputs[k].name: v for k, v in feeds.items()}
-                    runs.append((key, index, feeds, sess.run(fetch, feed)))
-    if not requests:  # Zeros only show that every signature runs.
+def _info_problems(path: str) -> list[str]:
+    info_path = posixpath.join(path, layout.EXPORT_INFO)
+    if not tf.io.gfile.exists(info_path):
         return []
-    loaded = tf.saved_model.load(path, tags=tags)
+    info = export_dir_lib.read_info(path)
+    name = posixpath.basename(path.rstrip("/"))
+    if not info:
+        return [f"{layout.EXPORT_INFO} is not valid JSON"]
+    if name.isdigit() and info.get("version") != int(name):
+        return [f"{layout.EXPORT_INFO} names version {info.get('version')}, not {name}"]
+    return []
+
+
+def _check_serving(path: str, meta, requests) -> list[str]:
+    """The gate's checks on the serve MetaGraph, fed the warm-up rows, then
+    the same feeds through `tf.saved_model.load`."""
+    sigs = {k: v for k, v in meta.signature_def.items() if not k.startswith("__")}
+    if modes.SERVE.signature_key not in sigs:
+        return [f"no {modes.SERVE.signature_key} signature"]
+    rows = _rows(requests, sigs[modes.SERVE.signature_key])
+    feeds = {}
+    for key, sig in sigs.items():
+        fed = [_feeds(sig, row) for row in rows]
+        if fed and all(f is not None for f in fed):
+            feeds[key] = {k: np.concatenate([f[k] for f in fed]) for k in fed[0]}
+    ran: dict = {}
+    problems = validation.check(
+        path,
+        options.PublishGate(),
+        feeds=feeds,
+        source="the warm-up rows" if requests else "rows of zeros",
+        ran=ran,
+    )
+    if requests and not problems:  # Zeros only show that every signature runs.
+        problems += _compare_tf2(path, feeds, ran)
+    return problems
+
+
+def _compare_tf2(path: str, feeds: dict, ran: dict) -> list[str]:
+    loaded = tf.saved_model.load(path, tags=[modes.SERVE.tag])
     problems = []
-    for key, index, feeds, outputs in runs:
-        direct = loaded.signatures[key](**{k: tf.constant(v) for k, v in feeds.items()})
-        for name, value in outputs.items():
+    for key, fed in sorted(feeds.items()):
+        direct = loaded.signatures[key](**{k: tf.constant(v) for k, v in fed.items()})
+        for name, value in ran.get(key, {}).items():
             if not _same(direct[name].numpy(), value):
                 problems.append(
-                    f"signature {key!r}, warm-up row {index}: output {name!r} "
-                    "differs between a TF1 session and tf.saved_model.load"
+                    f"signature {key!r}, warm-up rows: output {name!r} differs "
+                    "between a TF1 session and tf.saved_model.load"
                 )
     return problems
 

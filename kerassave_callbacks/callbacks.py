@@ -15,7 +15,7 @@ from kerassave_callbacks import options as options_lib
 from kerassave_callbacks import schedule as schedule_lib
 from kerassave_callbacks.core import adapter, keras_api
 from kerassave_callbacks.options import ExportOptions, RetentionPolicy
-from kerassave_callbacks.records import ExportError, ExportRecord
+from kerassave_callbacks.records import ExportError, ExportRecord, ExportRejectedError
 from kerassave_callbacks.schedule import ExportSchedule
 
 ON_ERROR = ("raise", "warn")
@@ -379,7 +379,8 @@ class SavedModelExporter(adapter.BatchHooks, keras.callbacks.Callback):
     def _note_failure(self, failure: ExportError | None) -> None:
         if _uncommitted(failure):
             self._last_step = None  # The next export tries again.
-            self._retry = failure.info
+            if not isinstance(failure, ExportRejectedError):
+                self._retry = failure.info  # A rejected state fails again.
 
     def _guard(self, fn) -> ExportError | None:
         """Runs an export step; a failure raises or warns as `on_error` says.
@@ -395,24 +396,27 @@ class SavedModelExporter(adapter.BatchHooks, keras.callbacks.Callback):
         except ExportError as e:
             info = e.info or {}
             step = info.get("step")
-            self._record_error(
-                str(e), step if step is not None else 0, info.get("epoch")
-            )
+            self._record_error(e, step if step is not None else 0, info.get("epoch"))
             if self.on_error == "raise":
                 raise
             logging.warning("Export failed; training goes on: %s", e)
             return e
         return None
 
-    def _record_error(self, message: str, step: int, epoch: int | None) -> None:
+    def _record_error(self, error: ExportError, step: int, epoch: int | None) -> None:
+        """Writes `export/rejected` for a version the gate refused, else
+        `export/error`."""
         if self._events is None:
             return
         try:
-            self._events.error(message, step, epoch)
+            if isinstance(error, ExportRejectedError):
+                self._events.rejected(error, step, epoch)
+            else:
+                self._events.error(str(error), step, epoch)
         except Exception as e:  # The writer itself may be what failed.
             logging.warning(
-                "Could not write export/error to TensorBoard yet (kept for "
-                "the next event): %s",
+                "Could not write the export's failure to TensorBoard yet (kept "
+                "for the next event): %s",
                 e,
             )
 

@@ -1,6 +1,6 @@
 """`kerassave`: see, check and tidy an export directory from the shell.
 
-    kerassave list EXPORT_DIR [--json]
+    kerassave list EXPORT_DIR [--json] [--rejected]
     kerassave inspect PATH [--json]
     kerassave verify PATH [--json]
     kerassave prune EXPORT_DIR --keep N [--keep_best K --monitor NAME
@@ -83,9 +83,12 @@ def _saved_model(path: str):
 
 
 def cmd_list(args) -> tuple[int, object]:
-    rows = _export_dir(args.export_dir).describe()
+    export_dir = _export_dir(args.export_dir)
+    rows = export_dir.describe()
+    rejected = export_dir.rejected()
     if args.json:
-        return OK, [r.to_json() for r in rows]
+        extra = [r.to_json() for r in rejected] if args.rejected else []
+        return OK, [r.to_json() for r in rows] + extra
     marks = _marks(rows, options.Monitor(args.monitor or None, args.mode))
     lines = [
         f"{'version':>12}  {'created':19}  {'epoch':>5}  {'step':>7}  "
@@ -103,6 +106,11 @@ def cmd_list(args) -> tuple[int, object]:
             f"{_dash(r.step):>7}  {format_size(r.size_bytes):>10}  "
             f"{' '.join(r.tags):16}  {metrics}{marks.get(r.version, '')}"
         )
+    if rejected:
+        lines.append("rejected by the publish gate (not served):")
+    for r in rejected:
+        lines.append(f"{r.version:>12}  {r.path}")
+        lines += [f"{'':14}- {problem}" for problem in r.problems]
     return OK, "\n".join(lines)
 
 
@@ -142,6 +150,9 @@ def cmd_inspect(args) -> tuple[int, object]:
                 for name, t in sig[side].items():
                     lines.append(f"    {side[:-1]:6} {name}: {t['dtype']} {t['shape']}")
     library = result["export_info"].get("library") or {}
+    for side, pairs in sorted((result["export_info"].get("names") or {}).items()):
+        lines.append(f"{side} (Keras name -> signature key):")
+        lines += [f"  {name} -> {key}" for name, key in pairs.items()]
     if result["export_info"]:
         lines.append(
             f"export info: {json.dumps(result['export_info'], sort_keys=True)}"
@@ -314,6 +325,11 @@ def parser() -> argparse.ArgumentParser:
     )
     listing.add_argument("--monitor", default="", help="mark the best by it")
     listing.add_argument("--mode", choices=options.MODES, default="auto")
+    listing.add_argument(
+        "--rejected",
+        action="store_true",
+        help="with --json, add the rows of rejected-<version> copies",
+    )
     add("inspect", cmd_inspect, "tags, signatures and export info", "path")
     add("verify", cmd_verify, "load every version as TF Serving does", "path")
     prune = add("prune", cmd_prune, "apply the exporter's retention", "export_dir")

@@ -3,8 +3,9 @@
 Tags (a contract with dashboards and with the tests): scalars
 `export/duration_seconds`, `export/size_bytes`, `export/versions_kept`
 (each with its unit as the chart's description); text `export/event` for
-each export and `export/error` for a failed one; and `export/record`, the
-JSON the Exports dashboard reads.
+each export, `export/error` for a failed one and `export/rejected` for a
+version the publish gate refused; and `export/record`, the JSON the Exports
+dashboard reads.
 
 Scalars are float32, the only dtype TensorBoard's default loader shows. So
 there is no `export/version` scalar: float32 cannot hold a version number
@@ -30,6 +31,7 @@ SIZE = "export/size_bytes"
 VERSIONS_KEPT = "export/versions_kept"
 EVENT = "export/event"
 ERROR = "export/error"
+REJECTED = "export/rejected"
 RUN = "export"
 # One JSON record per export (or failure) for the Exports dashboard
 # (tensorboard_plugin.py): a tensor summary of that plugin, whose data marks
@@ -149,6 +151,21 @@ class ExportEvents:
         """Writes `export/error` (and its dashboard record) for a failed export."""
         fields = {"status": "failed", "error": message, "step": step, "epoch": epoch}
         self._write(step, {}, {ERROR: message, RECORD: json.dumps(fields)})
+
+    def rejected(self, error, step: int, epoch: int | None = None) -> None:
+        """Writes `export/rejected` (and its dashboard record) for a version
+        the publish gate refused (an `ExportRejectedError`)."""
+        info = error.info or {}
+        fields = {
+            "status": "rejected",
+            "version": info.get("version"),
+            "path": _absolute(error.rejected) if error.rejected else None,
+            "error": "; ".join(error.problems),
+            "step": step,
+            "epoch": epoch,
+            "metrics": info.get("metrics") or {},
+        }
+        self._write(step, {}, {REJECTED: str(error), RECORD: json.dumps(fields)})
 
     def close(self) -> None:
         """Closes the writer; events that could not be written are dropped."""

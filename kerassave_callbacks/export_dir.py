@@ -52,6 +52,27 @@ class Version:
         return row
 
 
+@dataclasses.dataclass(frozen=True)
+class Rejected:
+    """A version the publish gate refused, kept as `rejected-<version>`.
+
+    Attributes:
+      version: the version it would have been.
+      path: the directory of the kept copy.
+      rejected: unix time of the rejection, or None.
+      problems: why it was refused, one line per failed check.
+    """
+
+    version: int
+    path: str
+    rejected: float | None
+    problems: list[str]
+
+    def to_json(self) -> dict:
+        """The row of `kerassave list --rejected --json`."""
+        return {**dataclasses.asdict(self), "status": "rejected"}
+
+
 class ExportDir:
     """A read-only view of `<export_dir>/<version>/...`.
 
@@ -84,6 +105,26 @@ class ExportDir:
         Serving would consider)."""
         names = (layout.version_name(n) for n in _files.entries(self.path))
         return sorted(v for v in names if v is not None)
+
+    def rejected(self) -> list[Rejected]:
+        """The rejected copies (`rejected-<version>`), oldest first, with the
+        reasons their `rejection.json` gives."""
+        rows = []
+        for version in _files.rejected_versions(self.path):
+            path = posixpath.join(self.path, layout.rejected_name(version))
+            reason = _read_json(posixpath.join(path, layout.REJECTION))
+            problems = reason.get("problems")
+            if not isinstance(problems, list):
+                problems = [f"{layout.REJECTION} is missing or unreadable"]
+            rows.append(
+                Rejected(
+                    version=version,
+                    path=path,
+                    rejected=finite_or_none(reason.get("rejected")),
+                    problems=[str(p) for p in problems],
+                )
+            )
+        return rows
 
     def info(self, version: int) -> dict:
         """The version's `export_info.json`, or {} when missing or unreadable."""
@@ -160,7 +201,11 @@ class ExportDir:
 
 def read_info(version_path: str) -> dict:
     """`export_info.json` of a version directory; {} when missing or unreadable."""
-    path = posixpath.join(version_path, layout.EXPORT_INFO)
+    return _read_json(posixpath.join(version_path, layout.EXPORT_INFO))
+
+
+def _read_json(path: str) -> dict:
+    """The JSON object in `path`; {} when missing, unreadable or no object."""
     try:
         info = json.loads(_fs.read_bytes(path).decode("utf-8"))
     except (OSError, ValueError):

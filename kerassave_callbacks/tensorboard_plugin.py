@@ -38,13 +38,14 @@ def export_rows(records: list[dict]) -> list[dict]:
     Each committed record gets `status` "on disk" or "removed": read from
     its export directory when that is readable, else from the `removed`
     lists of later records. The newest version on disk is marked
-    `serving`, the best by the monitor `best`.
+    `serving`, the best by the monitor `best`. Failed exports and versions
+    the publish gate rejected keep their status and reason (`error`).
     """
     rows = [dict(r) for r in records]
     on_disk: dict[str, set[int] | None] = {}
     removed = {v for r in rows for v in r.get("removed") or []}
     for row in rows:
-        if row.get("status") == "failed":
+        if row.get("status") in ("failed", "rejected"):
             continue
         directory = row.get("export_dir")
         if directory not in on_disk:

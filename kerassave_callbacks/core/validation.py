@@ -180,6 +180,7 @@ def check(
     answers: Mapping | None = None,
     source: str = "rows of zeros",
     low_precision: bool = False,
+    ran: dict | None = None,
 ) -> list[str]:
     """The problems TF Serving would have with the SavedModel at `path`,
     and the answers that differ from `answers` ([] when none).
@@ -193,6 +194,8 @@ def check(
         compares nothing. Defaults to None.
       source: what the feeds are, for messages. Defaults to zeros.
       low_precision: use the looser default tolerances. Defaults to False.
+      ran: if given, filled with signature key -> the outputs it gave.
+        Defaults to None.
     """
     try:
         served = served_lib.Served(path)
@@ -219,6 +222,8 @@ def check(
                 line = served_lib.first_line(e)
                 problems.append(f"signature {key!r} failed on {what}: {line}")
                 continue
+            if ran is not None:
+                ran[key] = outputs
             expected = (answers or {}).get(key)
             if expected is not None:
                 problems += _compared(key, outputs, expected, tolerances, source)

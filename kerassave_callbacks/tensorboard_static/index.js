@@ -16,6 +16,7 @@ const STYLE = `
   td.num { text-align: right; font-variant-numeric: tabular-nums; }
   tr.removed td { color: #9e9e9e; }
   tr.failed td { color: #c62828; }
+  tr.rejected td { color: #ad5700; }
   td.error { white-space: normal; max-width: 520px; }
   .chip { display: inline-block; border-radius: 10px; padding: 1px 8px;
           margin-left: 6px; font-size: 11px; color: #fff; }
@@ -73,8 +74,8 @@ function table(rows) {
   const body = t.createTBody();
   for (const r of rows) {
     const tr = body.insertRow();
-    tr.className = r.status === "failed" ? "failed" :
-        r.status === "removed" ? "removed" : "kept";
+    tr.className = ["failed", "rejected", "removed"].includes(r.status) ?
+        r.status : "kept";
     tr.dataset.version = r.version ?? "";
     const version = cell(tr, r.version ?? "");
     if (r.serving) chip(version, "serving", "served");
@@ -88,8 +89,8 @@ function table(rows) {
     cell(tr, r.duration_seconds == null ? "" :
         `${r.duration_seconds.toFixed(3)} s`, "num");
     cell(tr, size(r.size_bytes), "num");
-    if (r.status === "failed") {
-      cell(tr, `failed: ${r.error}`, "error status");
+    if (r.status === "failed" || r.status === "rejected") {
+      cell(tr, `${r.status}: ${r.error}`, "error status");
     } else {
       cell(tr, r.status, "status");
     }
