@@ -102,6 +102,41 @@ _FLAGS = {
         "this long (a model server may be loading it); 0: at once.",
         {"lower_bound": 0.0},
     ),
+    "export_validate": (
+        "boolean",
+        True,
+        "Publish a version only after it loaded as TF Serving loads it, "
+        "replayed its warm-up and matched the model's answers (the publish "
+        "gate); a version that fails is kept as rejected-<version>.",
+        {},
+    ),
+    "export_validate_rtol": (
+        "float",
+        0.0,
+        "Relative tolerance of the gate's comparison; 0: the default (1e-4, "
+        "2e-2 under mixed precision).",
+        {"lower_bound": 0.0},
+    ),
+    "export_validate_atol": (
+        "float",
+        0.0,
+        "Absolute tolerance of the gate's comparison; 0: the default (1e-5, "
+        "1e-2 under mixed precision).",
+        {"lower_bound": 0.0},
+    ),
+    "export_validate_metric_margin": (
+        "float",
+        -1.0,
+        "Publish only when --export_monitor is not worse than the best "
+        "published version's by more than this; negative: no metric gate.",
+        {},
+    ),
+    "export_validate_load_seconds": (
+        "float",
+        300.0,
+        "Reject a version that takes longer than this to load.",
+        {"lower_bound": 0.001},
+    ),
     "export_async": ("boolean", False, "Write versions in a background thread.", {}),
     "export_on_error": (
         "enum",
@@ -179,6 +214,17 @@ def _monitor_is_set_when_needed(values: dict) -> bool:
     return bool(values["export_monitor"]) or not needs
 
 
+def _gate_from_flags(v) -> options_lib.PublishGate:
+    margin = v.export_validate_metric_margin
+    return options_lib.PublishGate(
+        enabled=v.export_validate,
+        rtol=v.export_validate_rtol or None,
+        atol=v.export_validate_atol or None,
+        metric_margin=margin if margin >= 0 else None,
+        load_seconds=v.export_validate_load_seconds,
+    )
+
+
 def exporter_from_flags(
     flag_values: flags.FlagValues = flags.FLAGS, **overrides
 ) -> SavedModelExporter:
@@ -209,6 +255,7 @@ def exporter_from_flags(
             serving_only=v.export_serving_only,
             async_export=v.export_async,
             signatures=signatures_lib.parse(v.export_signatures),
+            validate=_gate_from_flags(v),
         ),
         "schedule": schedule_lib.ExportSchedule(
             every_n_epochs=v.export_every_n_epochs,

@@ -161,6 +161,13 @@ class Served:
                 f"Expected prediction signature method_name to be one of "
                 f"{list(methods)}. Was: {sig.method_name}"
             )
+        for index, (alias, tensor) in enumerate(sorted(request.inputs.items())):
+            want = sig.inputs[alias].dtype if alias in sig.inputs else tensor.dtype
+            if tensor.dtype != want:
+                raise ServingError(
+                    f"Expects arg[{index}] ({alias!r}) to be "
+                    f"{_dtype_name(want)} but {_dtype_name(tensor.dtype)} is provided"
+                )
         feeds = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
         outputs = self.run(name or modes.SERVE.signature_key, feeds)
         unknown = sorted(set(request.output_filter) - set(outputs))
@@ -281,6 +288,12 @@ def check_regress_outputs(outputs: dict, batch: int) -> None:
         )
     if value.dtype.kind != "f":
         raise ServingError(f"Expected output Tensor of DT_FLOAT, got {value.dtype}.")
+
+
+def _dtype_name(enum: int) -> str:
+    """TF's C++ name of a dtype ("float", "double"), as its errors say."""
+    name = tf.dtypes.as_dtype(enum).name
+    return {"float32": "float", "float64": "double"}.get(name, name)
 
 
 def first_line(error: Exception) -> str:

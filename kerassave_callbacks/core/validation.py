@@ -33,7 +33,17 @@ _DRAWN_ROWS = 2
 
 
 class GateFailure(ValueError):
-    """A version failed the publish gate; `problems` says why.
+    """A SavedModel failed the publish gate; `problems` says why.
+
+    `export_saved_model` raises it (nothing is left at the path);
+    `VersionedExporter` raises `ExportRejectedError` instead.
+
+    Example:
+
+        try:
+            export_saved_model(model, "/tmp/model")
+        except GateFailure as e:
+            print(e.problems)
 
     Attributes:
       problems: one line per failed check.
