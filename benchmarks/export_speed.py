@@ -19,6 +19,10 @@ measurement, then the ratios the exporter is held to:
   thin-provisioned virtual disks of our CI that costs up to 3x the write of
   reused blocks, for raw writes too (which blocks a raw write gets depends
   on what ran before it, so that row is noisy and has no target);
+- the publish gate's cost: the steady full export above (gated, the
+  default) vs the same with `validate=False` (target <= 1.5), and the
+  async caller's blocking with the gate vs without (information: the
+  gate's comparison runs the model on its rows in the caller's thread);
 - steady-state serving_only export vs Keras' own model.export() (<= 0.4);
 - time an async export() blocks its caller vs a sync full export (<= 0.15);
 - peak extra memory of an async export while training goes on vs the
@@ -131,6 +135,21 @@ def measure_memory(model, work: str, data) -> tuple[int, int]:
     return train_only, with_export.peak - base
 
 
+def _async_blocked(model, path: str, repeats: int, validate: bool) -> float:
+    """Median time an async export() blocks its caller, after the first."""
+    exporter = VersionedExporter(path, keep=2, async_export=True, validate=validate)
+    exporter.export(model)
+    exporter.wait()  # The first one traces; time the steady ones.
+    blocked = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        exporter.export(model)
+        blocked.append(time.perf_counter() - start)
+        exporter.wait()
+    exporter.close()
+    return statistics.median(blocked)
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
@@ -154,6 +173,14 @@ def main(argv):
             full.export(model)
         full_s = _median_seconds(lambda: full.export(model), repeats)
         full.wait()
+
+        ungated = VersionedExporter(
+            os.path.join(work, "ungated"), keep=2, grace_seconds=0, validate=False
+        )
+        for _ in range(3):
+            ungated.export(model)
+        ungated_s = _median_seconds(lambda: ungated.export(model), repeats)
+        ungated.close()
 
         files = iter(range(10**6))
         raw_kept = _median_seconds(lambda: raw_write_new(arrays, work, files), repeats)
@@ -179,29 +206,23 @@ def main(argv):
             max(2, repeats // 2),
         )
 
-        asynchronous = VersionedExporter(
-            os.path.join(work, "async"), keep=2, async_export=True
+        async_s = _async_blocked(model, os.path.join(work, "async"), repeats, True)
+        async_ungated_s = _async_blocked(
+            model, os.path.join(work, "async_ungated"), repeats, False
         )
-        asynchronous.export(model)
-        asynchronous.wait()  # The first one traces; time the steady ones.
-        blocked = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            asynchronous.export(model)
-            blocked.append(time.perf_counter() - start)
-            asynchronous.wait()
-        async_s = statistics.median(blocked)
 
         train_only, with_export = measure_memory(model, work, data)
 
     extra = max(0, with_export - train_only)
     print(f"raw write+fsync of the variable bytes: {raw * 1e3:8.1f} ms")
     print(f"full export (train/eval/serve):        {full_s * 1e3:8.1f} ms")
+    print(f"full export, no publish gate:          {ungated_s * 1e3:8.1f} ms")
     print(f"raw write+fsync, a new file each time: {raw_kept * 1e3:8.1f} ms")
     print(f"full export, default grace period:     {graced_s * 1e3:8.1f} ms")
     print(f"serving_only export:                   {serving_s * 1e3:8.1f} ms")
     print(f"keras model.export():                  {keras_s * 1e3:8.1f} ms")
     print(f"async export(), caller blocked:        {async_s * 1e3:8.1f} ms")
+    print(f"  the same, no publish gate:           {async_ungated_s * 1e3:8.1f} ms")
     print(
         f"peak extra RSS: training {train_only / 2**20:.1f} MiB, training + async "
         f"export {with_export / 2**20:.1f} MiB"
@@ -209,6 +230,8 @@ def main(argv):
     rows = [
         ("full export / raw write+fsync", full_s / raw, 1.3),
         ("full export, grace / raw write, new files", graced_s / raw_kept, None),
+        ("gated full export / ungated", full_s / ungated_s, 1.5),
+        ("async blocked, gated / ungated", async_s / async_ungated_s, None),
         ("serving_only export / model.export()", serving_s / keras_s, 0.4),
         ("async blocked / sync full export", async_s / full_s, 0.15),
         ("async extra memory / variable bytes", extra / nbytes, 1.2),

@@ -235,7 +235,7 @@ class VersionedExporter:
         return {
             "requests": requests,
             "answers": answers,
-            "low_precision": validation.low_precision(self._cache.graphs.model),
+            "model": self._cache.graphs.model,
             "metric": gate.metric_problem(
                 self.monitor, info.get("metrics"), self._retainer.best_value()
             ),
@@ -385,15 +385,13 @@ class VersionedExporter:
         Raises:
           ExportRejectedError: the version failed the gate.
         """
-        requests = gate["requests"]
         problems = [gate["metric"]] if gate["metric"] else []
-        problems += validation.check(
+        problems += validation.gate_problems(
             staged.path,
             self.options.validate,
-            feeds=requests.feeds,
-            answers=gate["answers"],
-            source=requests.source,
-            low_precision=gate["low_precision"],
+            gate["requests"],
+            gate["answers"],
+            gate["model"],
         )
         if not problems:
             return

@@ -451,9 +451,11 @@ def test_verify_fails_a_signature_that_fails_on_the_warm_up_rows(trained, tmp_pa
             }
 
     path = str(tmp_path / "export")
-    export_saved_model(
-        trained, path, signatures={"strict": strict}, warmup_inputs=mixed_rows(2)
-    )
+    arguments = dict(signatures={"strict": strict}, warmup_inputs=mixed_rows(2))
+    # The publish gate refuses it first; verify, on a version made without.
+    with pytest.raises(ValueError, match="'strict' failed on the warm-up rows"):
+        export_saved_model(trained, path, **arguments)
+    export_saved_model(trained, path, validate=False, **arguments)
     assert cli.main(["verify", path]) == 1
 
 

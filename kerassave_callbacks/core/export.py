@@ -203,13 +203,6 @@ def _expectation(graphs, gate, warmup_inputs) -> tuple | None:
 
 
 def _check_gate(staged: str, path: str, gate, graphs, requests, answers) -> None:
-    problems = validation.check(
-        staged,
-        gate,
-        feeds=requests.feeds,
-        answers=answers,
-        source=requests.source,
-        low_precision=validation.low_precision(graphs.model),
-    )
+    problems = validation.gate_problems(staged, gate, requests, answers, graphs.model)
     if problems:
         raise validation.GateFailure(path, problems)

@@ -64,8 +64,8 @@ class Requests:
     Attributes:
       rows: input signature key -> array (a batch of rows).
       feeds: serve signature key -> input key -> array (the rows as that
-        signature takes them; custom endpoints are fed zeros of their own
-        inputs at check time).
+        signature takes them; a custom endpoint is fed `rows` when it takes
+        the model's inputs, else only loaded).
       source: where the rows come from, for messages.
       drawn: True when the rows were made up from the input specs (the
         model may refuse them; then nothing is compared).
@@ -88,8 +88,10 @@ def requests(graphs, gate, warmup_inputs) -> Requests:
     given, source = gate.inputs, "the PublishGate's inputs"
     if given is None:
         given, source = warmup_inputs, "the warm-up rows"
+    specs = traced.specs or {signatures_lib.DEFAULT_KEY: signatures_lib.predict()}
     if given is None:
-        rows, source = _drawn(traced.inputs), "rows drawn from the input specs"
+        rows = _drawn(traced.inputs, _feature_shapes(specs))
+        source = "rows drawn from the input specs"
     else:
         rows = warmup.input_arrays(
             traced.inputs,
@@ -97,7 +99,6 @@ def requests(graphs, gate, warmup_inputs) -> Requests:
             graphs.names["inputs"],
             "PublishGate(inputs=...)" if gate.inputs is not None else "warmup_inputs",
         )
-    specs = traced.specs or {signatures_lib.DEFAULT_KEY: signatures_lib.predict()}
     feeds = {
         key: _feeds(spec, rows, traced.inputs)
         for key, spec in specs.items()
@@ -106,16 +107,27 @@ def requests(graphs, gate, warmup_inputs) -> Requests:
     return Requests(rows, feeds, source, drawn=given is None)
 
 
-def _drawn(inputs) -> dict:
+def _feature_shapes(specs: Mapping) -> dict:
+    """Input name -> the inner shape a user's `feature_spec` gives it."""
+    shapes = {}
+    for spec in specs.values():
+        for name, feature in (getattr(spec, "feature_spec", None) or {}).items():
+            shapes[name] = list(feature.shape)
+    return shapes
+
+
+def _drawn(inputs, feature_shapes: dict) -> dict:
     """Rows made up from the input specs: uniform floats in [0, 1), zeros
-    of integers and bools, empty strings; free inner dimensions of 1."""
+    of integers and bools, empty strings; a free inner dimension takes its
+    size from a `feature_spec`, else 1."""
     rng = np.random.default_rng(0)
     rows = {}
     for spec in tf.nest.flatten(inputs):
         dims = spec.shape.as_list() if spec.shape.rank is not None else [None]
-        shape = [_DRAWN_ROWS if dims[0] is None else dims[0]] + [
-            1 if d is None else d for d in dims[1:]
-        ]
+        inner = feature_shapes.get(spec.name)
+        if inner is None or len(inner) != len(dims) - 1:
+            inner = [1 if d is None else d for d in dims[1:]]
+        shape = [_DRAWN_ROWS if dims[0] is None else dims[0]] + inner
         if spec.dtype == tf.string:
             rows[spec.name] = np.full(shape, b"", dtype=object)
         elif spec.dtype.is_floating:
@@ -177,6 +189,20 @@ def answers(graphs, requests: Requests) -> dict | None:
     return found
 
 
+def gate_problems(path: str, gate, requests: Requests, answers, model) -> list[str]:
+    """`check` of a staged SavedModel of `model` against its `requests` and
+    the model's `answers`, as the exporters run it before the rename."""
+    return check(
+        path,
+        gate,
+        feeds=requests.feeds,
+        rows=requests.rows,
+        answers=answers,
+        source=requests.source,
+        low_precision=low_precision(model),
+    )
+
+
 def low_precision(model) -> bool:
     """Whether the model computes in float16 or bfloat16 (mixed precision)."""
     return str(getattr(model, "compute_dtype", "float32")) in ("float16", "bfloat16")
@@ -187,6 +213,7 @@ def check(
     gate,
     *,
     feeds: Mapping | None = None,
+    rows: Mapping | None = None,
     answers: Mapping | None = None,
     source: str = "rows of zeros",
     low_precision: bool = False,
@@ -198,8 +225,11 @@ def check(
     Args:
       path: the SavedModel directory (staged or published).
       gate: the `PublishGate` (load limit, tolerances).
-      feeds: signature key -> input key -> array; a signature not named
-        here is fed zeros of its inputs. Defaults to None.
+      feeds: signature key -> input key -> array. Defaults to None.
+      rows: input key -> array, fed to a signature not in `feeds` whose
+        inputs are all among them (a custom endpoint that takes the
+        model's inputs); any other signature is only loaded, not run
+        (no made-up input would be one it accepts). Defaults to None.
       answers: signature key -> output key -> the expected array; None
         compares nothing. Defaults to None.
       source: what the feeds are, for messages. Defaults to zeros.
@@ -222,15 +252,15 @@ def check(
         missing = sorted(set(feeds or {}) - set(served.signatures))
         problems += [f"signature {k!r} is missing" for k in missing]
         tolerances = gate.tolerances(low_precision)
-        for key in sorted(served.signatures):
-            given = (feeds or {}).get(key)
-            fed = given if given is not None else zero_feeds(served.signatures[key])
+        for key, sig in sorted(served.signatures.items()):
+            fed = _fed(key, sig, feeds or {}, rows or {})
+            if fed is None:
+                continue
             try:
                 outputs = served.run(key, fed)
             except Exception as e:
-                what = source if given is not None else "rows of zeros"
                 line = served_lib.first_line(e)
-                problems.append(f"signature {key!r} failed on {what}: {line}")
+                problems.append(f"signature {key!r} failed on {source}: {line}")
                 continue
             if ran is not None:
                 ran[key] = outputs
@@ -238,6 +268,14 @@ def check(
             if expected is not None:
                 problems += _compared(key, outputs, expected, tolerances, source)
     return problems
+
+
+def _fed(key: str, sig, feeds: Mapping, rows: Mapping) -> dict | None:
+    if key in feeds:
+        return feeds[key]
+    if sig.inputs and set(sig.inputs) <= set(rows):
+        return {k: rows[k] for k in sig.inputs}
+    return None
 
 
 def zero_feeds(sig) -> dict:
