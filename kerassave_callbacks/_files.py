@@ -9,6 +9,7 @@ a local directory.
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import os
 import posixpath
@@ -331,13 +332,29 @@ class Staging:
     def __init__(self, parent: str, now: float):
         self.path = posixpath.join(parent, layout.temp_name(now))
         self.final: str | None = None
+        self._flush: concurrent.futures.Future | None = None
 
     def __enter__(self) -> Staging:
         return self
 
     def __exit__(self, *exc_info) -> None:
+        self._flushed()
         if self.final is None and _fs.exists(self.path):
             remove_tree(self.path)
+
+    def start_flush(self) -> None:
+        """Starts flushing the staged tree to a local disk in a thread of
+        its own, so that checks reading it (the publish gate) overlap the
+        wait for the disk; `finalize` waits for it."""
+        if is_local(self.path) and self._flush is None:
+            pool = concurrent.futures.ThreadPoolExecutor(1, "kerassave-fsync")
+            self._flush = pool.submit(fsync_tree, self.path)
+            pool.shutdown(wait=False)
+
+    def _flushed(self) -> None:
+        flush, self._flush = self._flush, None
+        if flush is not None:
+            flush.result()
 
     def finalize(self, final: str, extra: tuple[str, ...] = ()) -> None:
         """Flushes the staged tree (local disks) and commits it to `final`.
@@ -346,7 +363,9 @@ class Staging:
           FileExistsError: `final` exists (it may be finalized elsewhere).
           IncompleteExportError: the staged tree lacks files.
         """
+        self._flushed()
         if is_local(self.path):
+            # After a started flush, only what was written since is dirty.
             fsync_tree(self.path)
         commit(self.path, final, extra)
         self.final = final

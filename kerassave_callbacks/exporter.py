@@ -366,6 +366,7 @@ class VersionedExporter:
             with _files.Staging(self.export_dir, self._clock()) as staged:
                 graphs.write(staged.path, values, as_text=self.options.as_text)
                 if gate is not None:
+                    staged.start_flush()  # The disk writes while the gate reads.
                     self._check_gate(staged, info, gate)
                 path = self._commit(staged, info)
         except ExportRejectedError:

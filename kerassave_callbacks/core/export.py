@@ -175,6 +175,7 @@ def export_saved_model(
         with _files.Staging(parent, time.time()) as staged:
             graphs.save(staged.path, as_text=as_text)
             if expected is not None:
+                staged.start_flush()
                 _check_gate(staged.path, saved_model_path, gate, graphs, *expected)
             # Empty when checked, but tracing took a while: only an empty
             # directory is removed, never what someone wrote there meanwhile.
