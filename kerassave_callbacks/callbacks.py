@@ -408,15 +408,16 @@ class SavedModelExporter(adapter.BatchHooks, keras.callbacks.Callback):
         `export/error`."""
         if self._events is None:
             return
+        rejected = isinstance(error, ExportRejectedError)
         try:
-            if isinstance(error, ExportRejectedError):
+            if rejected:
                 self._events.rejected(error, step, epoch)
             else:
                 self._events.error(str(error), step, epoch)
         except Exception as e:  # The writer itself may be what failed.
             logging.warning(
-                "Could not write the export's failure to TensorBoard yet (kept "
-                "for the next event): %s",
+                "Could not write %s to TensorBoard yet (kept for the next event): %s",
+                events_lib.REJECTED if rejected else events_lib.ERROR,
                 e,
             )
 
