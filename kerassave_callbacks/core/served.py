@@ -193,19 +193,16 @@ class Served:
         return outputs, len(examples)
 
     def _classify(self, request) -> dict:
-        name = request.model_spec.signature_name
-        outputs, batch = self._examples_run(
-            name, signatures_lib.CLASSIFY_METHOD, request
-        )
-        check_classify_outputs(outputs, batch)
-        return outputs
+        return self._answer(signatures_lib.CLASSIFY_METHOD, request)
 
     def _regress(self, request) -> dict:
+        return self._answer(signatures_lib.REGRESS_METHOD, request)
+
+    def _answer(self, method: str, request) -> dict:
+        """A Classify or Regress request, its reply checked as TF Serving does."""
         name = request.model_spec.signature_name
-        outputs, batch = self._examples_run(
-            name, signatures_lib.REGRESS_METHOD, request
-        )
-        check_regress_outputs(outputs, batch)
+        outputs, batch = self._examples_run(name, method, request)
+        _CHECKS[method](outputs, batch)
         return outputs
 
     def _multi_inference(self, request) -> dict:
