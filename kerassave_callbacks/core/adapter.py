@@ -128,6 +128,10 @@ class KerasAdapter(Protocol):
         """Builds (and compiles, with a compile config) the model of
         `config`."""
 
+    def registered(self, name: str, custom_objects) -> bool:
+        """True when `name` is in `custom_objects` or registered with this
+        Keras (`register_keras_serializable`): code the caller imported."""
+
     def unsafe_deserialization_enabled(self) -> bool:
         """True after this Keras' `enable_unsafe_deserialization()`."""
 

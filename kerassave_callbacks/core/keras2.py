@@ -176,6 +176,12 @@ def from_config(config: dict, custom_objects, unsafe: bool):
     )
 
 
+def registered(name: str, custom_objects) -> bool:
+    """True when `name` is in `custom_objects` or registered with
+    `tf_keras.saving.register_keras_serializable`."""
+    return tf_keras.saving.get_registered_object(name, custom_objects) is not None
+
+
 def unsafe_deserialization_enabled() -> bool:
     """True after `tf_keras.config.enable_unsafe_deserialization()`."""
     from tf_keras.src.saving import serialization_lib

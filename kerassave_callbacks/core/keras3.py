@@ -170,6 +170,12 @@ def from_config(config: dict, custom_objects, unsafe: bool) -> keras.Model:
     )
 
 
+def registered(name: str, custom_objects) -> bool:
+    """True when `name` is in `custom_objects` or registered with
+    `keras.saving.register_keras_serializable`."""
+    return keras.saving.get_registered_object(name, custom_objects) is not None
+
+
 def unsafe_deserialization_enabled() -> bool:
     """True after `keras.config.enable_unsafe_deserialization()`.
 

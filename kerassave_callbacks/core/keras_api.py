@@ -39,16 +39,42 @@ def adapter_for(model) -> KerasAdapter:
     )
 
 
-def adapter_for_config(config: dict, saved_model_path: str) -> KerasAdapter:
+KERASES = ("keras", "tf_keras")
+
+
+def adapter_for_config(
+    config: dict, saved_model_path: str, keras: str | None = None
+) -> KerasAdapter:
     """The adapter of the Keras that wrote an export's JSON config.
+
+    Args:
+      config: the export's JSON config.
+      saved_model_path: the export, for messages.
+      keras: the Keras the caller asks for ("keras" or "tf_keras"); an
+        export another one wrote is refused. None takes the one that wrote
+        it.
 
     Raises:
       ImportError: the export was written by `tf_keras`, not installed.
-      ValueError: it was written by a Keras no adapter reads.
+      ValueError: `keras` is none of `KERASES`, or not the Keras that wrote
+        the export; or that one is a Keras no adapter reads.
     """
-    if keras3.wrote(config):
-        return keras3
+    if keras not in (None, *KERASES):
+        raise ValueError(
+            f"keras={keras!r} is no Keras this library reads. Pass one of "
+            f"{KERASES}, or None for the one that wrote the export."
+        )
     version = config.get(_keras_common.VERSION_KEY)
+    writer = "keras" if keras3.wrote(config) else "tf_keras"
+    if keras is not None and keras != writer:
+        raise ValueError(
+            f"keras={keras!r}, but the export at {saved_model_path!r} was "
+            f"written by {writer} (Keras {version or '3'}): nothing was loaded. "
+            f"Load it with keras={writer!r}, or its graphs with "
+            "tf.saved_model.load(path, tags=['serve'])."
+        )
+    if writer == "keras":
+        return keras3
     try:
         from kerassave_callbacks.core import keras2
     except ImportError as e:

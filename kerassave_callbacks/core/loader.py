@@ -140,6 +140,61 @@ def _lambda_layers(config) -> list[str]:
     return found
 
 
+# Packages whose classes a config may name under safe_mode: both Kerases,
+# Keras' own libraries, this one, and `builtins` (what Keras names for a
+# function, looked up by name; nothing is imported). Any other module is
+# named by the file, and importing it would run its code.
+_TRUSTED_PACKAGES = frozenset(
+    {
+        "builtins",
+        "keras",
+        "tf_keras",
+        "keras_hub",
+        "keras_cv",
+        "keras_nlp",
+        "kerassave_callbacks",
+    }
+)
+
+
+def _foreign_classes(config, adapter, custom_objects) -> list[str]:
+    """`module.class` of every object in a serialized Keras config whose
+    module is outside `_TRUSTED_PACKAGES`, unless the caller knows its class
+    (`custom_objects`, or registered with Keras)."""
+    found = []
+    if isinstance(config, dict):
+        module = config.get("module")
+        name = config.get("registered_name") or config.get("class_name")
+        if (
+            isinstance(module, str)
+            and module.split(".")[0] not in _TRUSTED_PACKAGES
+            and not (isinstance(name, str) and adapter.registered(name, custom_objects))
+        ):
+            found.append(f"{module}.{config.get('class_name')}")
+        for value in config.values():
+            found += _foreign_classes(value, adapter, custom_objects)
+    elif isinstance(config, list):
+        for value in config:
+            found += _foreign_classes(value, adapter, custom_objects)
+    return found
+
+
+def _check_classes(
+    saved_model_path: str, config: dict, adapter, custom_objects, unsafe_ok: bool
+) -> None:
+    foreign = [] if unsafe_ok else _foreign_classes(config, adapter, custom_objects)
+    if foreign:
+        raise ValueError(
+            f"The export at {saved_model_path!r} names classes outside Keras "
+            f"and kerassave_callbacks: {sorted(set(foreign))}. Rebuilding them "
+            "would import those modules, running their code, so nothing was "
+            "loaded. If you trust this export, pass the classes in "
+            "custom_objects (e.g. custom_objects={'MyLayer': MyLayer}) or "
+            "register them with keras.saving.register_keras_serializable; or "
+            "pass safe_mode=False."
+        )
+
+
 def _has_train_graph(saved: saved_model_pb2.SavedModel) -> bool:
     return any(modes.TRAIN.tag in m.meta_info_def.tags for m in saved.meta_graphs)
 
@@ -207,6 +262,7 @@ def load_from_saved_model(
     *,
     compile: bool = True,
     safe_mode: bool = True,
+    keras: str | None = None,
 ) -> Any:
     """Rebuilds the Keras model of an `export_saved_model` export.
 
@@ -229,9 +285,16 @@ def load_from_saved_model(
       compile: recompile and restore the optimizer state when the export
         has them. Defaults to True.
       safe_mode: refuse to rebuild Lambda layers, whose Python code would run
-        on load; pass False only for exports you trust. As in
-        `keras.saving.load_model`, `keras.config.enable_unsafe_deserialization()`
-        turns it off too. Defaults to True.
+        on load, and any class from a module outside Keras and this library
+        that the caller did not pass in `custom_objects` or register with
+        Keras (rebuilding it would import that module: an export is
+        untrusted input). Both Kerases. Pass False only for exports you
+        trust. As in `keras.saving.load_model`,
+        `keras.config.enable_unsafe_deserialization()` turns it off too.
+        Defaults to True.
+      keras: the Keras to rebuild with, "keras" (Keras 3) or "tf_keras";
+        an export the other one wrote is refused. Defaults to None: the
+        Keras that wrote it (which must be installed).
 
     Returns:
       The rebuilt `keras.Model`, or a `tf_keras.Model` for an export that
@@ -243,17 +306,19 @@ def load_from_saved_model(
       ValueError: the export is damaged (an empty, cut-short or garbage
         graph file, unreadable variables or JSON), is not an export of this
         library or has no `assets/saved_model.json` (use
-        `tf.saved_model.load`), holds a Lambda layer and `safe_mode` is on,
-        or its weights do not fit the rebuilt model. Every file is read and
+        `tf.saved_model.load`), holds a Lambda layer or a foreign class and
+        `safe_mode` is on, was written by another Keras than `keras`, or its
+        weights do not fit the rebuilt model. Every file is read and
         checked before the model is built: no half-restored model is ever
         returned.
     """
     saved = read_saved_model(saved_model_path)
     reader = open_checkpoint(saved_model_path)
     config = _model_config(saved_model_path, reader.get_variable_to_shape_map())
-    adapter = keras_api.adapter_for_config(config, saved_model_path)
+    adapter = keras_api.adapter_for_config(config, saved_model_path, keras)
     unsafe_ok = not safe_mode or adapter.unsafe_deserialization_enabled()
     _check_lambdas(saved_model_path, config, unsafe_ok)
+    _check_classes(saved_model_path, config, adapter, custom_objects, unsafe_ok)
     restore_optimizer = compile and _has_train_graph(saved)
     if not compile:
         config.pop("compile_config", None)
