@@ -75,10 +75,14 @@ def linked_versions(export_dir: str) -> set[int]:
 
 
 def entries(export_dir: str) -> list[str]:
-    """The names in `export_dir` (none when it does not exist)."""
+    """The names in `export_dir` (none when it does not exist, or stops
+    existing while it is listed)."""
     if not _fs.isdir(export_dir):
         return []
-    return [name.rstrip("/") for name in _fs.listdir(export_dir)]
+    try:
+        return [name.rstrip("/") for name in _fs.listdir(export_dir)]
+    except FileNotFoundError:
+        return []
 
 
 def complete_versions(export_dir: str) -> list[int]:
@@ -134,7 +138,7 @@ def write_tree(root: str, files: dict[str, bytes]) -> None:
 def replace_file(path: str, data: bytes, now: float) -> None:
     """Replaces a file whole: written aside, then renamed over it, so no
     reader ever sees it half-written."""
-    staged = f"{path}.{layout.temp_name(now)}"
+    staged = layout.side_temp_name(path, now)
     _fs.write_bytes(staged, data)
     _fs.replace(staged, path)
 
@@ -147,10 +151,12 @@ def dir_size(path: str) -> int:
 def leftovers(export_dir: str, now: float) -> list[str]:
     """The paths in `export_dir` that crashed exports left behind.
 
-    A temporary once its writer is gone (`layout.temp_is_abandoned`); on
-    object stores, an integer directory without a graph file (a copy cut
-    short) an hour after its version time. Never a symbolic link, nor
-    anything else.
+    A temporary once its writer is gone (`layout.temp_is_abandoned`): a
+    staged or retired version beside the versions, or a file written aside
+    inside a version (`<file>.temp-...` in its `assets.extra/`, by
+    `replace_file`); on object stores, an integer directory without a graph
+    file (a copy cut short) an hour after its version time. Never a
+    symbolic link, nor anything else.
     """
     found = []
     copies = not renames_atomically(export_dir)
@@ -166,7 +172,38 @@ def leftovers(export_dir: str, now: float) -> list[str]:
             and not has_graph(path)
         ):
             found.append(path)
+        elif version is not None:
+            found += _side_leftovers(path, now)
     return found
+
+
+def remove_leftovers(export_dir: str, now: float) -> list[str]:
+    """Removes what `leftovers` finds; returns the removed paths."""
+    removed = leftovers(export_dir, now)
+    for path in removed:
+        logging.info("Removing the leftover of a crashed export: %s", path)
+        if _fs.isdir(path):
+            remove_tree(path)
+        else:
+            try:
+                _fs.remove_file(path)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def _side_leftovers(version_path: str, now: float) -> list[str]:
+    """The abandoned side temporaries in a version's `assets.extra/`."""
+    folder = posixpath.join(version_path, posixpath.dirname(layout.EXPORT_INFO))
+    try:
+        names = entries(folder)
+    except FileNotFoundError:  # Retired meanwhile.
+        return []
+    return [
+        posixpath.join(folder, n)
+        for n in names
+        if layout.SIDE_TEMP in n and layout.temp_is_abandoned(n, now)
+    ]
 
 
 # Checking paths before anything is written.

@@ -13,7 +13,7 @@ import posixpath
 import numpy as np
 import tensorflow as tf
 
-from kerassave_callbacks import _files, layout, options
+from kerassave_callbacks import _files, fields, layout, options
 from kerassave_callbacks import export_dir as export_dir_lib
 from kerassave_callbacks import signatures as signatures_lib
 from kerassave_callbacks.core import (
@@ -192,13 +192,17 @@ def _info_problems(path: str) -> list[str]:
     info_path = posixpath.join(path, layout.EXPORT_INFO)
     if not tf.io.gfile.exists(info_path):
         return []
-    info = export_dir_lib.read_info(path)
-    name = posixpath.basename(path.rstrip("/"))
-    if not info:
+    value = export_dir_lib.read_json(info_path)
+    if value is None:
         return [f"{layout.EXPORT_INFO} is not valid JSON"]
-    if name.isdigit() and info.get("version") != int(name):
-        return [f"{layout.EXPORT_INFO} names version {info.get('version')}, not {name}"]
-    return []
+    info, problems = fields.check(value, layout.INFO_FIELDS)
+    problems = [f"{layout.EXPORT_INFO}: {p}" for p in problems]
+    name = posixpath.basename(path.rstrip("/"))
+    if name.isdigit() and info["version"] != int(name):
+        problems.append(
+            f"{layout.EXPORT_INFO} names version {info['version']}, not {name}"
+        )
+    return problems
 
 
 def _check_serving(path: str, meta, requests) -> list[str]:

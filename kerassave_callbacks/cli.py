@@ -4,7 +4,8 @@
     kerassave inspect PATH [--json]
     kerassave verify PATH [--json]
     kerassave prune EXPORT_DIR --keep N [--keep_best K --monitor NAME
-                    --mode min|max|auto] [--grace_seconds S] [--dry_run] [--json]
+                    --mode min|max|auto] [--keep_every_n_hours H]
+                    [--grace_seconds S] [--dry_run] [--json]
     kerassave cleanup EXPORT_DIR [--json]
     kerassave serving_config EXPORT_DIR --name NAME [--policy latest|best|all]
                     [--monitor NAME --mode min|max|auto]
@@ -137,7 +138,7 @@ def cmd_inspect(args) -> tuple[int, object]:
     saved = _saved_model(args.path)
     result = {
         "tags": _verify.signatures(saved),
-        "export_info": export_dir_lib.read_info(args.path),
+        "export_info": export_dir_lib.info_json(args.path),
     }
     if args.json:
         return OK, result
@@ -204,16 +205,19 @@ def cmd_prune(args) -> tuple[int, object]:
     export_dir = _deletable_export_dir(args.export_dir)
     if args.keep_best and not args.monitor:
         raise UsageError("--keep_best needs --monitor, the metric to rank by")
-    policy = options.RetentionPolicy(
-        keep=args.keep or None,
-        keep_best=args.keep_best or None,
-        grace_seconds=args.grace_seconds,
-    )
+    try:
+        policy = options.RetentionPolicy(
+            keep=args.keep or None,
+            keep_best=args.keep_best or None,
+            keep_every_n_hours=args.keep_every_n_hours or None,
+            grace_seconds=args.grace_seconds,
+        )
+    except (TypeError, ValueError) as e:
+        raise UsageError(str(e)) from e
     monitor = options.Monitor(args.monitor or None, args.mode)
-    known = export_dir.for_retention(monitor.name)
-    doomed = retention.versions_to_delete(known, policy, monitor)
+    due = retention.plan(export_dir.for_retention(monitor.name), policy, monitor)
+    doomed = list(due)
     now = time.time()
-    due = retention.deletion_times(known, doomed, policy.grace_seconds)
     ready = [v for v in doomed if due[v] <= now]
     if not args.dry_run:
         for version in ready:
@@ -237,9 +241,7 @@ def cmd_prune(args) -> tuple[int, object]:
 
 def cmd_cleanup(args) -> tuple[int, object]:
     export_dir = _deletable_export_dir(args.export_dir)
-    removed = _files.leftovers(export_dir.path, time.time())
-    for path in removed:
-        _files.remove_tree(path)
+    removed = _files.remove_leftovers(export_dir.path, time.time())
     if args.json:
         return OK, {"removed": removed}
     return OK, "\n".join([f"removed {p}" for p in removed] or ["nothing to remove"])
@@ -337,6 +339,12 @@ def parser() -> argparse.ArgumentParser:
     prune.add_argument("--keep_best", type=int, default=0, help="best to keep too")
     prune.add_argument("--monitor", default="", help="metric for --keep_best")
     prune.add_argument("--mode", choices=options.MODES, default="auto")
+    prune.add_argument(
+        "--keep_every_n_hours",
+        type=float,
+        default=0,
+        help="also one version per this many hours, as the exporter keeps; 0 off",
+    )
     prune.add_argument("--dry_run", action="store_true", help="delete nothing")
     prune.add_argument(
         "--grace_seconds",
@@ -367,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     try:
         args = parser().parse_args(argv)
-        for name in ("keep", "keep_best", "grace_seconds"):
+        for name in ("keep", "keep_best", "keep_every_n_hours", "grace_seconds"):
             if getattr(args, name, 0) < 0:
                 raise UsageError(f"--{name} must be >= 0")
         if args.command in _READS_GRAPHS:

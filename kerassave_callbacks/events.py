@@ -26,6 +26,8 @@ import threading
 import tensorflow as tf
 from tensorboard.compat.proto import summary_pb2
 
+from kerassave_callbacks import fields
+
 DURATION = "export/duration_seconds"
 SIZE = "export/size_bytes"
 VERSIONS_KEPT = "export/versions_kept"
@@ -38,6 +40,23 @@ RUN = "export"
 # a run as having exports.
 RECORD = "export/record"
 PLUGIN_NAME = "kerassave_exports"
+# The fields of a record, each with its type (read through `fields.read`).
+RECORD_FIELDS = {
+    "status": fields.text,  # "committed", "failed" or "rejected"
+    "version": fields.count,
+    "path": fields.text,
+    "export_dir": fields.text,
+    "created": fields.unix_time,
+    "epoch": fields.count,
+    "step": fields.count,
+    "metrics": fields.metrics,
+    "monitor": fields.text,
+    "mode": fields.text,
+    "duration_seconds": fields.number,
+    "size_bytes": fields.count,
+    "removed": fields.counts,
+    "error": fields.text,
+}
 # Events kept while the writer fails; the oldest are dropped beyond this.
 _MAX_BACKLOG = 100
 

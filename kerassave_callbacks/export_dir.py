@@ -14,7 +14,9 @@ import dataclasses
 import json
 import posixpath
 
-from kerassave_callbacks import _files, _fs, layout, retention
+from absl import logging
+
+from kerassave_callbacks import _files, _fs, fields, layout, retention
 from kerassave_callbacks.layout import finite_or_none
 
 
@@ -73,6 +75,9 @@ class Rejected:
         return {**dataclasses.asdict(self), "status": "rejected"}
 
 
+_REJECTION_FIELDS = {"rejected": fields.unix_time, "problems": fields.texts}
+
+
 class ExportDir:
     """A read-only view of `<export_dir>/<version>/...`.
 
@@ -112,23 +117,29 @@ class ExportDir:
         rows = []
         for version in _files.rejected_versions(self.path):
             path = posixpath.join(self.path, layout.rejected_name(version))
-            reason = _read_json(posixpath.join(path, layout.REJECTION))
-            problems = reason.get("problems")
-            if not isinstance(problems, list):
-                problems = [f"{layout.REJECTION} is missing or unreadable"]
+            reason_path = posixpath.join(path, layout.REJECTION)
+            reason = fields.read(
+                read_json(reason_path) or {}, _REJECTION_FIELDS, reason_path
+            )
             rows.append(
                 Rejected(
                     version=version,
                     path=path,
-                    rejected=finite_or_none(reason.get("rejected")),
-                    problems=[str(p) for p in problems],
+                    rejected=reason["rejected"],
+                    problems=reason["problems"]
+                    or [f"{layout.REJECTION} is missing or unreadable"],
                 )
             )
         return rows
 
     def info(self, version: int) -> dict:
-        """The version's `export_info.json`, or {} when missing or unreadable."""
-        return read_info(self.version_path(version))
+        """The version's `export_info.json`, each field checked (a field of
+        the wrong type reads as None, with a warning); {} when missing or
+        unreadable."""
+        return info_json(self.version_path(version))
+
+    def _info(self, version: int) -> layout.ExportInfo:
+        return read_info(self.version_path(version)) or layout.ExportInfo()
 
     def is_pinned(self, version: int) -> bool:
         """True for a link the user put in, or a version a link points to."""
@@ -143,28 +154,36 @@ class ExportDir:
         }
 
     def describe(self, versions: list[int] | None = None) -> list[Version]:
-        """A `Version` per complete version (or per one of `versions`)."""
-        rows = []
+        """A `Version` per complete version (or per one of `versions`).
+
+        A version that retention retires while it is read is not listed.
+        """
         versions = self.versions() if versions is None else versions
         pinned = self._pinned(versions)
+        rows = []
         for version in versions:
-            path = self.version_path(version)
-            info = self.info(version)
-            recorded = info.get("tags")
-            rows.append(
-                Version(
-                    version=version,
-                    path=path,
-                    created=finite_or_none(info.get("created")),
-                    epoch=info.get("epoch"),
-                    step=info.get("step"),
-                    metrics=dict(info.get("metrics") or {}),
-                    size_bytes=_files.dir_size(path),
-                    tags=list(recorded) if recorded else tags(path),
-                    pinned=version in pinned,
-                )
-            )
+            try:
+                rows.append(self._describe(version, version in pinned))
+            except FileNotFoundError:
+                if _files.has_graph(self.version_path(version)):
+                    raise
+                logging.info("Version %d went away while it was listed.", version)
         return rows
+
+    def _describe(self, version: int, pinned: bool) -> Version:
+        path = self.version_path(version)
+        info = self._info(version)
+        return Version(
+            version=version,
+            path=path,
+            created=info.created,
+            epoch=info.epoch,
+            step=info.step,
+            metrics=dict(info.metrics),
+            size_bytes=_files.dir_size(path),
+            tags=list(info.tags) if info.tags else tags(path),
+            pinned=pinned,
+        )
 
     def for_retention(
         self, monitor: str | None, infos: dict | None = None
@@ -185,32 +204,48 @@ class ExportDir:
                 continue
             info = infos.get(version) if infos is not None else None
             if info is None:
-                info = self.info(version)
+                info = self._info(version)
                 if infos is not None:
                     infos[version] = info
-            metric = (info.get("metrics") or {}).get(monitor)
             known.append(
                 retention.Candidate(
                     version,
-                    created=finite_or_none(info.get("created")) or float(version),
-                    metric=finite_or_none(metric),
+                    created=info.created or float(version),
+                    metric=finite_or_none(info.metrics.get(monitor)),
                 )
             )
         return known
 
 
-def read_info(version_path: str) -> dict:
-    """`export_info.json` of a version directory; {} when missing or unreadable."""
-    return _read_json(posixpath.join(version_path, layout.EXPORT_INFO))
+def read_info(version_path: str) -> layout.ExportInfo | None:
+    """`export_info.json` of a version directory, each field checked
+    (`layout.ExportInfo.from_json`: a bad field reads as missing, with a
+    warning); None when the file is missing or no JSON (with a warning)."""
+    path = posixpath.join(version_path, layout.EXPORT_INFO)
+    value = read_json(path)
+    return None if value is None else layout.ExportInfo.from_json(value, path)
 
 
-def _read_json(path: str) -> dict:
-    """The JSON object in `path`; {} when missing, unreadable or no object."""
+def info_json(version_path: str) -> dict:
+    """`read_info` as the JSON object users see; {} when there is none."""
+    info = read_info(version_path)
+    return {} if info is None else info.to_json()
+
+
+def read_json(path: str):
+    """The JSON value in `path`; None when missing or not JSON (a warning)."""
     try:
-        info = json.loads(_fs.read_bytes(path).decode("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return info if isinstance(info, dict) else {}
+        data = _fs.read_bytes(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        logging.warning("Could not read %s: %s", path, e)
+        return None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except ValueError as e:
+        logging.warning("%s is not JSON (%s): read as missing.", path, e)
+        return None
 
 
 def tags(saved_model_path: str) -> list[str]:

@@ -216,11 +216,7 @@ class VersionedExporter:
 
             VersionedExporter("/tmp/exports").cleanup()  # [] when all is clean
         """
-        removed = _files.leftovers(self.export_dir, self._clock())
-        for path in removed:
-            logging.info("Removing the leftover of a crashed export: %s", path)
-            _files.remove_tree(path)
-        return removed
+        return _files.remove_leftovers(self.export_dir, self._clock())
 
     # Exporting.
 
@@ -492,9 +488,8 @@ class VersionedExporter:
         """
         path = posixpath.join(self._path(version), layout.EXPORT_INFO)
         info = export_dir_lib.read_info(self._path(version))
-        if not info:
+        if info is None:
             raise ExportError(f"Version {version} has no readable {path}.")
-        info = layout.ExportInfo.from_json(info)
         info = dataclasses.replace(info, metrics={**info.metrics, **metrics})
         try:
             _files.replace_file(path, _json_bytes(info.to_json()), self._clock())

@@ -17,6 +17,8 @@ import re
 import socket
 import uuid
 
+from kerassave_callbacks import fields
+
 # What TF Serving reads: the graph file and variables/; from assets.extra/
 # only the warm-up requests.
 SAVED_MODEL_PB = "saved_model.pb"
@@ -85,16 +87,27 @@ def rejected_version(name: str) -> int | None:
 
 
 TEMP_PREFIX = "temp-"
-# temp-<unix seconds>-<host>-<pid namespace>-<pid>-<random>: never all
-# digits. The namespace says whose PIDs <pid> is one of (see `_namespace`).
-_TEMP_RE = re.compile(r"^temp-(\d+)-([A-Za-z0-9._]+)-([0-9a-f]{8})-(\d+)-[0-9a-f]{8}$")
-# Written by earlier releases, with no namespace: judged by age alone.
-_OLD_TEMP_RE = re.compile(r"^temp-(\d+)-([A-Za-z0-9._]+)-(\d+)-[0-9a-f]{8}$")
+# temp-<unix seconds>-<host>-<pid namespace>-<pid>-<start>-<random>: never
+# all digits. The namespace says whose PIDs <pid> is one of (see
+# `_namespace`); <start> is when that process started (see `_started`), so
+# a PID used again by another process (PID 1 of every container restart)
+# does not pass for the writer.
+_TEMP_RE = re.compile(
+    r"^temp-(\d+)-([A-Za-z0-9._]+)-([0-9a-f]{8})-(\d+)-(\d+)-[0-9a-f]{8}$"
+)
+# Written by earlier releases: without the start time, and before that
+# without the namespace too.
+_OLDER_TEMP_RES = (
+    re.compile(r"^temp-(\d+)-([A-Za-z0-9._]+)-([0-9a-f]{8})-(\d+)()-[0-9a-f]{8}$"),
+    re.compile(r"^temp-(\d+)-([A-Za-z0-9._]+)()-(\d+)()-[0-9a-f]{8}$"),
+)
 # A temporary whose writer's liveness cannot be checked (another host, or
 # another PID namespace: a container beside this one), or an incomplete
 # version on a copy-commit file system, is taken as abandoned once it is
 # this old: far longer than any export takes.
 STALE_SECONDS = 3600.0
+# A temporary written beside a file it replaces: `<file>.temp-...`.
+SIDE_TEMP = "." + TEMP_PREFIX
 
 
 def _host() -> str:
@@ -123,25 +136,64 @@ def _read_text(path: str) -> str:
         return f.read().strip()
 
 
+def _started(pid: int | str = "self") -> int | None:
+    """When process `pid` started, in clock ticks since the boot (field 22
+    of `/proc/<pid>/stat`); None where that cannot be read (no /proc, or a
+    /proc that shows another PID namespace than this process's)."""
+    try:
+        if pid != "self" and os.readlink(f"/proc/{pid}/ns/pid") != os.readlink(
+            "/proc/self/ns/pid"
+        ):
+            return None
+        stat = _read_text(f"/proc/{pid}/stat")
+        # The command name (field 2) is in parentheses and may hold spaces.
+        return int(stat[stat.rindex(")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def temp_name(now: float) -> str:
     """A fresh temporary name, carrying who writes it and since when."""
     return (
         f"{TEMP_PREFIX}{int(now)}-{_host()}-{_namespace()}-{os.getpid()}-"
-        f"{uuid.uuid4().hex[:8]}"
+        f"{_started() or 0}-{uuid.uuid4().hex[:8]}"
     )
 
 
-def parse_temp_name(name: str) -> tuple[int, str, str | None, int] | None:
-    """(created, host, PID namespace, pid) of a temporary name, or None for
-    other names. The namespace is None in names earlier releases wrote."""
-    match = _TEMP_RE.match(name)
-    if match:
-        created, host, namespace, pid = match.groups()
-        return int(created), host, namespace, int(pid)
-    match = _OLD_TEMP_RE.match(name)
-    if match:
-        created, host, pid = match.groups()
-        return int(created), host, None, int(pid)
+@dataclasses.dataclass(frozen=True)
+class Temp:
+    """What a temporary's name says of its writer.
+
+    Attributes:
+      created: unix time (seconds) it was made.
+      host: the writer's host name (sanitized).
+      namespace: the writer's PID namespace digest; None in names of
+        earlier releases.
+      pid: the writer's PID in that namespace.
+      started: when the writer started (clock ticks since the boot); None
+        in names of earlier releases or where /proc was not readable.
+    """
+
+    created: int
+    host: str
+    namespace: str | None
+    pid: int
+    started: int | None
+
+
+def parse_temp_name(name: str) -> Temp | None:
+    """What a temporary name says of its writer, or None for other names."""
+    for pattern in (_TEMP_RE, *_OLDER_TEMP_RES):
+        match = pattern.match(name)
+        if match:
+            created, host, namespace, pid, started = match.groups()
+            return Temp(
+                int(created),
+                host,
+                namespace or None,
+                int(pid),
+                int(started) if started and started != "0" else None,
+            )
     return None
 
 
@@ -155,22 +207,42 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _writer_alive(temp: Temp, now: float) -> bool:
+    """Whether the writer of a temporary of this host and PID namespace
+    runs: its PID runs and started when the name says. Where the start
+    time cannot be compared, a running PID counts only for
+    `STALE_SECONDS`, since another process may have that PID now."""
+    if not _pid_alive(temp.pid):
+        return False
+    started = _started(temp.pid) if temp.started is not None else None
+    if started is not None:
+        return started == temp.started
+    return now - temp.created <= STALE_SECONDS
+
+
 def temp_is_abandoned(name: str, now: float) -> bool:
     """True for a temporary whose writer is gone.
 
-    Its PID is checked only when the writer ran on this host in this PID
-    namespace (the same kernel boot, too), where that PID means the same
-    process; any other temporary (another host, a container beside this one,
-    a name without a namespace) is abandoned only once it is
-    `STALE_SECONDS` old, far longer than any export takes.
+    Its writer is checked only when it ran on this host in this PID
+    namespace (the same kernel boot, too), where its PID and start time
+    name one process; any other temporary (another host, a container
+    beside this one) is abandoned only once it is `STALE_SECONDS` old, far
+    longer than any export takes. A side temporary (`<file>.temp-...`) is
+    judged by its temporary part.
     """
-    parsed = parse_temp_name(name)
-    if parsed is None:
+    if not name.startswith(TEMP_PREFIX):
+        name = TEMP_PREFIX + name.partition(SIDE_TEMP)[2]
+    temp = parse_temp_name(name)
+    if temp is None:
         return False
-    created, host, namespace, pid = parsed
-    if host == _host() and namespace == _namespace():
-        return not _pid_alive(pid)
-    return now - created > STALE_SECONDS
+    if temp.host == _host() and temp.namespace == _namespace():
+        return not _writer_alive(temp, now)
+    return now - temp.created > STALE_SECONDS
+
+
+def side_temp_name(path: str, now: float) -> str:
+    """Where a file that replaces `path` is written first."""
+    return f"{path}.{temp_name(now)}"
 
 
 # The export info.
@@ -220,35 +292,31 @@ class ExportInfo:
         return row
 
     @classmethod
-    def from_json(cls, value) -> ExportInfo:
-        """The info of a JSON object (unknown keys ignored, bad ones None)."""
-        if not isinstance(value, dict):
-            return cls()
-        metrics = value.get("metrics")
+    def from_json(cls, value, source: str = EXPORT_INFO) -> ExportInfo:
+        """The info of a JSON object, each field checked (`fields.read`): a
+        field of the wrong type reads as missing, with a warning naming
+        `source` and the field. Unknown keys are ignored."""
+        row = fields.read(value, INFO_FIELDS, source)
         return cls(
-            version=_int_or_none(value.get("version")),
-            epoch=_int_or_none(value.get("epoch")),
-            step=_int_or_none(value.get("step")),
-            metrics=dict(metrics) if isinstance(metrics, dict) else {},
-            created=finite_or_none(value.get("created")),
-            library=dict(value.get("library") or {}),
-            tags=tuple(value.get("tags") or ()),
-            names=_names_or_empty(value.get("names")),
+            version=row["version"],
+            epoch=row["epoch"],
+            step=row["step"],
+            metrics=row["metrics"] or {},
+            created=row["created"],
+            library=row["library"] or {},
+            tags=tuple(row["tags"] or ()),
+            names=row["names"] or {},
         )
 
 
-def _names_or_empty(value) -> dict:
-    """The `names` field if it is {"inputs"|"outputs": {str: str}}, else {}."""
-    if not isinstance(value, dict):
-        return {}
-    return {
-        group: dict(pairs)
-        for group, pairs in value.items()
-        if group in ("inputs", "outputs")
-        and isinstance(pairs, dict)
-        and all(isinstance(x, str) for kv in pairs.items() for x in kv)
-    }
-
-
-def _int_or_none(value) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+# The fields of export_info.json, each with its type (`fields.read`).
+INFO_FIELDS = {
+    "version": fields.count,
+    "epoch": fields.count,
+    "step": fields.count,
+    "metrics": fields.metrics,
+    "created": fields.unix_time,
+    "library": fields.text_map,
+    "tags": fields.texts,
+    "names": fields.names,
+}

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from kerassave_callbacks import deleter as deleter_lib
 from kerassave_callbacks import retention
 from kerassave_callbacks.export_dir import ExportDir
+from kerassave_callbacks.layout import ExportInfo
 from kerassave_callbacks.options import Monitor, RetentionPolicy
 from kerassave_callbacks.records import ExportError
 
@@ -47,12 +48,13 @@ class Retainer:
         self._dir = export_dir
         self.policy = policy
         self.monitor = monitor
-        self._infos: dict[int, dict] = {}
+        self._infos: dict[int, ExportInfo] = {}
         self.deleter = deleter_lib.Deleter(clock)
 
     def remember(self, version: int, info: dict) -> None:
-        """Caches the export info of a version (just written or changed)."""
-        self._infos[version] = info
+        """Caches the export info of a version (just written or changed),
+        as its JSON object."""
+        self._infos[version] = ExportInfo.from_json(info)
 
     def known(self) -> list[retention.Candidate]:
         """What retention knows of each complete version on disk."""
@@ -76,10 +78,8 @@ class Retainer:
           delayed deletion failed since the last pass.
         """
         known = self.known()
-        doomed = retention.versions_to_delete(
-            known, self.policy, self.monitor, [just_written]
-        )
-        due = retention.deletion_times(known, doomed, self.policy.grace_seconds)
+        due = retention.plan(known, self.policy, self.monitor, [just_written])
+        doomed = list(due)
         pending = self.deleter.pending()  # Dropped by an earlier pass.
         removed, stay, failures = [], [], []
         for version in doomed:

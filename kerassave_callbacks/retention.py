@@ -119,3 +119,22 @@ def deletion_times(
         superseded = min(newer) if newer else float("-inf")
         times[version] = superseded + grace_seconds
     return times
+
+
+def plan(
+    versions: Iterable[Candidate],
+    policy: RetentionPolicy,
+    monitor: Monitor = _NO_MONITOR,
+    protected: Iterable[int] = (),
+) -> dict[int, float]:
+    """Retention as the exporter applies it and `kerassave prune` too: each
+    version to delete (oldest first) -> when it may be deleted (unix time).
+
+    Example:
+
+        versions = [Candidate(1, created=0.0), Candidate(2, created=5.0)]
+        plan(versions, RetentionPolicy(keep=1, grace_seconds=10.0))  # {1: 15.0}
+    """
+    versions = list(versions)
+    doomed = versions_to_delete(versions, policy, monitor, protected)
+    return deletion_times(versions, doomed, policy.grace_seconds)

@@ -26,7 +26,7 @@ from tensorboard.data import provider
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from kerassave_callbacks import events, options
+from kerassave_callbacks import events, fields, options
 from kerassave_callbacks import export_dir as export_dir_lib
 
 _STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tensorboard_static")
@@ -45,7 +45,7 @@ def export_rows(records: list[dict]) -> list[dict]:
     on_disk: dict[str, set[int] | None] = {}
     removed = {v for r in rows for v in r.get("removed") or []}
     for row in rows:
-        if row.get("status") in ("failed", "rejected"):
+        if row.get("status") in _NOT_COMMITTED:
             continue
         directory = row.get("export_dir")
         if directory not in on_disk:
@@ -79,21 +79,30 @@ def export_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
-def _parse(datum) -> dict:
-    """One export record; one that cannot be read becomes a failed row
-    saying so, and never hides the other records or runs."""
+def _parse(datum, run: str) -> dict:
+    """One export record, each field checked (`events.RECORD_FIELDS`: a bad
+    field reads as missing, with a warning). One that cannot be read, or a
+    committed one naming no version, becomes a failed row saying so, and
+    never hides the other records or runs."""
+    source = f"The export record of run {run!r} at step {datum.step}"
     try:
         record = json.loads(datum.numpy.item().decode("utf-8"))
         if not isinstance(record, dict):
             raise ValueError(f"a JSON {type(record).__name__}, not an object")
+        record = fields.read(record, events.RECORD_FIELDS, source)
+        if record["status"] not in _NOT_COMMITTED and record["version"] is None:
+            raise ValueError("it names no version")
     except (ValueError, UnicodeDecodeError, AttributeError) as e:
         record = {
             "status": "failed",
             "step": datum.step,
             "error": f"This export record could not be read: {e}",
         }
-    record.setdefault("wall_time", datum.wall_time)
+    record["wall_time"] = datum.wall_time
     return record
+
+
+_NOT_COMMITTED = ("failed", "rejected")
 
 
 class ExportsPlugin(base_plugin.TBPlugin):
@@ -141,7 +150,9 @@ class ExportsPlugin(base_plugin.TBPlugin):
         )
         result = {}
         for run_name, tags in data.items():
-            result[run_name] = [_parse(d) for d in tags.get(events.RECORD, [])]
+            result[run_name] = [
+                _parse(d, run_name) for d in tags.get(events.RECORD, [])
+            ]
         return result
 
     @wrappers.Request.application

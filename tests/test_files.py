@@ -22,6 +22,7 @@ from kerassave_callbacks import _files, layout
         ("١٢٣", None),  # Arabic-Indic digits: isdigit() but not a TF Serving version.
         ("temp-1700000000-host-1-0123abcd", None),
         ("temp-1700000000-host-0123abcd-1-0123abcd", None),
+        ("temp-1700000000-host-0123abcd-1-4567-0123abcd", None),
         ("", None),
     ],
 )
@@ -31,10 +32,11 @@ def test_version_name(name, expected):
 
 def test_temp_name_round_trips_and_is_never_a_version():
     name = layout.temp_name(1700000000.7)
-    created, host, namespace, pid = layout.parse_temp_name(name)
-    assert (created, pid) == (1700000000, os.getpid())
-    assert host and "-" not in host  # Hyphens separate the fields.
-    assert namespace == layout.temp_name(0).split("-")[3]  # This process's.
+    temp = layout.parse_temp_name(name)
+    assert (temp.created, temp.pid) == (1700000000, os.getpid())
+    assert temp.host and "-" not in temp.host  # Hyphens separate the fields.
+    assert temp.namespace == layout.temp_name(0).split("-")[3]  # This process's.
+    assert temp.started == layout._started() and temp.started > 0
     assert layout.version_name(name) is None
     assert name.startswith(layout.TEMP_PREFIX)
 
@@ -45,39 +47,67 @@ def _dead_pid() -> int:
     return dead.pid
 
 
-def _with(name: str, *, pid: int, namespace: str | None = None) -> str:
-    created, host, own, _ = layout.parse_temp_name(name)
-    return f"temp-{created}-{host}-{namespace or own}-{pid}-0123abcd"
+def _with(name: str, *, pid=None, namespace=None, started=None) -> str:
+    t = layout.parse_temp_name(name)
+    return (
+        f"temp-{t.created}-{t.host}-{namespace or t.namespace}-{pid or t.pid}-"
+        f"{t.started if started is None else started}-0123abcd"
+    )
 
 
 NOW = 1_700_000_000
 LIVENESS = {
     # (whose, age in seconds) -> abandoned?
     "this_process_fresh": ("live", 0, False),
+    "this_process_a_day_old": ("live", 86400, False),
     "dead_pid_this_namespace": ("dead", 0, True),
+    # A PID used again (PID 1 of a restarted container): it runs, but
+    # started at another time than the writer.
+    "reused_pid_this_namespace": ("reused", 0, True),
     "dead_pid_other_namespace_fresh": ("other_namespace", 0, False),
     "dead_pid_other_namespace_59_minutes": ("other_namespace", 3540, False),
     "dead_pid_other_namespace_stale": ("other_namespace", 3601, True),
-    "earlier_release_name_fresh": ("old_name", 0, False),
-    "earlier_release_name_stale": ("old_name", 3601, True),
+    # Names without the start time: a running PID counts for an hour.
+    "no_start_time_live_pid_fresh": ("no_start_time", 0, False),
+    "no_start_time_live_pid_stale": ("no_start_time", 3601, True),
+    "earliest_release_name_fresh": ("old_name", 0, False),
+    "earliest_release_name_stale": ("old_name", 3601, True),
 }
 
 
 @pytest.mark.parametrize("whose,age,abandoned", LIVENESS.values(), ids=LIVENESS)
-def test_a_pid_is_checked_only_in_the_writers_own_pid_namespace(whose, age, abandoned):
+def test_a_writer_is_judged_by_pid_and_start_time_only_in_its_own_namespace(
+    whose, age, abandoned
+):
     name = layout.temp_name(NOW)
     if whose == "dead":
         name = _with(name, pid=_dead_pid())
+    elif whose == "reused":
+        name = _with(name, started=layout._started() - 1)
     elif whose == "other_namespace":
         name = _with(name, pid=_dead_pid(), namespace="ffffffff")
+    elif whose == "no_start_time":
+        t = layout.parse_temp_name(name)
+        name = f"temp-{t.created}-{t.host}-{t.namespace}-{t.pid}-0123abcd"
     elif whose == "old_name":
-        created, host, _, _ = layout.parse_temp_name(name)
-        name = f"temp-{created}-{host}-{_dead_pid()}-0123abcd"
+        t = layout.parse_temp_name(name)
+        name = f"temp-{t.created}-{t.host}-{_dead_pid()}-0123abcd"
     assert layout.temp_is_abandoned(name, NOW + age) is abandoned
+    # The same rule for a file written aside inside a version.
+    side = f"export_info.json.{name}"
+    assert layout.temp_is_abandoned(side, NOW + age) is abandoned
 
 
 @pytest.mark.parametrize(
-    "name", ["temp-notes", "temp-1-host-x-0123abcd", "tmp-1-host-2-0123abcd", "123"]
+    "name",
+    [
+        "temp-notes",
+        "temp-1-host-x-0123abcd",
+        "tmp-1-host-2-0123abcd",
+        "123",
+        "export_info.json",
+        "notes.temp-mine",
+    ],
 )
 def test_other_names_are_not_temporaries(name):
     assert layout.parse_temp_name(name) is None
