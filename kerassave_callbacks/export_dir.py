@@ -212,6 +212,7 @@ class ExportDir:
                     version,
                     created=info.created or float(version),
                     metric=finite_or_none(info.metrics.get(monitor)),
+                    info=info,
                 )
             )
         return known

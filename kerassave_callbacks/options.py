@@ -205,6 +205,9 @@ class RetentionPolicy:
         superseded (a newer version was created) this long, so a server that
         picked it as the newest can finish loading it; 0 deletes at once.
         Defaults to 10.
+      rules: more rules, each an object with `keeps(versions, monitor) ->
+        set of versions` (see `retention.Rule`); a version any rule keeps
+        stays. Only with a `keep` (None keeps all anyway). Defaults to ().
 
     Raises:
       TypeError, ValueError: a bad argument, named in the message.
@@ -214,8 +217,16 @@ class RetentionPolicy:
     keep_best: int | None = None
     keep_every_n_hours: float | None = None
     grace_seconds: float = DEFAULT_GRACE_SECONDS
+    rules: tuple = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "rules", tuple(self.rules))
+        for rule in self.rules:
+            if not callable(getattr(rule, "keeps", None)):
+                raise TypeError(
+                    f"Each of `rules` must have a method keeps(versions, "
+                    f"monitor) returning the versions it keeps. Received: {rule!r}."
+                )
         check_count("keep", self.keep, "keeps every version")
         check_count("keep_best", self.keep_best, "keeps no best versions")
         if self.keep_every_n_hours is not None:
@@ -427,7 +438,12 @@ def value_of(name: str, value, cls, arguments: dict):
         raise TypeError(
             f"`{name}` must be of type {cls.__name__}. Received: {name}={value!r}."
         )
-    keywords = {f.name: arguments[f.name] for f in dataclasses.fields(cls)}
+    # A field no front door has a keyword for takes its default.
+    keywords = {
+        f.name: arguments[f.name]
+        for f in dataclasses.fields(cls)
+        if f.name in arguments
+    }
     if value is None:
         return cls(**keywords)
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}

@@ -7,10 +7,12 @@ The exporter lists the versions on disk with their `export_info.json`, asks
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from absl import logging
 
+from kerassave_callbacks.layout import ExportInfo
 from kerassave_callbacks.options import Monitor, RetentionPolicy
 
 _NO_MONITOR = Monitor()
@@ -27,12 +29,15 @@ class Candidate:
       metric: the monitored metric's value, or None when it was not logged.
       pinned: never deleted and not counted by the policy (a symbolic link
         the user put in `export_dir`, or a version such a link points to).
+      info: its whole export info, for rules that read more (epoch, step,
+        other metrics).
     """
 
     version: int
     created: float
     metric: float | None = None
     pinned: bool = False
+    info: ExportInfo = ExportInfo()
 
 
 def best_versions(
@@ -51,14 +56,70 @@ def best_versions(
     return ranked[:count]
 
 
-def _every_n_hours(versions: list[Candidate], hours: float) -> set[int]:
-    kept: set[int] = set()
-    anchor = None
-    for v in sorted(versions, key=lambda v: (v.created, v.version)):
-        if anchor is None or v.created - anchor >= hours * 3600.0:
-            kept.add(v.version)
-            anchor = v.created
-    return kept
+class Rule(Protocol):
+    """One reason to keep versions. A policy keeps what any of its rules
+    keeps (and always the pinned ones); a new rule is one class.
+
+    Example:
+
+        @dataclasses.dataclass(frozen=True)
+        class KeepEvenEpochs:
+            def keeps(self, versions, monitor):
+                return {v.version for v in versions if v.info.epoch % 2 == 0}
+
+        RetentionPolicy(keep=1, rules=[KeepEvenEpochs()])
+    """
+
+    def keeps(self, versions: Sequence[Candidate], monitor: Monitor) -> set[int]:
+        """The versions (integer names) of `versions` this rule keeps; the
+        pinned ones are not among `versions`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class KeepNewest:
+    """The newest `count` versions."""
+
+    count: int
+
+    def keeps(self, versions, monitor) -> set[int]:
+        return set(sorted((v.version for v in versions), reverse=True)[: self.count])
+
+
+@dataclasses.dataclass(frozen=True)
+class KeepBest:
+    """The best `count` versions by the monitor."""
+
+    count: int
+
+    def keeps(self, versions, monitor) -> set[int]:
+        return set(best_versions(versions, self.count, monitor))
+
+
+@dataclasses.dataclass(frozen=True)
+class KeepEveryNHours:
+    """One version per `hours`: the oldest, then each one at least that long
+    after the last one so kept (as `tf.train.CheckpointManager` does)."""
+
+    hours: float
+
+    def keeps(self, versions, monitor) -> set[int]:
+        kept: set[int] = set()
+        anchor = None
+        for v in sorted(versions, key=lambda v: (v.created, v.version)):
+            if anchor is None or v.created - anchor >= self.hours * 3600.0:
+                kept.add(v.version)
+                anchor = v.created
+        return kept
+
+
+def rules(policy: RetentionPolicy) -> tuple[Rule, ...]:
+    """The rules of a policy: its fields as rules, then its own `rules`."""
+    built = [KeepNewest(policy.keep)]
+    if policy.keep_best:
+        built.append(KeepBest(policy.keep_best))
+    if policy.keep_every_n_hours:
+        built.append(KeepEveryNHours(policy.keep_every_n_hours))
+    return (*built, *policy.rules)
 
 
 def versions_to_keep(
@@ -66,16 +127,12 @@ def versions_to_keep(
 ) -> set[int]:
     """The versions `policy` keeps, by integer name (pinned ones always)."""
     versions = list(versions)
-    pinned = {v.version for v in versions if v.pinned}
+    kept = {v.version for v in versions if v.pinned}
     versions = [v for v in versions if not v.pinned]
     if policy.keep is None:
-        return pinned | {v.version for v in versions}
-    newest = sorted((v.version for v in versions), reverse=True)[: policy.keep]
-    kept = pinned | set(newest)
-    if policy.keep_best:
-        kept |= set(best_versions(versions, policy.keep_best, monitor))
-    if policy.keep_every_n_hours:
-        kept |= _every_n_hours(versions, policy.keep_every_n_hours)
+        return kept | {v.version for v in versions}
+    for rule in rules(policy):
+        kept |= set(rule.keeps(versions, monitor))
     return kept
 
 
