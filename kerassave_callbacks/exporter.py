@@ -220,10 +220,10 @@ class VersionedExporter:
 
     # Exporting.
 
-    def _gate_inputs(self, info: dict) -> dict | None:
+    def _gate_inputs(self, info: layout.ExportInfo) -> dict | None:
         """What the publish gate needs, taken now in the caller's thread:
         the rows, the model's answers and the best published metric."""
-        expectation = self._cache.expectation(info)
+        expectation = self._cache.expectation(info.to_json())
         if expectation is None:
             return None
         requests, answers = expectation
@@ -233,7 +233,7 @@ class VersionedExporter:
             "answers": answers,
             "model": self._cache.graphs.model,
             "metric": gate.metric_problem(
-                self.monitor, info.get("metrics"), self._retainer.best_value()
+                self.monitor, info.metrics, self._retainer.best_value()
             ),
         }
 
@@ -298,13 +298,16 @@ class VersionedExporter:
                 "tensorflow": tf.__version__,
                 "keras": keras_api.adapter_for(model).version(),
             },
-        ).to_json()
-        graphs, values = self._cache.snapshot(model, info)
+        )
+        graphs, values = self._cache.snapshot(model, info.to_json())
         gate = self._gate_inputs(info)
-        info["version"] = self._next_version()
-        info["created"] = self._clock()
-        info["tags"] = [m.tag for m in graphs.modes]
-        info["names"] = graphs.names
+        info = dataclasses.replace(
+            info,
+            version=self._next_version(),
+            created=self._clock(),
+            tags=tuple(m.tag for m in graphs.modes),
+            names=graphs.names,
+        )
         write = lambda: self._write(graphs, values, info, started, gate)  # noqa: E731
         # Tracing happened above, in this thread; what is left (for a first
         # export also tf.saved_model.save) runs in the background, unless
@@ -355,7 +358,7 @@ class VersionedExporter:
                 self._retainer.wait()
 
     def _write(
-        self, graphs, values, info: dict, started: float, gate: dict | None
+        self, graphs, values, info: layout.ExportInfo, started: float, gate
     ) -> ExportRecord:
         try:
             _fs.makedirs(self.export_dir)
@@ -364,18 +367,20 @@ class VersionedExporter:
                 if gate is not None:
                     staged.start_flush()  # The disk writes while the gate reads.
                     self._check_gate(staged, info, gate)
-                path = self._commit(staged, info)
+                path, info = self._commit(staged, info)
         except ExportRejectedError:
             raise
         except Exception as e:
             raise ExportError(
-                f"Export of version {info['version']} to {self.export_dir!r} "
+                f"Export of version {info.version} to {self.export_dir!r} "
                 f"failed: {e}. No version directory was left for it.",
-                info=info,
+                info=info.to_json(),
             ) from e
         return self._after_commit(path, info, started)
 
-    def _check_gate(self, staged: _files.Staging, info: dict, gate: dict) -> None:
+    def _check_gate(
+        self, staged: _files.Staging, info: layout.ExportInfo, gate: dict
+    ) -> None:
         """Runs the publish gate on the staged tree; a version that fails is
         kept as `rejected-<version>` and raises.
 
@@ -392,8 +397,8 @@ class VersionedExporter:
         )
         if not problems:
             return
-        version = info["version"]
-        _write_json(posixpath.join(staged.path, layout.EXPORT_INFO), info)
+        version = info.version
+        _write_json(posixpath.join(staged.path, layout.EXPORT_INFO), info.to_json())
         reason = {"version": version, "rejected": self._clock(), "problems": problems}
         kept = _files.reject(
             staged,
@@ -407,42 +412,47 @@ class VersionedExporter:
         raise ExportRejectedError(
             f"Version {version} of {self.export_dir!r} failed the publish gate "
             f"and was not published: {'; '.join(problems)}.{where}",
-            info=info,
+            info=info.to_json(),
             problems=problems,
             rejected=kept,
         )
 
-    def _commit(self, staged: _files.Staging, info: dict) -> str:
+    def _commit(
+        self, staged: _files.Staging, info: layout.ExportInfo
+    ) -> tuple[str, layout.ExportInfo]:
         """Writes the export info and finalizes; another writer that took
-        the version first makes this one take the next."""
+        the version first makes this one take the next. Returns the path
+        and the info committed."""
         info_path = posixpath.join(staged.path, layout.EXPORT_INFO)
         for _ in range(_COMMIT_ATTEMPTS):
-            _write_json(info_path, info)
-            final = self._path(info["version"])
+            _write_json(info_path, info.to_json())
+            final = self._path(info.version)
             try:
                 staged.finalize(final, (layout.EXPORT_INFO,))
-                return final
+                return final, info
             except FileExistsError:
-                info["version"] = self._next_version()
+                info = dataclasses.replace(info, version=self._next_version())
         raise FileExistsError(
             f"Could not find a free version name in {self.export_dir!r} after "
             f"{_COMMIT_ATTEMPTS} attempts."
         )
 
-    def _after_commit(self, path: str, info: dict, started: float) -> ExportRecord:
+    def _after_commit(
+        self, path: str, info: layout.ExportInfo, started: float
+    ) -> ExportRecord:
         """Retention and `on_commit` for a committed version: what fails
         here is reported, but never undoes the commit."""
-        self._retainer.remember(info["version"], info)
-        removed, kept, failures = self._retainer.apply(info["version"])
+        self._retainer.remember(info.version, info)
+        removed, kept, failures = self._retainer.apply(info.version)
         try:
             size = _files.dir_size(path)
         except OSError as e:  # Another process's retention, say.
             size = 0
             failures.append(e)
         record = ExportRecord(
-            version=info["version"],
+            version=info.version,
             path=path,
-            info=info,
+            info=info.to_json(),
             duration_seconds=time.monotonic() - started,
             size_bytes=size,
             removed=removed,
@@ -464,7 +474,7 @@ class VersionedExporter:
             raise ExportError(
                 f"Version {record.version} was committed to {path}, but then "
                 + "; ".join(f"{type(e).__name__}: {e}" for e in failures),
-                info=info,
+                info=record.info,
                 committed=path,
             ) from failures[0]
         return record
@@ -499,7 +509,7 @@ class VersionedExporter:
                 info=info.to_json(),
                 committed=self._path(version),
             ) from e
-        self._retainer.remember(version, info.to_json())
+        self._retainer.remember(version, info)
 
     def best_value(self) -> float | None:
         """The best `monitor` value recorded by the versions on disk, or None.

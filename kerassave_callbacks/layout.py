@@ -284,10 +284,15 @@ class ExportInfo:
     tags: tuple[str, ...] = ()
     names: dict = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self):
+        # Metric values as JSON holds them: floats, None for non-finite.
+        metrics = {str(k): finite_or_none(v) for k, v in self.metrics.items()}
+        object.__setattr__(self, "metrics", metrics)
+        object.__setattr__(self, "tags", tuple(self.tags))
+
     def to_json(self) -> dict:
         """The JSON object written to disk."""
         row = dataclasses.asdict(self)
-        row["metrics"] = {str(k): finite_or_none(v) for k, v in self.metrics.items()}
         row["tags"] = list(self.tags)
         return row
 

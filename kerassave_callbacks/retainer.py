@@ -51,10 +51,9 @@ class Retainer:
         self._infos: dict[int, ExportInfo] = {}
         self.deleter = deleter_lib.Deleter(clock)
 
-    def remember(self, version: int, info: dict) -> None:
-        """Caches the export info of a version (just written or changed),
-        as its JSON object."""
-        self._infos[version] = ExportInfo.from_json(info)
+    def remember(self, version: int, info: ExportInfo) -> None:
+        """Caches the export info of a version (just written or changed)."""
+        self._infos[version] = info
 
     def known(self) -> list[retention.Candidate]:
         """What retention knows of each complete version on disk."""
