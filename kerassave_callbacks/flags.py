@@ -25,6 +25,10 @@ from kerassave_callbacks import schedule as schedule_lib
 from kerassave_callbacks import signatures as signatures_lib
 from kerassave_callbacks.callbacks import SavedModelExporter
 
+# The built-in signature kinds, as the flags' help names them (the registry
+# is `signatures.KINDS`).
+_KINDS = ", ".join(signatures_lib.KINDS)
+
 # name -> (kind, default, help, extra keyword arguments of the DEFINE call).
 _FLAGS = {
     "export_dir": (
@@ -55,8 +59,8 @@ _FLAGS = {
     "export_signatures": (
         "string",
         "",
-        "Serving signatures: a comma list of predict, examples, classify, "
-        "regress, each optionally as key=kind; empty: serving_default only.",
+        f"Serving signatures: a comma list of {_KINDS}, each optionally as "
+        "key=kind; empty: serving_default only.",
         {},
     ),
     "export_log_dir": (
@@ -188,9 +192,8 @@ def define_export_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.register_validator(
         "export_signatures",
         _signatures_parse,
-        message="--export_signatures must be a comma list of predict, examples, "
-        "classify, regress, each optionally as key=kind, e.g. "
-        "--export_signatures=classify,examples.",
+        message=f"--export_signatures must be a comma list of {_KINDS}, each "
+        "optionally as key=kind, e.g. --export_signatures=classify,examples.",
         flag_values=flag_values,
     )
     flags.register_validator(
