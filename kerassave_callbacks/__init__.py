@@ -19,6 +19,7 @@ from kerassave_callbacks._version import __version__ as __version__
 
 # Public name -> the module that defines it.
 _HOMES = {
+    "DirectoryLayout": "kerassave_callbacks.layout",
     "ExportDir": "kerassave_callbacks.export_dir",
     "ExportError": "kerassave_callbacks.records",
     "ExportOptions": "kerassave_callbacks.options",

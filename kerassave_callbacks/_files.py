@@ -85,12 +85,16 @@ def entries(export_dir: str) -> list[str]:
         return []
 
 
-def complete_versions(export_dir: str) -> list[int]:
-    """The integer versions under `export_dir` that hold a graph, oldest first."""
+def complete_versions(
+    export_dir: str, where: layout.DirectoryLayout = layout.TF_SERVING
+) -> list[int]:
+    """The integer versions under `export_dir` that hold a graph (where
+    `where` puts it), oldest first."""
     found = []
     for name in entries(export_dir):
         version = layout.version_name(name)
-        if version is not None and has_graph(posixpath.join(export_dir, name)):
+        root = where.root(posixpath.join(export_dir, name))
+        if version is not None and has_graph(root):
             found.append(version)
     return sorted(found)
 
@@ -148,7 +152,9 @@ def dir_size(path: str) -> int:
     return sum(_fs.size(posixpath.join(path, f)) for f in list_files(path))
 
 
-def leftovers(export_dir: str, now: float) -> list[str]:
+def leftovers(
+    export_dir: str, now: float, where: layout.DirectoryLayout = layout.TF_SERVING
+) -> list[str]:
     """The paths in `export_dir` that crashed exports left behind.
 
     A temporary once its writer is gone (`layout.temp_is_abandoned`): a
@@ -169,17 +175,19 @@ def leftovers(export_dir: str, now: float) -> list[str]:
             copies
             and version is not None
             and now - version > layout.STALE_SECONDS
-            and not has_graph(path)
+            and not has_graph(where.root(path))
         ):
             found.append(path)
         elif version is not None:
-            found += _side_leftovers(path, now)
+            found += _side_leftovers(where.info_path(path), now)
     return found
 
 
-def remove_leftovers(export_dir: str, now: float) -> list[str]:
+def remove_leftovers(
+    export_dir: str, now: float, where: layout.DirectoryLayout = layout.TF_SERVING
+) -> list[str]:
     """Removes what `leftovers` finds; returns the removed paths."""
-    removed = leftovers(export_dir, now)
+    removed = leftovers(export_dir, now, where)
     for path in removed:
         logging.info("Removing the leftover of a crashed export: %s", path)
         if _fs.isdir(path):
@@ -192,9 +200,10 @@ def remove_leftovers(export_dir: str, now: float) -> list[str]:
     return removed
 
 
-def _side_leftovers(version_path: str, now: float) -> list[str]:
-    """The abandoned side temporaries in a version's `assets.extra/`."""
-    folder = posixpath.join(version_path, posixpath.dirname(layout.EXPORT_INFO))
+def _side_leftovers(info_path: str, now: float) -> list[str]:
+    """The abandoned side temporaries beside a version's info (in its
+    `assets.extra/`)."""
+    folder = posixpath.dirname(info_path)
     try:
         names = entries(folder)
     except FileNotFoundError:  # Retired meanwhile.
@@ -303,7 +312,9 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
-def commit(temp: str, final: str, extra: tuple[str, ...] = ()) -> None:
+def commit(
+    temp: str, final: str, extra: tuple[str, ...] = (), saved_model_dir: str = ""
+) -> None:
     """Moves a complete SavedModel from `temp` to `final`.
 
     The staged tree is checked first (`missing_files`, with `extra`); where
@@ -316,14 +327,18 @@ def commit(temp: str, final: str, extra: tuple[str, ...] = ()) -> None:
       FileExistsError: `final` exists already (another writer took it).
       IncompleteExportError: the staged tree lacks files; nothing was
         published.
+
+    `saved_model_dir` is where the SavedModel is inside the tree (see
+    `layout.DirectoryLayout`).
     """
-    _check_complete(temp, extra)
+    where = layout.DirectoryLayout(saved_model_dir)
+    _check_complete(where.root(temp), extra)
     if renames_atomically(final):
         _fs.rename(temp, final)
         if is_local(final):
             _fsync(posixpath.dirname(_fs.local(final)) or ".")
         try:
-            _check_complete(final, extra)
+            _check_complete(where.root(final), extra)
         except IncompleteExportError:
             retired = retire_version(final, time.time())
             if retired is not None:
@@ -339,7 +354,7 @@ def commit(temp: str, final: str, extra: tuple[str, ...] = ()) -> None:
 def _copy_graph_last(src: str, dst: str) -> None:
     files = list_files(src)
     # The graph file last: TF Serving loads nothing without it.
-    files.sort(key=lambda f: f in layout.GRAPH_FILES)
+    files.sort(key=lambda f: posixpath.basename(f) in layout.GRAPH_FILES)
     for rel in files:
         target = posixpath.join(dst, rel)
         _fs.makedirs(posixpath.dirname(target))
@@ -393,8 +408,11 @@ class Staging:
         if flush is not None:
             flush.result()
 
-    def finalize(self, final: str, extra: tuple[str, ...] = ()) -> None:
-        """Flushes the staged tree (local disks) and commits it to `final`.
+    def finalize(
+        self, final: str, extra: tuple[str, ...] = (), saved_model_dir: str = ""
+    ) -> None:
+        """Flushes the staged tree (local disks) and commits it to `final`
+        (`saved_model_dir`: where in it the SavedModel is).
 
         Raises:
           FileExistsError: `final` exists (it may be finalized elsewhere).
@@ -404,7 +422,7 @@ class Staging:
         if is_local(self.path):
             # After a started flush, only what was written since is dirty.
             fsync_tree(self.path)
-        commit(self.path, final, extra)
+        commit(self.path, final, extra, saved_model_dir)
         self.final = final
 
 
@@ -501,8 +519,8 @@ def retire_version(path: str, now: float) -> str | None:
             logging.info("%s was already removed", path)
             return None
         return doomed
-    for name in layout.GRAPH_FILES:
-        graph = posixpath.join(path, name)
-        if _fs.exists(graph):
-            _fs.remove_file(graph)
+    # Wherever the layout put the graph file.
+    for rel in list_files(path):
+        if posixpath.basename(rel) in layout.GRAPH_FILES:
+            _fs.remove_file(posixpath.join(path, rel))
     return path

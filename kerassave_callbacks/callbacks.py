@@ -194,7 +194,7 @@ class SavedModelExporter(adapter.BatchHooks, keras.callbacks.Callback):
             model.fit(x, y, epochs=3, callbacks=[exporter])
             newest = max(exporter.versions())
         """
-        return export_dir_lib.ExportDir(self.export_dir).versions()
+        return export_dir_lib.ExportDir(self.export_dir, self.options.layout).versions()
 
     def close(self) -> None:
         """Waits for pending exports, stops the exporter's threads, closes

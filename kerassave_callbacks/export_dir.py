@@ -78,6 +78,9 @@ class Rejected:
 _REJECTION_FIELDS = {"rejected": fields.unix_time, "problems": fields.texts}
 
 
+_TF_SERVING = layout.TF_SERVING
+
+
 class ExportDir:
     """A read-only view of `<export_dir>/<version>/...`.
 
@@ -89,21 +92,29 @@ class ExportDir:
 
     Args:
       path: the export directory (any `tf.io.gfile` path). It need not exist.
+      layout: where each version keeps its SavedModel. Defaults to
+        `layout.TF_SERVING` (the version directory is the SavedModel).
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, layout: layout.DirectoryLayout | None = None):
         self.path = str(path).rstrip("/") or "/"
+        self.layout = layout or _TF_SERVING
 
     def exists(self) -> bool:
         """True when the path is a directory."""
         return _fs.isdir(self.path)
 
     def version_path(self, version: int) -> str:
+        """The directory of a version."""
         return posixpath.join(self.path, str(version))
+
+    def saved_model_path(self, version: int) -> str:
+        """The SavedModel directory of a version (where `layout` puts it)."""
+        return self.layout.root(self.version_path(version))
 
     def versions(self) -> list[int]:
         """The complete versions (integer names holding a graph), oldest first."""
-        return _files.complete_versions(self.path)
+        return _files.complete_versions(self.path, self.layout)
 
     def all_versions(self) -> list[int]:
         """Every integer-named entry, complete or not, oldest first (what TF
@@ -136,10 +147,10 @@ class ExportDir:
         """The version's `export_info.json`, each field checked (a field of
         the wrong type reads as None, with a warning); {} when missing or
         unreadable."""
-        return info_json(self.version_path(version))
+        return info_json(self.saved_model_path(version))
 
     def _info(self, version: int) -> layout.ExportInfo:
-        return read_info(self.version_path(version)) or layout.ExportInfo()
+        return read_info(self.saved_model_path(version)) or layout.ExportInfo()
 
     def is_pinned(self, version: int) -> bool:
         """True for a link the user put in, or a version a link points to."""
@@ -165,7 +176,7 @@ class ExportDir:
             try:
                 rows.append(self._describe(version, version in pinned))
             except FileNotFoundError:
-                if _files.has_graph(self.version_path(version)):
+                if _files.has_graph(self.saved_model_path(version)):
                     raise
                 logging.info("Version %d went away while it was listed.", version)
         return rows
@@ -181,7 +192,7 @@ class ExportDir:
             step=info.step,
             metrics=dict(info.metrics),
             size_bytes=_files.dir_size(path),
-            tags=list(info.tags) if info.tags else tags(path),
+            tags=list(info.tags) if info.tags else tags(self.saved_model_path(version)),
             pinned=pinned,
         )
 

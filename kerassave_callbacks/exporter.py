@@ -141,7 +141,7 @@ class VersionedExporter:
         self.monitor = options_lib.as_monitor(monitor, mode)
         self.retention.check_monitor(self.monitor)
         self.export_dir = _files.check_export_dir(export_dir)
-        self._dir = export_dir_lib.ExportDir(self.export_dir)
+        self._dir = export_dir_lib.ExportDir(self.export_dir, self.options.layout)
         self.on_commit = on_commit
         self._clock = clock
         self._cache = graph_cache.GraphCache(self.options)
@@ -216,7 +216,9 @@ class VersionedExporter:
 
             VersionedExporter("/tmp/exports").cleanup()  # [] when all is clean
         """
-        return _files.remove_leftovers(self.export_dir, self._clock())
+        return _files.remove_leftovers(
+            self.export_dir, self._clock(), self.options.layout
+        )
 
     # Exporting.
 
@@ -363,7 +365,8 @@ class VersionedExporter:
         try:
             _fs.makedirs(self.export_dir)
             with _files.Staging(self.export_dir, self._clock()) as staged:
-                graphs.write(staged.path, values, as_text=self.options.as_text)
+                root = self.options.layout.root(staged.path)
+                graphs.write(root, values, as_text=self.options.as_text)
                 if gate is not None:
                     staged.start_flush()  # The disk writes while the gate reads.
                     self._check_gate(staged, info, gate)
@@ -389,7 +392,7 @@ class VersionedExporter:
         """
         problems = [gate["metric"]] if gate["metric"] else []
         problems += validation.gate_problems(
-            staged.path,
+            self.options.layout.root(staged.path),
             self.options.validate,
             gate["requests"],
             gate["answers"],
@@ -398,7 +401,7 @@ class VersionedExporter:
         if not problems:
             return
         version = info.version
-        _write_json(posixpath.join(staged.path, layout.EXPORT_INFO), info.to_json())
+        _write_json(self.options.layout.info_path(staged.path), info.to_json())
         reason = {"version": version, "rejected": self._clock(), "problems": problems}
         kept = _files.reject(
             staged,
@@ -423,12 +426,14 @@ class VersionedExporter:
         """Writes the export info and finalizes; another writer that took
         the version first makes this one take the next. Returns the path
         and the info committed."""
-        info_path = posixpath.join(staged.path, layout.EXPORT_INFO)
+        info_path = self.options.layout.info_path(staged.path)
         for _ in range(_COMMIT_ATTEMPTS):
             _write_json(info_path, info.to_json())
             final = self._path(info.version)
             try:
-                staged.finalize(final, (layout.EXPORT_INFO,))
+                staged.finalize(
+                    final, (layout.EXPORT_INFO,), self.options.layout.saved_model_dir
+                )
                 return final, info
             except FileExistsError:
                 info = dataclasses.replace(info, version=self._next_version())
@@ -496,8 +501,8 @@ class VersionedExporter:
         Raises:
           ExportError: the version's info could not be read or replaced.
         """
-        path = posixpath.join(self._path(version), layout.EXPORT_INFO)
-        info = export_dir_lib.read_info(self._path(version))
+        path = self.options.layout.info_path(self._path(version))
+        info = export_dir_lib.read_info(self._dir.saved_model_path(version))
         if info is None:
             raise ExportError(f"Version {version} has no readable {path}.")
         info = dataclasses.replace(info, metrics={**info.metrics, **metrics})

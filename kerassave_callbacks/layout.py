@@ -35,6 +35,47 @@ LAYER_ASSETS = "keras_layers"
 EXPORT_INFO = "assets.extra/export_info.json"
 WARMUP_REQUESTS = "assets.extra/tf_serving_warmup_requests"
 
+
+@dataclasses.dataclass(frozen=True)
+class DirectoryLayout:
+    """Where a version's SavedModel and its info live in its directory
+    `<export_dir>/<version>/`.
+
+    TF Serving's (`TF_SERVING`): the version directory is the SavedModel.
+    A layout whose servers want the SavedModel one level down (Triton's
+    `<model>/<version>/model.savedmodel`) is one value:
+
+        DirectoryLayout(saved_model_dir="model.savedmodel")
+
+    Attributes:
+      saved_model_dir: the SavedModel's directory inside the version's, ""
+        for the version's own.
+    """
+
+    saved_model_dir: str = ""
+
+    def __post_init__(self):
+        part = self.saved_model_dir
+        if not isinstance(part, str) or part.startswith("/") or ".." in part.split("/"):
+            raise ValueError(
+                "`saved_model_dir` must be a relative path inside the version "
+                f"directory, e.g. 'model.savedmodel'. Received: {part!r}."
+            )
+
+    def root(self, version_dir: str) -> str:
+        """The SavedModel directory of a version (or staged) directory."""
+        if not self.saved_model_dir:
+            return version_dir
+        return f"{version_dir.rstrip('/')}/{self.saved_model_dir.strip('/')}"
+
+    def info_path(self, version_dir: str) -> str:
+        """Where a version's `export_info.json` is."""
+        return f"{self.root(version_dir).rstrip('/')}/{EXPORT_INFO}"
+
+
+TF_SERVING = DirectoryLayout()
+
+
 # Checkpoint keys: `<group>/<index>/.ATTRIBUTES/VARIABLE_VALUE`, the groups
 # being attributes of the saved root object, plus TF's object graph.
 MODEL_VARIABLES = "model_variables"

@@ -12,7 +12,7 @@ import dataclasses
 import math
 from collections.abc import Iterable
 
-from kerassave_callbacks.layout import finite_or_none
+from kerassave_callbacks.layout import TF_SERVING, DirectoryLayout, finite_or_none
 
 MODES = ("min", "max", "auto")
 # Name fragments of metrics where larger is better (for mode="auto").
@@ -380,6 +380,9 @@ class ExportOptions:
         `tf.function`. Defaults to None (`serving_default` = `predict()`).
       validate: the publish gate: True, False or a `PublishGate`; stored
         as a `PublishGate`. Defaults to True.
+      layout: where in each version directory the SavedModel goes, a
+        `layout.DirectoryLayout`. Defaults to TF Serving's (the version
+        directory is the SavedModel).
 
     Raises:
       ImportError: `warmup_inputs` without the `serving` extra.
@@ -397,8 +400,14 @@ class ExportOptions:
     async_export: bool = False
     signatures: dict | None = None
     validate: object = True
+    layout: DirectoryLayout = TF_SERVING
 
     def __post_init__(self):
+        if not isinstance(self.layout, DirectoryLayout):
+            raise TypeError(
+                "`layout` must be a layout.DirectoryLayout. Received: "
+                f"layout={self.layout!r}."
+            )
         from kerassave_callbacks import signatures as signatures_lib
 
         object.__setattr__(
