@@ -1,6 +1,6 @@
 """Operations on export directories: listing versions, staging and
-committing a version, retiring and removing one, and what crashed exports
-left.
+committing a version, retiring and removing one (what crashed exports left
+is `_leftovers`).
 
 The names come from `layout`; the file system is `_fs` (local paths through
 `os`, others through `tf.io.gfile`), so nothing here imports TensorFlow for
@@ -152,69 +152,6 @@ def dir_size(path: str) -> int:
     return sum(_fs.size(posixpath.join(path, f)) for f in list_files(path))
 
 
-def leftovers(
-    export_dir: str, now: float, where: layout.DirectoryLayout = layout.TF_SERVING
-) -> list[str]:
-    """The paths in `export_dir` that crashed exports left behind.
-
-    A temporary once its writer is gone (`layout.temp_is_abandoned`): a
-    staged or retired version beside the versions, or a file written aside
-    inside a version (`<file>.temp-...` in its `assets.extra/`, by
-    `replace_file`); on object stores, an integer directory without a graph
-    file (a copy cut short) an hour after its version time. Never a
-    symbolic link, nor anything else.
-    """
-    found = []
-    copies = not renames_atomically(export_dir)
-    for name in entries(export_dir):
-        path = posixpath.join(export_dir, name)
-        version = layout.version_name(name)
-        if is_link(path):
-            continue  # The user's: never removed, nor what it points to.
-        if layout.temp_is_abandoned(name, now) or (
-            copies
-            and version is not None
-            and now - version > layout.STALE_SECONDS
-            and not has_graph(where.root(path))
-        ):
-            found.append(path)
-        elif version is not None:
-            found += _side_leftovers(where.info_path(path), now)
-    return found
-
-
-def remove_leftovers(
-    export_dir: str, now: float, where: layout.DirectoryLayout = layout.TF_SERVING
-) -> list[str]:
-    """Removes what `leftovers` finds; returns the removed paths."""
-    removed = leftovers(export_dir, now, where)
-    for path in removed:
-        logging.info("Removing the leftover of a crashed export: %s", path)
-        if _fs.isdir(path):
-            remove_tree(path)
-        else:
-            try:
-                _fs.remove_file(path)
-            except FileNotFoundError:
-                pass
-    return removed
-
-
-def _side_leftovers(info_path: str, now: float) -> list[str]:
-    """The abandoned side temporaries beside a version's info (in its
-    `assets.extra/`)."""
-    folder = posixpath.dirname(info_path)
-    try:
-        names = entries(folder)
-    except FileNotFoundError:  # Retired meanwhile.
-        return []
-    return [
-        posixpath.join(folder, n)
-        for n in names
-        if layout.SIDE_TEMP in n and layout.temp_is_abandoned(n, now)
-    ]
-
-
 # Checking paths before anything is written.
 
 
@@ -313,7 +250,10 @@ def _fsync(path: str) -> None:
 
 
 def commit(
-    temp: str, final: str, extra: tuple[str, ...] = (), saved_model_dir: str = ""
+    temp: str,
+    final: str,
+    extra: tuple[str, ...] = (),
+    where: layout.DirectoryLayout = layout.TF_SERVING,
 ) -> None:
     """Moves a complete SavedModel from `temp` to `final`.
 
@@ -328,10 +268,8 @@ def commit(
       IncompleteExportError: the staged tree lacks files; nothing was
         published.
 
-    `saved_model_dir` is where the SavedModel is inside the tree (see
-    `layout.DirectoryLayout`).
+    `where` says where in the tree the SavedModel is.
     """
-    where = layout.DirectoryLayout(saved_model_dir)
     _check_complete(where.root(temp), extra)
     if renames_atomically(final):
         _fs.rename(temp, final)
@@ -347,11 +285,12 @@ def commit(
         return
     if _fs.exists(final):
         raise FileExistsError(errno.EEXIST, "version exists", final)
-    _copy_graph_last(temp, final)
+    copy_graph_last(temp, final)
     remove_tree(temp)
 
 
-def _copy_graph_last(src: str, dst: str) -> None:
+def copy_graph_last(src: str, dst: str) -> None:
+    """Copies a SavedModel tree file by file, its graph file last."""
     files = list_files(src)
     # The graph file last: TF Serving loads nothing without it.
     files.sort(key=lambda f: posixpath.basename(f) in layout.GRAPH_FILES)
@@ -409,10 +348,13 @@ class Staging:
             flush.result()
 
     def finalize(
-        self, final: str, extra: tuple[str, ...] = (), saved_model_dir: str = ""
+        self,
+        final: str,
+        extra: tuple[str, ...] = (),
+        where: layout.DirectoryLayout = layout.TF_SERVING,
     ) -> None:
         """Flushes the staged tree (local disks) and commits it to `final`
-        (`saved_model_dir`: where in it the SavedModel is).
+        (`where`: where in it the SavedModel is).
 
         Raises:
           FileExistsError: `final` exists (it may be finalized elsewhere).
@@ -422,44 +364,8 @@ class Staging:
         if is_local(self.path):
             # After a started flush, only what was written since is dirty.
             fsync_tree(self.path)
-        commit(self.path, final, extra, saved_model_dir)
+        commit(self.path, final, extra, where)
         self.final = final
-
-
-# Rejecting.
-
-
-def rejected_versions(export_dir: str) -> list[int]:
-    """The versions kept as `rejected-<version>` in `export_dir`, oldest
-    first."""
-    found = (layout.rejected_version(n) for n in entries(export_dir))
-    return sorted(v for v in found if v is not None)
-
-
-def reject(staged: Staging, export_dir: str, version: int, reason: bytes, keep: int):
-    """Keeps a staged version that failed the publish gate as
-    `rejected-<version>` (with `reason` in `layout.REJECTION`), then removes
-    all but the newest `keep` rejected copies. With `keep=0` nothing is
-    kept. Returns the kept copy's path, or None.
-
-    The name is no integer, so TF Serving never loads it; retention and
-    cleanup never touch it.
-    """
-    kept = None
-    if keep > 0:
-        _fs.write_bytes(posixpath.join(staged.path, layout.REJECTION), reason)
-        kept = posixpath.join(export_dir, layout.rejected_name(version))
-        if _fs.exists(kept):
-            remove_tree(kept)
-        if renames_atomically(kept):
-            _fs.rename(staged.path, kept)
-        else:
-            _copy_graph_last(staged.path, kept)
-            remove_tree(staged.path)
-        staged.final = kept
-    for old in rejected_versions(export_dir)[: -keep or None]:
-        remove_tree(posixpath.join(export_dir, layout.rejected_name(old)))
-    return kept
 
 
 # Removing.
@@ -520,7 +426,10 @@ def retire_version(path: str, now: float) -> str | None:
             return None
         return doomed
     # Wherever the layout put the graph file.
-    for rel in list_files(path):
-        if posixpath.basename(rel) in layout.GRAPH_FILES:
-            _fs.remove_file(posixpath.join(path, rel))
+    for dirpath, _, filenames in _fs.walk(path):
+        for name in set(filenames) & set(layout.GRAPH_FILES):
+            try:
+                _fs.remove_file(posixpath.join(dirpath, name))
+            except FileNotFoundError:
+                pass  # ram:// lists names that are not there.
     return path

@@ -26,7 +26,14 @@ import posixpath
 import sys
 import time
 
-from kerassave_callbacks import _files, _startup, deleter, options, retention
+from kerassave_callbacks import (
+    _files,
+    _leftovers,
+    _startup,
+    deleter,
+    options,
+    retention,
+)
 from kerassave_callbacks import export_dir as export_dir_lib
 
 OK, FAILED, USAGE = 0, 1, 2
@@ -241,7 +248,7 @@ def cmd_prune(args) -> tuple[int, object]:
 
 def cmd_cleanup(args) -> tuple[int, object]:
     export_dir = _deletable_export_dir(args.export_dir)
-    removed = _files.remove_leftovers(export_dir.path, time.time())
+    removed = _leftovers.remove_leftovers(export_dir.path, time.time())
     if args.json:
         return OK, {"removed": removed}
     return OK, "\n".join([f"removed {p}" for p in removed] or ["nothing to remove"])
@@ -311,6 +318,27 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _add_prune_arguments(prune: argparse.ArgumentParser) -> None:
+    """The flags of `prune`: every field of a `RetentionPolicy`."""
+    prune.add_argument("--keep", type=int, required=True, help="newest to keep; 0 all")
+    prune.add_argument("--keep_best", type=int, default=0, help="best to keep too")
+    prune.add_argument("--monitor", default="", help="metric for --keep_best")
+    prune.add_argument("--mode", choices=options.MODES, default="auto")
+    prune.add_argument(
+        "--keep_every_n_hours",
+        type=float,
+        default=0,
+        help="also one version per this many hours, as the exporter keeps; 0 off",
+    )
+    prune.add_argument("--dry_run", action="store_true", help="delete nothing")
+    prune.add_argument(
+        "--grace_seconds",
+        type=float,
+        default=options.DEFAULT_GRACE_SECONDS,
+        help="keep a version until it was superseded this long; 0: off",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     top = _Parser(prog="kerassave", description=__doc__.split("\n\n")[0])
     sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -334,23 +362,8 @@ def parser() -> argparse.ArgumentParser:
     )
     add("inspect", cmd_inspect, "tags, signatures and export info", "path")
     add("verify", cmd_verify, "load every version as TF Serving does", "path")
-    prune = add("prune", cmd_prune, "apply the exporter's retention", "export_dir")
-    prune.add_argument("--keep", type=int, required=True, help="newest to keep; 0 all")
-    prune.add_argument("--keep_best", type=int, default=0, help="best to keep too")
-    prune.add_argument("--monitor", default="", help="metric for --keep_best")
-    prune.add_argument("--mode", choices=options.MODES, default="auto")
-    prune.add_argument(
-        "--keep_every_n_hours",
-        type=float,
-        default=0,
-        help="also one version per this many hours, as the exporter keeps; 0 off",
-    )
-    prune.add_argument("--dry_run", action="store_true", help="delete nothing")
-    prune.add_argument(
-        "--grace_seconds",
-        type=float,
-        default=options.DEFAULT_GRACE_SECONDS,
-        help="keep a version until it was superseded this long; 0: off",
+    _add_prune_arguments(
+        add("prune", cmd_prune, "apply the exporter's retention", "export_dir")
     )
     add("cleanup", cmd_cleanup, "remove what crashed exports left", "export_dir")
     config = add(

@@ -16,7 +16,7 @@ import posixpath
 
 from absl import logging
 
-from kerassave_callbacks import _files, _fs, fields, layout, retention
+from kerassave_callbacks import _files, _fs, _rejected, fields, layout, retention
 from kerassave_callbacks.layout import finite_or_none
 
 
@@ -126,7 +126,7 @@ class ExportDir:
         """The rejected copies (`rejected-<version>`), oldest first, with the
         reasons their `rejection.json` gives."""
         rows = []
-        for version in _files.rejected_versions(self.path):
+        for version in _rejected.versions(self.path):
             path = posixpath.join(self.path, layout.rejected_name(version))
             reason_path = posixpath.join(path, layout.REJECTION)
             reason = fields.read(

@@ -12,7 +12,15 @@ from collections.abc import Callable
 import tensorflow as tf
 from absl import logging
 
-from kerassave_callbacks import _files, _fs, graph_cache, layout, retainer
+from kerassave_callbacks import (
+    _files,
+    _fs,
+    _leftovers,
+    _rejected,
+    graph_cache,
+    layout,
+    retainer,
+)
 from kerassave_callbacks import export_dir as export_dir_lib
 from kerassave_callbacks import options as options_lib
 from kerassave_callbacks._version import __version__
@@ -216,16 +224,17 @@ class VersionedExporter:
 
             VersionedExporter("/tmp/exports").cleanup()  # [] when all is clean
         """
-        return _files.remove_leftovers(
+        return _leftovers.remove_leftovers(
             self.export_dir, self._clock(), self.options.layout
         )
 
     # Exporting.
 
-    def _gate_inputs(self, info: layout.ExportInfo) -> dict | None:
+    def _gate_inputs(self, metrics: dict, draft: dict) -> dict | None:
         """What the publish gate needs, taken now in the caller's thread:
-        the rows, the model's answers and the best published metric."""
-        expectation = self._cache.expectation(info.to_json())
+        the rows, the model's answers and the best published metric (`draft`
+        is the export info for errors)."""
+        expectation = self._cache.expectation(draft)
         if expectation is None:
             return None
         requests, answers = expectation
@@ -235,12 +244,12 @@ class VersionedExporter:
             "answers": answers,
             "model": self._cache.graphs.model,
             "metric": gate.metric_problem(
-                self.monitor, info.metrics, self._retainer.best_value()
+                self.monitor, metrics, self._retainer.best_value()
             ),
         }
 
     def _next_version(self) -> int:
-        rejected = _files.rejected_versions(self.export_dir)
+        rejected = _rejected.versions(self.export_dir)
         newest = max(self.versions() + rejected + [self._last_version])
         version = max(int(self._clock()), newest + 1)
         self._last_version = version
@@ -301,8 +310,9 @@ class VersionedExporter:
                 "keras": keras_api.adapter_for(model).version(),
             },
         )
-        graphs, values = self._cache.snapshot(model, info.to_json())
-        gate = self._gate_inputs(info)
+        draft = info.to_json()  # What a failure before the version reports.
+        graphs, values = self._cache.snapshot(model, draft)
+        gate = self._gate_inputs(info.metrics, draft)
         info = dataclasses.replace(
             info,
             version=self._next_version(),
@@ -403,7 +413,7 @@ class VersionedExporter:
         version = info.version
         _write_json(self.options.layout.info_path(staged.path), info.to_json())
         reason = {"version": version, "rejected": self._clock(), "problems": problems}
-        kept = _files.reject(
+        kept = _rejected.reject(
             staged,
             self.export_dir,
             version,
@@ -431,9 +441,7 @@ class VersionedExporter:
             _write_json(info_path, info.to_json())
             final = self._path(info.version)
             try:
-                staged.finalize(
-                    final, (layout.EXPORT_INFO,), self.options.layout.saved_model_dir
-                )
+                staged.finalize(final, (layout.EXPORT_INFO,), self.options.layout)
                 return final, info
             except FileExistsError:
                 info = dataclasses.replace(info, version=self._next_version())

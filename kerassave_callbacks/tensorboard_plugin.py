@@ -29,6 +29,8 @@ from werkzeug import wrappers
 from kerassave_callbacks import events, fields, options
 from kerassave_callbacks import export_dir as export_dir_lib
 
+# Record statuses of exports that left no version on disk.
+_NOT_COMMITTED = ("failed", "rejected")
 _STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tensorboard_static")
 
 
@@ -100,9 +102,6 @@ def _parse(datum, run: str) -> dict:
         }
     record["wall_time"] = datum.wall_time
     return record
-
-
-_NOT_COMMITTED = ("failed", "rejected")
 
 
 class ExportsPlugin(base_plugin.TBPlugin):
