@@ -77,8 +77,8 @@ def _rows(requests, default) -> list[_Row]:
             examples = request.input.example_list.examples
             rows += [_row_of(e.SerializeToString()) for e in examples]
         elif _is_examples_input(request.inputs):
-            examples = tf.make_ndarray(request.inputs[signatures_lib.EXAMPLES_KEY])
-            rows += [_row_of(e) for e in examples.reshape(-1)]
+            (examples,) = request.inputs.values()
+            rows += [_row_of(e) for e in tf.make_ndarray(examples).reshape(-1)]
         else:
             values = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
             rows.append(_Row(values, _example_of(values)))
@@ -86,10 +86,18 @@ def _rows(requests, default) -> list[_Row]:
 
 
 def _is_examples_input(inputs) -> bool:
-    """Whether `inputs` (of a signature or a request) are `examples()`'s one
-    string input."""
-    key = signatures_lib.EXAMPLES_KEY
-    return list(inputs) == [key] and inputs[key].dtype == tf.string.as_datatype_enum
+    """Whether `inputs` (of a signature or a request) are the one string
+    input of a Predict kind that takes serialized examples (`examples()`,
+    or a registered kind's `input_key`)."""
+    keys = {
+        kind.input_key
+        for kind in signatures_lib.KINDS.values()
+        if kind.input_key and kind.method_name == signatures_lib.PREDICT_METHOD
+    }
+    if len(inputs) != 1 or not keys & set(inputs):
+        return False
+    (value,) = inputs.values()
+    return value.dtype == tf.string.as_datatype_enum
 
 
 def _example_of(values: dict) -> bytes:

@@ -12,8 +12,8 @@ A spec is a value from this module, or a `tf.function` with an
 `input_signature` that calls the model: an endpoint with its own
 preprocessing, as Keras' `ExportArchive` has.
 
-A leaf: no TensorFlow, no Keras (the graphs are built by
-`core.serving_signatures`).
+A leaf: no TensorFlow at import, no Keras (the graphs are built by
+`core.serving_signatures`; the kinds' answers import TF when traced).
 
 Example:
 
@@ -31,13 +31,15 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-PREDICT_METHOD = "tensorflow/serving/predict"
+from kerassave_callbacks.core import modes
+
+PREDICT_METHOD = modes.SERVE.method_name
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 
-DEFAULT_KEY = "serving_default"
+DEFAULT_KEY = modes.SERVE.signature_key
 # Input and output keys that TF Serving's Classify and Regress APIs require.
 INPUTS_KEY = "inputs"
 SCORES_KEY = "scores"
@@ -45,14 +47,100 @@ CLASSES_KEY = "classes"
 OUTPUTS_KEY = "outputs"
 # Input key of `examples()`.
 EXAMPLES_KEY = "examples"
-# The signature keys of the train and eval MetaGraphs (`core.modes`).
-_MODE_KEYS = ("train", "eval")
+# The signature keys of the train and eval MetaGraphs.
+_MODE_KEYS = (modes.TRAIN.signature_key, modes.EVAL.signature_key)
+
+
+@dataclasses.dataclass(frozen=True)
+class SignatureKind:
+    """One kind of serving signature: how TF Serving calls it and what it
+    answers. `register()` adds one of your own beside the built-in
+    `predict`, `examples`, `classify` and `regress`; specs, the
+    `--export_signatures` flag, warm-up requests, the publish gate and
+    `kerassave verify` then know it by its name.
+
+    Example:
+
+        def top_class(spec, output_specs, model):
+            name = spec.output_name(output_specs, model.name)
+            return lambda outputs: {"top": tf.argmax(outputs[name], axis=-1)}
+
+        register(SignatureKind("top_class", answer=top_class))
+        SavedModelExporter("/tmp/exports",
+                           signatures={"top": SignatureSpec("top_class")})
+
+    Attributes:
+      name: the kind's name, as `SignatureSpec.kind` and the flag spell it.
+      method_name: the `SignatureDef.method_name`, i.e. TF Serving's API
+        (`PREDICT_METHOD`; `CLASSIFY_METHOD` or `REGRESS_METHOD`, which
+        MultiInference serves together from one `inputs` tensor). Warm-up
+        requests go through that API.
+      input_key: None: the model's own inputs; else the key of the one
+        input, serialized `tf.Example`s parsed into the model's inputs.
+      answer: None: the model's outputs as they are. Else, while tracing,
+        `answer(spec, output_specs, model)` (output name -> `tf.TensorSpec`)
+        raises `ValueError` for a model it cannot serve, or returns a
+        function from the model's outputs (name -> tensor) to the
+        signature's (key -> tensor), in TF ops: traced into the signature
+        and run eagerly for the answers the publish gate expects.
+    """
+
+    name: str
+    method_name: str = PREDICT_METHOD
+    input_key: str | None = None
+    answer: Callable | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise ValueError(
+                "A signature kind's name must be a Python identifier (the "
+                f"flag --export_signatures names it). Received: {self.name!r}."
+            )
+        shares_inputs = self.method_name in (CLASSIFY_METHOD, REGRESS_METHOD)
+        if self.method_name != PREDICT_METHOD and not shares_inputs:
+            raise ValueError(
+                f"SignatureKind {self.name!r}: method_name must be one of TF "
+                f"Serving's {[PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD]}. "
+                f"Received: {self.method_name!r}."
+            )
+        if shares_inputs and self.input_key != INPUTS_KEY:
+            raise ValueError(
+                f"SignatureKind {self.name!r}: Classify and Regress take "
+                f"serialized examples as {INPUTS_KEY!r}; pass input_key="
+                f"{INPUTS_KEY!r}. Received: {self.input_key!r}."
+            )
+
+
+def register(kind: SignatureKind) -> SignatureKind:
+    """Adds a signature kind under its name; returns it.
+
+    Example:
+
+        register(SignatureKind("top_class", answer=top_class))
+
+    Raises:
+      TypeError: `kind` is not a `SignatureKind`.
+      ValueError: another kind has that name.
+    """
+    if not isinstance(kind, SignatureKind):
+        raise TypeError(f"register() takes a SignatureKind. Received: {kind!r}.")
+    if KINDS.get(kind.name, kind) != kind:
+        raise ValueError(
+            f"A signature kind named {kind.name!r} is registered already "
+            f"({KINDS[kind.name]}); pick another name."
+        )
+    KINDS[kind.name] = kind
+    return kind
+
+
+# Name -> kind: the built-in kinds, and those `register()` added.
+KINDS: dict[str, SignatureKind] = {}
 
 
 @dataclasses.dataclass(frozen=True)
 class SignatureSpec:
-    """One built-in serving signature; made by `predict()`, `examples()`,
-    `classify()` or `regress()`.
+    """One serving signature of a registered kind; `predict()`,
+    `examples()`, `classify()` and `regress()` make the built-in ones.
 
     Example:
 
@@ -60,7 +148,8 @@ class SignatureSpec:
         spec.method_name  # "tensorflow/serving/classify"
 
     Attributes:
-      kind: "predict", "examples", "classify" or "regress".
+      kind: the name of a registered `SignatureKind` ("predict",
+        "examples", "classify", "regress" or one of your own).
       output: the model output that `classify`/`regress` answer with (None:
         the model's only output).
       class_names: the `classes` of `classify`, one per score (None: the
@@ -106,22 +195,36 @@ class SignatureSpec:
 
     @property
     def method_name(self) -> str:
-        """The `SignatureDef.method_name` TF Serving dispatches on."""
-        return {"classify": CLASSIFY_METHOD, "regress": REGRESS_METHOD}.get(
-            self.kind, PREDICT_METHOD
-        )
-
-    @property
-    def takes_examples(self) -> bool:
-        """True when the signature's one input is serialized `tf.Example`s."""
-        return self.kind != "predict"
+        """Its kind's `method_name`."""
+        return KINDS[self.kind].method_name
 
     @property
     def input_key(self) -> str | None:
-        """The key of the serialized examples input (None for `predict`)."""
-        if self.kind == "examples":
-            return EXAMPLES_KEY
-        return INPUTS_KEY if self.takes_examples else None
+        """Its kind's `input_key` (None: the model's own inputs)."""
+        return KINDS[self.kind].input_key
+
+    def output_name(self, output_specs: Mapping, model_name: str) -> str:
+        """The model output this signature answers with: `output`, or the
+        model's only output.
+
+        Raises:
+          ValueError: `output` is not an output of the model, or it is None
+            and the model has several.
+        """
+        names = list(output_specs)
+        if self.output is None:
+            if len(names) == 1:
+                return names[0]
+            raise ValueError(
+                f"Model {model_name!r} has outputs {names}: name the one to "
+                f"{self.kind} with, e.g. {self.kind}(output={names[0]!r})."
+            )
+        if self.output not in output_specs:
+            raise ValueError(
+                f"{self.kind}(output={self.output!r}): model {model_name!r} has "
+                f"no such output. Its outputs are {names}."
+            )
+        return self.output
 
 
 def predict() -> SignatureSpec:
@@ -199,12 +302,59 @@ def regress(
     return SignatureSpec("regress", output=output, feature_spec=feature_spec)
 
 
-KINDS = {
-    "predict": predict,
-    "examples": examples,
-    "classify": classify,
-    "regress": regress,
-}
+def _classify(spec: SignatureSpec, output_specs: Mapping, model):
+    """Classify's answer: `scores` [batch, K] float32 and `classes`."""
+    import tensorflow as tf
+
+    name = spec.output_name(output_specs, model.name)
+    out = output_specs[name]
+    if not out.dtype.is_floating or out.shape.rank not in (1, 2):
+        raise ValueError(
+            f"classify(output={name!r}) needs scores of shape [batch, classes] "
+            f"(float); the output is {out.dtype.name} {out.shape}. Name another "
+            "output, or serve this one with predict() or an endpoint of your own."
+        )
+    k = 1 if out.shape.rank == 1 else out.shape[-1]
+    if k is None:
+        raise ValueError(
+            f"classify(output={name!r}): the output's number of classes is "
+            f"unknown (shape {out.shape}); give its last axis a fixed size."
+        )
+    names = spec.class_names or tuple(str(i) for i in range(k))
+    if len(names) != k:
+        raise ValueError(
+            f"classify(class_names=...) has {len(names)} names, but output "
+            f"{name!r} has {k} scores (shape {out.shape})."
+        )
+
+    def answer(outputs):
+        scores = tf.reshape(tf.cast(outputs[name], tf.float32), [-1, k])
+        classes = tf.tile(tf.constant([list(names)]), [tf.shape(scores)[0], 1])
+        return {SCORES_KEY: scores, CLASSES_KEY: classes}
+
+    return answer
+
+
+def _regress(spec: SignatureSpec, output_specs: Mapping, model):
+    """Regress's answer: `outputs`, one float32 value per example."""
+    import tensorflow as tf
+
+    name = spec.output_name(output_specs, model.name)
+    out = output_specs[name]
+    one_value = out.shape.rank == 1 or (out.shape.rank == 2 and out.shape[-1] == 1)
+    if not out.dtype.is_floating or not one_value:
+        raise ValueError(
+            f"regress(output={name!r}) needs one float value per example "
+            f"(shape [batch] or [batch, 1]); the output is {out.dtype.name} "
+            f"{out.shape}. Use classify() or predict() for it."
+        )
+    return lambda outputs: {OUTPUTS_KEY: tf.cast(outputs[name], tf.float32)}
+
+
+register(SignatureKind("predict"))
+register(SignatureKind("examples", input_key=EXAMPLES_KEY))
+register(SignatureKind("classify", CLASSIFY_METHOD, INPUTS_KEY, _classify))
+register(SignatureKind("regress", REGRESS_METHOD, INPUTS_KEY, _regress))
 
 
 def is_endpoint(spec) -> bool:
@@ -258,8 +408,8 @@ def normalized(signatures) -> dict | None:
             raise TypeError(
                 f"signatures[{key!r}] must be a spec from "
                 "kerassave_callbacks.signatures (predict(), examples(), "
-                "classify(), regress()) or a tf.function with an "
-                f"input_signature. Received: {spec!r}."
+                "classify(), regress(), SignatureSpec(kind)) or a tf.function "
+                f"with an input_signature. Received: {spec!r}."
             )
         out[key] = spec
     out.setdefault(DEFAULT_KEY, predict())
@@ -294,5 +444,5 @@ def parse(text: str) -> dict | None:
                 f"{text!r}. Expected a comma list of {sorted(KINDS)}, each "
                 "optionally as key=kind."
             )
-        out[key] = KINDS[kind]()
+        out[key] = SignatureSpec(kind)
     return normalized(out) if out else None

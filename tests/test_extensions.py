@@ -4,6 +4,7 @@ alone, and exercised through `SavedModelExporter` in `fit`."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -15,10 +16,13 @@ from kerassave_callbacks import (
     ExportOptions,
     RetentionPolicy,
     SavedModelExporter,
+    cli,
     export_dir,
+    signatures,
 )
 
 from conftest import classifier, classifier_data
+from helpers import run_tf1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,3 +84,73 @@ def test_a_directory_layout_is_one_value(tmp_path):
     np.testing.assert_allclose(y_served, model(x[:4]), atol=1e-5)
     # TF Serving's layout sees no complete version here.
     assert export_dir.ExportDir(str(tmp_path)).versions() == []
+
+
+def _top_class(spec, output_specs, model):
+    """A toy signature kind's answer: the best class and its score."""
+    name = spec.output_name(output_specs, model.name)
+
+    def answer(outputs):
+        scores = outputs[name]
+        return {
+            "top": tf.argmax(scores, axis=-1),
+            "top_score": tf.reduce_max(scores, axis=-1),
+        }
+
+    return answer
+
+
+# A toy signature kind, registered from this file alone: Predict with
+# serialized tf.Examples under "records", answering the top class.
+TOP_CLASS = signatures.register(
+    signatures.SignatureKind("top_class", input_key="records", answer=_top_class)
+)
+
+
+def test_a_signature_kind_is_one_registration(tmp_path, capsys):
+    x, y = classifier_data()
+    exporter = SavedModelExporter(
+        str(tmp_path),
+        keep=1,
+        grace_seconds=0,
+        # serving_default of the toy kind: warm-up requests are Predict
+        # requests of serialized examples under its input key; the gate
+        # replays them and compares its answers with the model's.
+        signatures={"serving_default": signatures.SignatureSpec("top_class")},
+        warmup_inputs=x[:3],
+    )
+    model = classifier()
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[exporter])
+
+    (version,) = exporter.versions()
+    path = str(tmp_path / str(version))
+    records = [
+        tf.train.Example(
+            features=tf.train.Features(
+                feature={
+                    "features": tf.train.Feature(
+                        float_list=tf.train.FloatList(value=row)
+                    )
+                }
+            )
+        ).SerializeToString()
+        for row in x[:5]
+    ]
+    (got,) = run_tf1(path, "serve", "serving_default", {"records": records})
+    want = model(x[:5]).numpy()
+    np.testing.assert_array_equal(got["top"], want.argmax(-1))
+    np.testing.assert_allclose(got["top_score"], want.max(-1), atol=1e-5)
+    # The flag spells it too, and `kerassave verify` feeds it the warm-up rows.
+    assert signatures.parse("serving_default=top_class") == {
+        "serving_default": signatures.SignatureSpec("top_class")
+    }
+    assert cli.main(["verify", str(tmp_path), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["ok"] and row["version"] == version
+
+
+def test_a_signature_kind_name_is_taken_once():
+    with pytest.raises(ValueError, match=r"'top_class' is registered already"):
+        signatures.register(signatures.SignatureKind("top_class"))
+    with pytest.raises(ValueError, match=r"Classify and Regress take .*'inputs'"):
+        signatures.SignatureKind("toy", signatures.CLASSIFY_METHOD, "records")

@@ -95,42 +95,48 @@ def build(specs: Mapping, *, inputs, predict, output_specs: dict, model) -> dict
 
     Raises:
       ValueError: a spec that does not fit the model (see `feature_spec`,
-        and the output rules of `classify`/`regress`).
+        and each kind's `answer`).
     """
     built = {}
     for key, spec in specs.items():
         if signatures_lib.is_endpoint(spec):
             spec.get_concrete_function()
             built[key] = spec
-        elif spec.kind == "predict":
-            built[key] = predict
         else:
-            built[key] = _from_examples(spec, inputs, predict, output_specs, model)
+            built[key] = _built(spec, inputs, predict, output_specs, model)
     return built
 
 
-def _from_examples(spec, inputs, predict, output_specs, model):
-    features = feature_spec(inputs, spec)
+def _built(spec: SignatureSpec, inputs, predict, output_specs, model):
+    """The traced function of a spec of a registered kind: its input (the
+    model's own, or serialized examples) -> the model -> its answer."""
+    answer = _answer(spec, output_specs, model)
     flat = tf.nest.flatten(inputs)
-
-    def model_outputs(serialized):
-        parsed = tf.io.parse_example(serialized, features)
-        return predict(*[tf.cast(parsed[s.name], s.dtype) for s in flat])
-
-    if spec.kind == "examples":
-        answer = model_outputs
+    if spec.input_key is None:
+        if answer is None:
+            return predict  # The model's own inputs and outputs.
+        call, signature = (lambda *args: answer(predict(*args))), flat
     else:
-        name = _output_name(spec, output_specs, model)
-        answer = _ANSWERS[spec.kind](spec, name, output_specs[name], model_outputs)
-    # One batch of serialized examples, the input key named by the spec (a
-    # `*args` function takes its signature's input names from the specs).
-    fn = tf.function(
-        lambda *args: answer(args[0]),
-        input_signature=[tf.TensorSpec([None], tf.string, name=spec.input_key)],
-        autograph=False,
-    )
+        features = feature_spec(inputs, spec)
+
+        # `*args`: the function takes its input's name from the spec.
+        def call(*args):
+            parsed = tf.io.parse_example(args[0], features)
+            outputs = predict(*[tf.cast(parsed[s.name], s.dtype) for s in flat])
+            return outputs if answer is None else answer(outputs)
+
+        # One batch of serialized examples under the kind's input key.
+        signature = [tf.TensorSpec([None], tf.string, name=spec.input_key)]
+    fn = tf.function(call, input_signature=signature, autograph=False)
     fn.get_concrete_function()
     return fn
+
+
+def _answer(spec: SignatureSpec, output_specs: dict, model):
+    """The kind's answer function for this spec and model (None: the
+    model's outputs as they are); its checks run here, while tracing."""
+    kind = signatures_lib.KINDS[spec.kind]
+    return None if kind.answer is None else kind.answer(spec, output_specs, model)
 
 
 def answer_of(spec, outputs: dict, output_specs: dict, model) -> dict | None:
@@ -139,89 +145,18 @@ def answer_of(spec, outputs: dict, output_specs: dict, model) -> dict | None:
     function; None for a custom endpoint, whose answer is its own."""
     if signatures_lib.is_endpoint(spec):
         return None
-    if spec.kind in ("predict", "examples"):
-        return dict(outputs)
-    name = _output_name(spec, output_specs, model)
-    answer = _ANSWERS[spec.kind](spec, name, output_specs[name], lambda _: outputs)
-    return answer(None)
-
-
-def _output_name(spec, output_specs: dict, model) -> str:
-    names = list(output_specs)
-    if spec.output is None:
-        if len(names) == 1:
-            return names[0]
-        raise ValueError(
-            f"Model {model.name!r} has outputs {names}: name the one to "
-            f"{spec.kind} with, e.g. {spec.kind}(output={names[0]!r})."
-        )
-    if spec.output not in output_specs:
-        raise ValueError(
-            f"{spec.kind}(output={spec.output!r}): model {model.name!r} has "
-            f"no such output. Its outputs are {names}."
-        )
-    return spec.output
-
-
-def _classify(spec, name, out: tf.TensorSpec, model_outputs):
-    if not out.dtype.is_floating or out.shape.rank not in (1, 2):
-        raise ValueError(
-            f"classify(output={name!r}) needs scores of shape [batch, classes] "
-            f"(float); the output is {out.dtype.name} {out.shape}. Name another "
-            "output, or serve this one with predict() or an endpoint of your own."
-        )
-    k = 1 if out.shape.rank == 1 else out.shape[-1]
-    if k is None:
-        raise ValueError(
-            f"classify(output={name!r}): the output's number of classes is "
-            f"unknown (shape {out.shape}); give its last axis a fixed size."
-        )
-    names = spec.class_names or tuple(str(i) for i in range(k))
-    if len(names) != k:
-        raise ValueError(
-            f"classify(class_names=...) has {len(names)} names, but output "
-            f"{name!r} has {k} scores (shape {out.shape})."
-        )
-
-    def answer(serialized):
-        scores = tf.cast(model_outputs(serialized)[name], tf.float32)
-        scores = tf.reshape(scores, [-1, k])
-        classes = tf.tile(tf.constant([list(names)]), [tf.shape(scores)[0], 1])
-        return {
-            signatures_lib.SCORES_KEY: scores,
-            signatures_lib.CLASSES_KEY: classes,
-        }
-
-    return answer
-
-
-def _regress(spec, name, out: tf.TensorSpec, model_outputs):
-    del spec
-    one_value = out.shape.rank == 1 or (out.shape.rank == 2 and out.shape[-1] == 1)
-    if not out.dtype.is_floating or not one_value:
-        raise ValueError(
-            f"regress(output={name!r}) needs one float value per example "
-            f"(shape [batch] or [batch, 1]); the output is {out.dtype.name} "
-            f"{out.shape}. Use classify() or predict() for it."
-        )
-
-    def answer(serialized):
-        value = tf.cast(model_outputs(serialized)[name], tf.float32)
-        return {signatures_lib.OUTPUTS_KEY: value}
-
-    return answer
-
-
-_ANSWERS = {"classify": _classify, "regress": _regress}
+    answer = _answer(spec, output_specs, model)
+    return dict(outputs) if answer is None else answer(outputs)
 
 
 def shared_input_keys(specs: Mapping | None) -> list[str]:
     """The keys of the signatures that must read one `inputs` tensor
     (`classify` and `regress`, for MultiInference)."""
+    shared = (signatures_lib.CLASSIFY_METHOD, signatures_lib.REGRESS_METHOD)
     return [
         key
         for key, spec in (specs or {}).items()
-        if isinstance(spec, SignatureSpec) and spec.kind in _ANSWERS
+        if isinstance(spec, SignatureSpec) and spec.method_name in shared
     ]
 
 

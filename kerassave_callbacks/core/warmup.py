@@ -111,7 +111,7 @@ def records(
         {name: array[row : row + 1] for name, array in arrays.items()}
         for row in range(len(arrays[specs[0].name]))
     ]
-    if spec is None or spec.kind == "predict":
+    if spec is None or spec.input_key is None:  # The model's own inputs.
         return [_predict_log(row, specs) for row in rows]
     features = serving_signatures.feature_spec(input_structure, spec)
     return [
@@ -187,14 +187,14 @@ def _examples_log(spec, example: bytes) -> bytes:
     from tensorflow_serving.apis import classification_pb2, regression_pb2
 
     predict_pb2, prediction_log_pb2 = serving_protos()
-    if spec.kind == "examples":
+    if spec.method_name == signatures_lib.PREDICT_METHOD:
         request = predict_pb2.PredictRequest()
         request.inputs[spec.input_key].CopyFrom(
             tf.make_tensor_proto([example], tf.string)
         )
         field, log_type = "predict_log", prediction_log_pb2.PredictLog
     else:
-        if spec.kind == "classify":
+        if spec.method_name == signatures_lib.CLASSIFY_METHOD:
             request = classification_pb2.ClassificationRequest()
             field, log_type = "classify_log", prediction_log_pb2.ClassifyLog
         else:
