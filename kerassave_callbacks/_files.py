@@ -18,12 +18,7 @@ import time
 from absl import logging
 
 from kerassave_callbacks import _fs, layout
-from kerassave_callbacks._fs import is_local
-
-# Schemes whose directory rename is atomic. Elsewhere (gs://, s3://, ram://)
-# a rename copies file by file, so a version is committed by a copy that
-# writes saved_model.pb last.
-_RENAME_SCHEMES = ("", "file", "hdfs")
+from kerassave_callbacks._fs import fsync_tree, is_link, is_local, renames_atomically
 
 
 def parent(path: str) -> str | None:
@@ -37,26 +32,13 @@ def parent(path: str) -> str | None:
     return head or ("." if rest and not path.startswith("/") else None)
 
 
-def renames_atomically(path: str) -> bool:
-    return _fs.scheme(path) in _RENAME_SCHEMES
-
-
-def is_link(path: str) -> bool:
-    """True for a symbolic link (only local file systems have them).
-
-    A link in `export_dir` is the user's: a version linked in is served and
-    numbered like any other, but nothing here deletes it or through it.
-    """
-    return is_local(path) and os.path.islink(_fs.local(path))
-
-
 def linked_versions(export_dir: str) -> set[int]:
     """The versions of `export_dir` that a symbolic link in it points to.
 
     Such a version is pinned like the link itself: deleting it would leave
     the link dangling.
     """
-    if not is_local(export_dir):
+    if not _fs.facts(export_dir).links:
         return set()
     root = os.path.realpath(_fs.local(export_dir))
     linked = set()
@@ -233,22 +215,6 @@ def _check_complete(path: str, extra: tuple[str, ...]) -> None:
         )
 
 
-def fsync_tree(path: str) -> None:
-    """Flushes every file and directory under a local path to the disk."""
-    for dirpath, _, filenames in os.walk(_fs.local(path)):
-        for name in filenames:
-            _fsync(os.path.join(dirpath, name))
-        _fsync(dirpath)
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def commit(
     temp: str,
     final: str,
@@ -273,8 +239,8 @@ def commit(
     _check_complete(where.root(temp), extra)
     if renames_atomically(final):
         _fs.rename(temp, final)
-        if is_local(final):
-            _fsync(posixpath.dirname(_fs.local(final)) or ".")
+        if _fs.facts(final).fsync:
+            _fs.fsync(posixpath.dirname(_fs.local(final)) or ".")
         try:
             _check_complete(where.root(final), extra)
         except IncompleteExportError:
@@ -337,7 +303,7 @@ class Staging:
         """Starts flushing the staged tree to a local disk in a thread of
         its own, so that checks reading it (the publish gate) overlap the
         wait for the disk; `finalize` waits for it."""
-        if is_local(self.path) and self._flush is None:
+        if _fs.facts(self.path).fsync and self._flush is None:
             pool = concurrent.futures.ThreadPoolExecutor(1, "kerassave-fsync")
             self._flush = pool.submit(fsync_tree, self.path)
             pool.shutdown(wait=False)
@@ -361,9 +327,8 @@ class Staging:
           IncompleteExportError: the staged tree lacks files.
         """
         self._flushed()
-        if is_local(self.path):
-            # After a started flush, only what was written since is dirty.
-            fsync_tree(self.path)
+        # After a started flush, only what was written since is dirty.
+        fsync_tree(self.path)
         commit(self.path, final, extra, where)
         self.final = final
 

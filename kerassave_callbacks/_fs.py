@@ -7,15 +7,44 @@ and TF's `ram://` still go through `tf.io.gfile`, imported at the first
 remote path. Both sides raise builtin errors (`FileNotFoundError`,
 `FileExistsError`, `PermissionError`, else `OSError`), so callers handle one
 kind.
+
+What each file system guarantees (`facts`) is written here once, and the
+commit path reads it: a new file system is one entry in `_FACTS`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import shutil
 from collections.abc import Iterator
+
+
+@dataclasses.dataclass(frozen=True)
+class Facts:
+    """What a file system guarantees, as the commit path relies on it.
+
+    Attributes:
+      atomic_rename: a directory is renamed in one step, so a version
+        appears whole; else a rename copies file by file, and a version is
+        committed by a copy that writes its graph file last.
+      links: symbolic links exist (the user's pinned versions).
+      fsync: files and directories can be flushed to the disk before the
+        rename that publishes them.
+    """
+
+    atomic_rename: bool
+    links: bool = False
+    fsync: bool = False
+
+
+_LOCAL = Facts(atomic_rename=True, links=True, fsync=True)
+# Scheme -> facts; any other scheme (gs://, s3://, TF's ram://) is an object
+# store: per-object renames, no links, nothing to flush.
+_FACTS = {"": _LOCAL, "file": _LOCAL, "hdfs": Facts(atomic_rename=True)}
+_OBJECT_STORE = Facts(atomic_rename=False)
 
 
 def _gfile():
@@ -47,6 +76,44 @@ def scheme(path: str) -> str:
 
 def is_local(path: str) -> bool:
     return scheme(path) in ("", "file")
+
+
+def facts(path: str) -> Facts:
+    """What the file system of `path` guarantees."""
+    return _FACTS.get(scheme(path), _OBJECT_STORE)
+
+
+def renames_atomically(path: str) -> bool:
+    return facts(path).atomic_rename
+
+
+def is_link(path: str) -> bool:
+    """True for a symbolic link (only local file systems have them).
+
+    A link in `export_dir` is the user's: a version linked in is served and
+    numbered like any other, but nothing here deletes it or through it.
+    """
+    return facts(path).links and os.path.islink(local(path))
+
+
+def fsync_tree(path: str) -> None:
+    """Flushes every file and directory under `path` to the disk, where
+    the file system can (`Facts.fsync`)."""
+    if not facts(path).fsync:
+        return
+    for dirpath, _, filenames in os.walk(local(path)):
+        for name in filenames:
+            fsync(os.path.join(dirpath, name))
+        fsync(dirpath)
+
+
+def fsync(path: str) -> None:
+    """Flushes one local file or directory to the disk."""
+    fd = os.open(local(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def local(path: str) -> str:

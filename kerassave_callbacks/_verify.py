@@ -13,7 +13,7 @@ import posixpath
 import numpy as np
 import tensorflow as tf
 
-from kerassave_callbacks import _files, fields, layout, options
+from kerassave_callbacks import _files, _fs, fields, layout, options
 from kerassave_callbacks import export_dir as export_dir_lib
 from kerassave_callbacks import signatures as signatures_lib
 from kerassave_callbacks.core import (
@@ -198,7 +198,7 @@ def verify_version(path: str, *, versioned: bool = False) -> list[str]:
 
 def _info_problems(path: str) -> list[str]:
     info_path = posixpath.join(path, layout.EXPORT_INFO)
-    if not tf.io.gfile.exists(info_path):
+    if not _fs.exists(info_path):
         return []
     value = export_dir_lib.read_json(info_path)
     if value is None:

@@ -6,7 +6,7 @@ import time
 
 import tensorflow as tf
 
-from kerassave_callbacks import _files
+from kerassave_callbacks import _files, _fs
 from kerassave_callbacks import options as options_lib
 from kerassave_callbacks import signatures as signatures_lib
 from kerassave_callbacks.core import keras_api, mode_graphs, validation
@@ -36,13 +36,13 @@ def check_model(model) -> None:
 
 def check_empty_target(saved_model_path: str) -> None:
     """Raises SavedModelExistsError if `saved_model_path` holds anything."""
-    if tf.io.gfile.exists(saved_model_path):
-        if not tf.io.gfile.isdir(saved_model_path):
+    if _fs.exists(saved_model_path):
+        if not _fs.isdir(saved_model_path):
             raise SavedModelExistsError(
                 f"saved_model_path={saved_model_path!r} is an existing file. "
                 "Pass the path of a new or empty directory."
             )
-        if tf.io.gfile.listdir(saved_model_path):
+        if _fs.listdir(saved_model_path):
             raise SavedModelExistsError(
                 f"saved_model_path={saved_model_path!r} already exists and is "
                 "not empty. Pass a new directory, or remove the old export "
@@ -179,7 +179,7 @@ def export_saved_model(
                 _check_gate(staged.path, saved_model_path, gate, graphs, *expected)
             # Empty when checked, but tracing took a while: only an empty
             # directory is removed, never what someone wrote there meanwhile.
-            if tf.io.gfile.isdir(saved_model_path):
+            if _fs.isdir(saved_model_path):
                 _files.remove_empty_dir(saved_model_path)
             staged.finalize(saved_model_path)
     except FileExistsError as e:

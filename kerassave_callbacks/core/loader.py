@@ -12,7 +12,7 @@ import tensorflow as tf
 from google.protobuf import message, text_format
 from tensorflow.core.protobuf import saved_model_pb2
 
-from kerassave_callbacks import layout
+from kerassave_callbacks import _fs, layout
 from kerassave_callbacks.core import keras_api, modes
 
 
@@ -33,11 +33,11 @@ def read_saved_model(saved_model_path: str) -> saved_model_pb2.SavedModel:
     pb = posixpath.join(saved_model_path, layout.SAVED_MODEL_PB)
     pbtxt = posixpath.join(saved_model_path, layout.SAVED_MODEL_PBTXT)
     saved = saved_model_pb2.SavedModel()
-    if tf.io.gfile.exists(pb):
+    if _fs.exists(pb):
         name = layout.SAVED_MODEL_PB
         parse = lambda data: saved.ParseFromString(data)  # noqa: E731
         path = pb
-    elif tf.io.gfile.exists(pbtxt):
+    elif _fs.exists(pbtxt):
         name = layout.SAVED_MODEL_PBTXT
         parse = lambda data: text_format.Parse(data.decode("utf-8"), saved)  # noqa: E731
         path = pbtxt
@@ -49,8 +49,7 @@ def read_saved_model(saved_model_path: str) -> saved_model_pb2.SavedModel:
             "(for a VersionedExporter's export_dir, one of its version "
             "directories)."
         )
-    with tf.io.gfile.GFile(path, "rb") as f:
-        data = f.read()
+    data = _fs.read_bytes(path)
     try:
         parse(data)
     except (message.DecodeError, text_format.ParseError, UnicodeDecodeError) as e:
@@ -64,8 +63,7 @@ def read_saved_model(saved_model_path: str) -> saved_model_pb2.SavedModel:
 
 def _read_json(saved_model_path: str, path: str):
     try:
-        with tf.io.gfile.GFile(path, "r") as f:
-            return json.loads(f.read())
+        return json.loads(_fs.read_bytes(path))
     except (ValueError, UnicodeDecodeError) as e:
         raise _damaged(saved_model_path, f"{path} is not valid JSON: {e}") from e
 
@@ -111,16 +109,14 @@ def _copy_layer_assets(saved_model_path: str, tmp: str) -> dict[str, str]:
     """A local copy of the layers' asset folders (Keras opens files):
     layer index -> folder."""
     root = posixpath.join(saved_model_path, "assets", layout.LAYER_ASSETS)
-    if not tf.io.gfile.isdir(root):
+    if not _fs.isdir(root):
         return {}
     folders = {}
-    for index in tf.io.gfile.listdir(root):
-        index = index.rstrip("/")
+    for index in _fs.listdir(root):
         folders[index] = os.path.join(tmp, index)
         os.makedirs(folders[index])
-        for name in tf.io.gfile.listdir(posixpath.join(root, index)):
-            name = name.rstrip("/")
-            tf.io.gfile.copy(
+        for name in _fs.listdir(posixpath.join(root, index)):
+            _fs.copy(
                 posixpath.join(root, index, name), os.path.join(folders[index], name)
             )
     return folders
@@ -229,7 +225,7 @@ def _model_config(saved_model_path: str, keys) -> dict:
         it is not valid JSON.
     """
     json_path = posixpath.join(saved_model_path, layout.MODEL_JSON)
-    if not tf.io.gfile.exists(json_path):
+    if not _fs.exists(json_path):
         if any(k.startswith(layout.MODEL_VARIABLES + "/") for k in keys):
             why = "the model had no get_config(), so its Keras model cannot be rebuilt"
         else:

@@ -160,7 +160,7 @@ class ModeGraphs:
         if not self.serialized:
             self._serialize_graphs(path)
         else:
-            tf.io.gfile.makedirs(posixpath.join(path, "variables"))
+            _fs.makedirs(posixpath.join(path, "variables"))
             _files.write_tree(posixpath.join(path, "assets"), self._saved_assets)
         name = layout.SAVED_MODEL_PBTXT if as_text else layout.SAVED_MODEL_PB
         if as_text not in self._graph_files:
@@ -187,7 +187,7 @@ class ModeGraphs:
         and the files TF wrote under `assets/`."""
         self._tf_save(path)
         assets = posixpath.join(path, "assets")
-        if tf.io.gfile.isdir(assets):
+        if _fs.isdir(assets):
             self._saved_assets = {
                 rel: _fs.read_bytes(posixpath.join(assets, rel))
                 for rel in _files.list_files(assets)
@@ -198,8 +198,7 @@ class ModeGraphs:
         shapes = reader.get_variable_to_shape_map()
         self._check_keys(set(shapes))
         pb_path = posixpath.join(path, layout.SAVED_MODEL_PB)
-        with tf.io.gfile.GFile(pb_path, "rb") as f:
-            saved = saved_model_pb2.SavedModel.FromString(f.read())
+        saved = saved_model_pb2.SavedModel.FromString(_fs.read_bytes(pb_path))
         self._saved_model = graph_split.split_by_mode(
             saved,
             self.modes,
@@ -207,12 +206,12 @@ class ModeGraphs:
             serving=serving_signatures.method_names(self.traced.specs),
             shared_inputs=serving_signatures.shared_input_keys(self.traced.specs),
         )
-        tf.io.gfile.remove(pb_path)
+        _fs.remove_file(pb_path)
         # TF fingerprints the graph it wrote; after the split that
         # fingerprint no longer describes the file: `write` makes its own.
         fingerprint = posixpath.join(path, layout.FINGERPRINT)
-        if tf.io.gfile.exists(fingerprint):
-            tf.io.gfile.remove(fingerprint)
+        if _fs.exists(fingerprint):
+            _fs.remove_file(fingerprint)
         self._object_graph = tf.constant(reader.get_tensor(layout.OBJECT_GRAPH_KEY))
 
     def _tf_save(self, path: str) -> None:
@@ -272,7 +271,7 @@ class ModeGraphs:
 
     def _write_keras_assets(self, path: str) -> None:
         assets = posixpath.join(path, "assets")
-        tf.io.gfile.makedirs(assets)
+        _fs.makedirs(assets)
         if self._model_json is not None:
             _fs.write_bytes(
                 posixpath.join(path, layout.MODEL_JSON), self._model_json.encode()

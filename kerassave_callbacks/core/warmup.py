@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 import tensorflow as tf
 
-from kerassave_callbacks import layout
+from kerassave_callbacks import _fs, layout
 from kerassave_callbacks import signatures as signatures_lib
 from kerassave_callbacks.core import modes, serving_signatures
 
@@ -226,7 +226,7 @@ def _checked(value, spec: tf.TensorSpec, argument: str) -> np.ndarray:
 def write(path: str, logs: list[bytes]) -> None:
     """Writes the records as the version's warm-up file."""
     target = posixpath.join(path, layout.WARMUP_REQUESTS)
-    tf.io.gfile.makedirs(posixpath.dirname(target))
+    _fs.makedirs(posixpath.dirname(target))
     with tf.io.TFRecordWriter(target) as writer:
         for log in logs:
             writer.write(log)
@@ -245,7 +245,7 @@ def read(path: str) -> list:
 def read_logs(path: str) -> list:
     """The `PredictionLog`s of a version's warm-up file ([] when none)."""
     target = posixpath.join(path, layout.WARMUP_REQUESTS)
-    if not tf.io.gfile.exists(target):
+    if not _fs.exists(target):
         return []
     _, prediction_log_pb2 = serving_protos()
     return [
