@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import queue
 import sys
 
 import keras
@@ -12,18 +14,14 @@ from kerassave_callbacks import events as events_lib
 from kerassave_callbacks import export_dir as export_dir_lib
 from kerassave_callbacks import exporter as exporter_lib
 from kerassave_callbacks import options as options_lib
+from kerassave_callbacks import records as records_lib
 from kerassave_callbacks import schedule as schedule_lib
 from kerassave_callbacks.core import adapter, keras_api
 from kerassave_callbacks.options import ExportOptions, RetentionPolicy
-from kerassave_callbacks.records import ExportError, ExportRecord, ExportRejectedError
-from kerassave_callbacks.schedule import ExportSchedule
+from kerassave_callbacks.records import ExportError, ExportRejectedError
+from kerassave_callbacks.schedule import ExportSchedule, History
 
 ON_ERROR = ("raise", "warn")
-
-
-def _uncommitted(failure: ExportError | None) -> bool:
-    """True for a failure that left no version (one worth retrying)."""
-    return failure is not None and failure.committed is None
 
 
 class SavedModelExporter(adapter.BatchHooks, keras.callbacks.Callback):
@@ -157,8 +155,8 @@ class SavedModelExporter(adapter.BatchHooks, keras.callbacks.Callback):
         self.verbose = int(verbose)
         self.exporter: exporter_lib.VersionedExporter | None = None
         self._events: events_lib.ExportEvents | None = None
-        self._best: float | None = None
-        self._last_version: int | None = None
+        # Commits the writer reports; applied in the training thread.
+        self._commits: queue.SimpleQueue = queue.SimpleQueue()
         self._lines: list[str] = []  # verbose lines not printed yet.
         self._warned_missing = False
         self._closed = False
@@ -174,13 +172,7 @@ class SavedModelExporter(adapter.BatchHooks, keras.callbacks.Callback):
         # Epochs completed (what Keras prints as `Epoch n/N` after the n-th,
         # and what `fit(initial_epoch=...)` takes): what versions record.
         self._epochs_done: int | None = None
-        self._last_step: int | None = None
-        # Whether the last export carried its epoch's end-of-epoch metrics.
-        self._last_at_epoch_end = False
-        # The export info of the last export that failed and left nothing,
-        # until a later one commits: retried at train end if the model has
-        # not trained since.
-        self._retry: dict | None = None
+        self._history = History()
 
     def _uses_train_batch_hooks(self) -> bool:
         """Whether it exports from batch hooks (Keras 2's `fit` asks)."""
@@ -215,6 +207,7 @@ class SavedModelExporter(adapter.BatchHooks, keras.callbacks.Callback):
         try:
             if self.exporter is not None:
                 self._guard(self.exporter.close)
+                self._take_commits()
         finally:
             self.exporter = None
             if self._events is not None:
@@ -246,12 +239,12 @@ class SavedModelExporter(adapter.BatchHooks, keras.callbacks.Callback):
                 monitor=self.monitor,
                 retention=self.retention,
                 options=self.options,
-                on_commit=self._on_commit,
+                on_commit=self._commits.put,  # The writer only reports.
             )
         if self.log_dir is not None and self._events is None:
-            self._events = events_lib.ExportEvents(self.log_dir)
-        if self.schedule.save_best_only:
-            self._best = self.exporter.best_value()
+            self._events = events_lib.ExportEvents(self.log_dir, self.monitor)
+        if self.schedule.save_best_only:  # The best on disk, across restarts.
+            self._history = History(best=self.exporter.best_value())
 
     def on_epoch_end(self, epoch, logs=None):
         self._epochs_done = epoch + 1
@@ -278,14 +271,15 @@ class SavedModelExporter(adapter.BatchHooks, keras.callbacks.Callback):
             self._wait_for_pending()
             if keras_api.adapter_for(self.model).uses_ema(self.model):
                 # fit() has just put the moving averages into the weights.
-                self._last_step = None
-            retry = self._retry
+                self._history = self._history.exported(None, False)
+            retry = self._history.retry
             if self.schedule.at_train_end:
                 self._export(self._epochs_done, schedule_lib.scalars(logs))
-            elif retry is not None and retry.get("step") == self._step():
+            elif self._history.retry_due(self._step()):
                 # The failed export was of this very state: try it again.
                 self._export(retry.get("epoch"), retry.get("metrics") or {})
             self._guard(self.exporter.wait)
+            self._take_commits()
         finally:
             if self._lines:
                 self._say()
@@ -322,9 +316,10 @@ class SavedModelExporter(adapter.BatchHooks, keras.callbacks.Callback):
         value = self._monitored(metrics)
         if self.schedule.save_best_only:
             self._wait_for_pending()  # The best so far counts only if committed.
-            if not self.monitor.better(value, self._best):
+            if not self.monitor.better(value, self._history.best):
                 if self.verbose:
-                    best = "-" if self._best is None else f"{self._best:.4g}"
+                    best = self._history.best
+                    best = "-" if best is None else f"{best:.4g}"
                     self._lines.append(  # Printed after Keras' epoch line.
                         f"Epoch {epoch}: {self.monitor.name} did not improve from "
                         f"{best}; no export."
@@ -342,14 +337,12 @@ class SavedModelExporter(adapter.BatchHooks, keras.callbacks.Callback):
         if self.exporter is None:
             return
         step = self._step()
-        action = schedule_lib.action(
-            step, self._last_step, self._last_at_epoch_end, at_epoch_end
-        )
+        action = self._history.action(step, at_epoch_end)
         if action is schedule_lib.Action.ADD_METRICS:
             self._add_epoch_metrics(epoch, metrics)
         if action is not schedule_lib.Action.EXPORT:
             return
-        self._last_step, self._last_at_epoch_end = step, at_epoch_end
+        self._history = self._history.exported(step, at_epoch_end)
         # A failed async export surfaces here; with "warn" this one goes on.
         self._wait_for_pending()
         failure = self._guard(
@@ -358,29 +351,32 @@ class SavedModelExporter(adapter.BatchHooks, keras.callbacks.Callback):
             )
         )
         self._note_failure(failure)
+        self._take_commits()
 
     def _add_epoch_metrics(self, epoch, metrics: dict) -> None:
         """Records an epoch's metrics into the step export of the same step
         (or exports again, if that export failed)."""
         self._wait_for_pending()
-        if self._last_step is None:  # It failed: export this state now.
+        if self._history.last_step is None:  # It failed: export this state now.
             self._export(epoch, metrics, at_epoch_end=True)
             return
-        self._last_at_epoch_end = True
-        version = self._last_version
+        self._history = self._history.exported(self._history.last_step, True)
+        version = self._history.last_version
         failure = self._guard(lambda: self.exporter.record_metrics(version, metrics))
         if failure is None:
-            self._note_committed(metrics)
+            self._history = self._history.committed(
+                metrics, self.monitor, self.schedule.save_best_only
+            )
 
     def _wait_for_pending(self) -> None:
         """Waits for the async export in flight (its deletions go on)."""
         self._note_failure(self._guard(lambda: self.exporter.wait(deletions=False)))
+        self._take_commits()
 
     def _note_failure(self, failure: ExportError | None) -> None:
-        if _uncommitted(failure):
-            self._last_step = None  # The next export tries again.
-            if not isinstance(failure, ExportRejectedError):
-                self._retry = failure.info  # A rejected state fails again.
+        if failure is not None and failure.committed is None:  # Left nothing.
+            retry = not isinstance(failure, ExportRejectedError)
+            self._history = self._history.failed(failure.info, retry=retry)
 
     def _guard(self, fn) -> ExportError | None:
         """Runs an export step; a failure raises or warns as `on_error` says.
@@ -394,54 +390,40 @@ class SavedModelExporter(adapter.BatchHooks, keras.callbacks.Callback):
         try:
             fn()
         except ExportError as e:
-            info = e.info or {}
-            step = info.get("step")
-            self._record_error(e, step if step is not None else 0, info.get("epoch"))
+            if self._events is not None:
+                self._events.failed(e)
             if self.on_error == "raise":
                 raise
             logging.warning("Export failed; training goes on: %s", e)
             return e
         return None
 
-    def _record_error(self, error: ExportError, step: int, epoch: int | None) -> None:
-        """Writes `export/rejected` for a version the gate refused, else
-        `export/error`."""
-        if self._events is None:
-            return
-        rejected = isinstance(error, ExportRejectedError)
-        try:
-            if rejected:
-                self._events.rejected(error, step, epoch)
-            else:
-                self._events.error(str(error), step, epoch)
-        except Exception as e:  # The writer itself may be what failed.
-            logging.warning(
-                "Could not write %s to TensorBoard yet (kept for the next event): %s",
-                events_lib.REJECTED if rejected else events_lib.ERROR,
-                e,
+    def _take_commits(self) -> None:
+        """Applies, in the training thread, the commits the writer reported:
+        the history moves, then the subscribers (events, the verbose line)
+        hear of each. A subscriber that fails is an export failure after
+        the commit (`ExportError.committed`)."""
+        while not self._commits.empty():
+            record = self._commits.get()
+            self._history = self._history.committed(
+                record.info.get("metrics") or {},
+                self.monitor,
+                self.schedule.save_best_only,
+                record.version,
             )
+            for subscriber in self._subscribers():
+                self._guard(functools.partial(records_lib.notify, subscriber, record))
 
-    def _note_committed(self, metrics: dict) -> None:
-        """A version with `metrics` is on disk: the best moves (only) now."""
-        self._retry = None
-        value = self.monitor.value(metrics)
-        if self.schedule.save_best_only and self.monitor.better(value, self._best):
-            self._best = value
-
-    def _on_commit(self, record: ExportRecord) -> None:
-        self._last_version = record.version
-        self._note_committed(record.info.get("metrics") or {})
-        if self._events is not None:
-            step = record.info.get("step")
-            self._events.record(
-                record,
-                step if step is not None else 0,
-                self.monitor.name,
-                self.monitor.direction,
-            )
+    def _subscribers(self) -> list:
+        subscribers = [self._events.committed] if self._events else []
         if self.verbose:
             # Printed at the next hook after Keras' own epoch line.
-            self._lines.append(events_lib.progress_line(record, self.monitor.name))
+            subscribers.append(
+                lambda r: self._lines.append(
+                    events_lib.progress_line(r, self.monitor.name)
+                )
+            )
+        return subscribers
 
     def _say(self) -> None:
         """Prints the lines of exports since the last call, as

@@ -24,9 +24,11 @@ import posixpath
 import threading
 
 import tensorflow as tf
+from absl import logging
 from tensorboard.compat.proto import summary_pb2
 
 from kerassave_callbacks import fields
+from kerassave_callbacks.records import ExportRejectedError
 
 DURATION = "export/duration_seconds"
 SIZE = "export/size_bytes"
@@ -97,19 +99,26 @@ def progress_line(record, monitor: str | None = None) -> str:
 
 
 class ExportEvents:
-    """Writes export events under `<log_dir>/export`.
+    """Writes export events under `<log_dir>/export`: a subscriber of
+    commits (`committed`) and of failures (`failed`).
 
     Example:
 
-        events = ExportEvents("/tmp/logs")
-        events.record(record, step=100)  # record: an ExportRecord
+        events = ExportEvents("/tmp/logs", monitor=Monitor("val_loss"))
+        events.committed(record)  # record: an ExportRecord
         events.close()
+
+    Args:
+      log_dir: the TensorBoard log directory.
+      monitor: the `Monitor` whose metric the events and the dashboard
+        show. Defaults to None.
     """
 
-    def __init__(self, log_dir: str):
+    def __init__(self, log_dir: str, monitor=None):
         self.log_dir = posixpath.join(str(log_dir), RUN)
+        self._monitor = monitor
         self._writer = None
-        self._lock = threading.Lock()  # Records come from the export thread too.
+        self._lock = threading.Lock()  # Any thread may write.
         self._backlog: list[tuple[int, dict, dict]] = []  # Not written yet.
 
     def _write(self, step: int, scalars: dict, texts: dict) -> None:
@@ -134,12 +143,13 @@ class ExportEvents:
                 self._writer = None  # Made anew by the next write.
                 raise
 
-    def record(
-        self, record, step: int, monitor: str | None = None, mode: str = "min"
-    ) -> None:
+    def committed(self, record) -> None:
         """Writes the scalars, the text line and the dashboard record of one
-        committed export."""
+        committed export (an `ExportRecord`), at its step."""
         info = record.info
+        step = info.get("step") or 0
+        monitor = self._monitor.name if self._monitor else None
+        mode = self._monitor.direction if self._monitor else "min"
         path = _absolute(record.path)
         fields = {
             "status": "committed",
@@ -166,25 +176,33 @@ class ExportEvents:
             {EVENT: describe(record, monitor), RECORD: json.dumps(fields)},
         )
 
-    def error(self, message: str, step: int, epoch: int | None = None) -> None:
-        """Writes `export/error` (and its dashboard record) for a failed export."""
-        fields = {"status": "failed", "error": message, "step": step, "epoch": epoch}
-        self._write(step, {}, {ERROR: message, RECORD: json.dumps(fields)})
-
-    def rejected(self, error, step: int, epoch: int | None = None) -> None:
-        """Writes `export/rejected` (and its dashboard record) for a version
-        the publish gate refused (an `ExportRejectedError`)."""
+    def failed(self, error) -> None:
+        """Writes, at the step of the export it belongs to (an async export
+        fails after the next one started), `export/rejected` for a version
+        the publish gate refused (an `ExportRejectedError`), else
+        `export/error`, each with its dashboard record. A writer that fails
+        is logged; the event is kept for the next write."""
         info = error.info or {}
-        fields = {
-            "status": "rejected",
-            "version": info.get("version"),
-            "path": _absolute(error.rejected) if error.rejected else None,
-            "error": "; ".join(error.problems),
-            "step": step,
-            "epoch": epoch,
-            "metrics": info.get("metrics") or {},
-        }
-        self._write(step, {}, {REJECTED: str(error), RECORD: json.dumps(fields)})
+        step, epoch = info.get("step") or 0, info.get("epoch")
+        rejected = isinstance(error, ExportRejectedError)
+        fields = {"status": "failed", "error": str(error), "step": step, "epoch": epoch}
+        if rejected:
+            fields.update(
+                status="rejected",
+                version=info.get("version"),
+                path=_absolute(error.rejected) if error.rejected else None,
+                error="; ".join(error.problems),
+                metrics=info.get("metrics") or {},
+            )
+        tag = REJECTED if rejected else ERROR
+        try:
+            self._write(step, {}, {tag: str(error), RECORD: json.dumps(fields)})
+        except Exception as e:  # The writer itself may be what failed.
+            logging.warning(
+                "Could not write %s to TensorBoard yet (kept for the next event): %s",
+                tag,
+                e,
+            )
 
     def close(self) -> None:
         """Closes the writer; events that could not be written are dropped."""

@@ -32,6 +32,7 @@ from kerassave_callbacks.records import (
     ExportRecord,
     ExportRejectedError,
     PendingExport,
+    after_commit_error,
 )
 
 _COMMIT_ATTEMPTS = 20
@@ -484,12 +485,7 @@ class VersionedExporter:
             except Exception as e:
                 failures.append(e)
         if failures:
-            raise ExportError(
-                f"Version {record.version} was committed to {path}, but then "
-                + "; ".join(f"{type(e).__name__}: {e}" for e in failures),
-                info=record.info,
-                committed=path,
-            ) from failures[0]
+            raise after_commit_error(record, failures) from failures[0]
         return record
 
     def record_metrics(self, version: int, metrics: dict) -> None:

@@ -132,3 +132,26 @@ class PendingExport:
 
     def __fspath__(self) -> str:
         return self.path
+
+
+def after_commit_error(record: ExportRecord, failures: list) -> ExportError:
+    """The error for what failed after `record`'s version was committed
+    (retention, a subscriber): the version stays, `committed` names it."""
+    return ExportError(
+        f"Version {record.version} was committed to {record.path}, but then "
+        + "; ".join(f"{type(e).__name__}: {e}" for e in failures),
+        info=record.info,
+        committed=record.path,
+    )
+
+
+def notify(subscriber, record: ExportRecord) -> None:
+    """Tells a subscriber of commits (a callable) of `record`.
+
+    Raises:
+      ExportError: the subscriber failed; the version stays.
+    """
+    try:
+        subscriber(record)
+    except Exception as e:
+        raise after_commit_error(record, [e]) from e

@@ -115,6 +115,69 @@ def action(
     return Action.SKIP
 
 
+@dataclasses.dataclass(frozen=True)
+class History:
+    """What the callback knows of its exports in one `fit`: a value,
+    replaced (never changed) in the training thread only; the writer
+    thread reports commits, which the callback applies there.
+
+    Example:
+
+        history = History().exported(step=8, at_epoch_end=False)
+        history.action(step=8, at_epoch_end=True)  # Action.ADD_METRICS
+
+    Attributes:
+      last_step: the optimizer step of the last export taken (None: none,
+        or it failed, so the next export point exports).
+      last_at_epoch_end: whether that export carried its epoch's metrics.
+      last_version: the version of the last commit.
+      best: the best monitored value committed (`save_best_only`).
+      retry: the export info of the last export that failed and left
+        nothing, until a later one commits: retried at train end if the
+        model has not trained since.
+    """
+
+    last_step: int | None = None
+    last_at_epoch_end: bool = False
+    last_version: int | None = None
+    best: float | None = None
+    retry: dict | None = None
+
+    def action(self, step: int | None, at_epoch_end: bool) -> Action:
+        """What an export point at the optimizer `step` does."""
+        return action(step, self.last_step, self.last_at_epoch_end, at_epoch_end)
+
+    def exported(self, step: int | None, at_epoch_end: bool) -> History:
+        """After an export of `step` was started."""
+        return dataclasses.replace(self, last_step=step, last_at_epoch_end=at_epoch_end)
+
+    def failed(self, info: dict | None, *, retry: bool) -> History:
+        """After an export that left no version: the next export point
+        exports; with `retry`, `info` is tried again at train end (a
+        rejected state is not: it would fail the gate again)."""
+        return dataclasses.replace(
+            self, last_step=None, retry=info if retry else self.retry
+        )
+
+    def committed(
+        self, metrics: dict, monitor, save_best_only: bool, version: int | None = None
+    ) -> History:
+        """After a version with `metrics` reached the disk (or got them
+        added): the best moves, only now."""
+        value = monitor.value(metrics)
+        better = save_best_only and monitor.better(value, self.best)
+        return dataclasses.replace(
+            self,
+            retry=None,
+            best=value if better else self.best,
+            last_version=self.last_version if version is None else version,
+        )
+
+    def retry_due(self, step: int | None) -> bool:
+        """Whether the failed export is of this very state."""
+        return self.retry is not None and self.retry.get("step") == step
+
+
 def scalars(logs: dict | None) -> dict[str, float]:
     """The numbers among a hook's logs, as floats (the rest left out)."""
     metrics = {}
