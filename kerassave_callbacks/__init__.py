@@ -28,7 +28,7 @@ _HOMES = {
     "ExportRecord": "kerassave_callbacks.records",
     "ExportRejectedError": "kerassave_callbacks.records",
     "GateFailure": "kerassave_callbacks.core.validation",
-    "PublishGate": "kerassave_callbacks.options",
+    "PublishGate": "kerassave_callbacks.publish_gate",
     "PendingExport": "kerassave_callbacks.records",
     "RetentionPolicy": "kerassave_callbacks.options",
     "SavedModelExistsError": "kerassave_callbacks.core",

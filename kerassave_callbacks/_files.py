@@ -121,6 +121,13 @@ def write_tree(root: str, files: dict[str, bytes]) -> None:
         _fs.write_bytes(target, data)
 
 
+def write_json(path: str, value) -> None:
+    """Writes a JSON file of the export (`layout.json_bytes`), making its
+    directory."""
+    _fs.makedirs(posixpath.dirname(path))
+    _fs.write_bytes(path, layout.json_bytes(value))
+
+
 def replace_file(path: str, data: bytes, now: float) -> None:
     """Replaces a file whole: written aside, then renamed over it, so no
     reader ever sees it half-written."""

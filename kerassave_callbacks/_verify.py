@@ -13,7 +13,7 @@ import posixpath
 import numpy as np
 import tensorflow as tf
 
-from kerassave_callbacks import _files, _fs, fields, layout, options
+from kerassave_callbacks import _files, _fs, fields, layout
 from kerassave_callbacks import export_dir as export_dir_lib
 from kerassave_callbacks import signatures as signatures_lib
 from kerassave_callbacks.core import (
@@ -24,6 +24,7 @@ from kerassave_callbacks.core import (
     warmup,
 )
 from kerassave_callbacks.core import served as served_lib
+from kerassave_callbacks.publish_gate import PublishGate
 
 
 def _tensor(info) -> dict:
@@ -228,7 +229,7 @@ def _check_serving(path: str, meta, requests) -> list[str]:
     ran: dict = {}
     problems = validation.check(
         path,
-        options.PublishGate(),
+        PublishGate(),
         feeds=feeds,
         source="the warm-up rows" if requests else "rows of zeros",
         ran=ran,

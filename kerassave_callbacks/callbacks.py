@@ -9,7 +9,7 @@ import sys
 import keras
 from absl import logging
 
-from kerassave_callbacks import _files
+from kerassave_callbacks import _checks, _files
 from kerassave_callbacks import events as events_lib
 from kerassave_callbacks import export_dir as export_dir_lib
 from kerassave_callbacks import exporter as exporter_lib
@@ -18,6 +18,7 @@ from kerassave_callbacks import records as records_lib
 from kerassave_callbacks import schedule as schedule_lib
 from kerassave_callbacks.core import adapter, keras_api
 from kerassave_callbacks.options import ExportOptions, RetentionPolicy
+from kerassave_callbacks.publish_gate import PublishGate
 from kerassave_callbacks.records import ExportError, ExportRejectedError
 from kerassave_callbacks.schedule import ExportSchedule, History
 
@@ -125,7 +126,7 @@ class SavedModelExporter(adapter.BatchHooks, keras.callbacks.Callback):
         warmup_inputs=None,
         async_export: bool = False,
         signatures: dict | None = None,
-        validate: bool | options_lib.PublishGate = True,
+        validate: bool | PublishGate = True,
         log_dir: str | None = None,
         on_error: str = "raise",
         verbose: int = 0,
@@ -146,8 +147,8 @@ class SavedModelExporter(adapter.BatchHooks, keras.callbacks.Callback):
                 "`save_best_only=True` needs `monitor`, the metric that must "
                 "improve. Pass e.g. monitor='val_loss'."
             )
-        options_lib.check_choice("on_error", on_error, ON_ERROR)
-        options_lib.check_choice("verbose", verbose, (0, 1))
+        _checks.check_choice("on_error", on_error, ON_ERROR)
+        _checks.check_choice("verbose", verbose, (0, 1))
         # Nothing is written until the chief begins training.
         self.export_dir = _files.check_export_dir(export_dir)
         self.log_dir = log_dir

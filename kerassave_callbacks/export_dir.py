@@ -122,6 +122,13 @@ class ExportDir:
         names = (layout.version_name(n) for n in _files.entries(self.path))
         return sorted(v for v in names if v is not None)
 
+    def next_version(self, now: float, floor: int = 0) -> int:
+        """The number a new version takes: `now` in whole seconds, raised
+        above every version, every rejected number (never reused) and
+        `floor`, so versions strictly increase, also within one second."""
+        taken = self.versions() + _rejected.versions(self.path) + [floor]
+        return max(int(now), max(taken) + 1)
+
     def rejected(self) -> list[Rejected]:
         """The rejected copies (`rejected-<version>`), oldest first, with the
         reasons their `rejection.json` gives."""

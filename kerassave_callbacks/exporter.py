@@ -2,32 +2,29 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import json
-import posixpath
 import time
 from collections.abc import Callable
 
-import tensorflow as tf
 from absl import logging
 
 from kerassave_callbacks import (
     _files,
     _fs,
     _leftovers,
-    _rejected,
+    _publishing,
     graph_cache,
     layout,
     retainer,
 )
 from kerassave_callbacks import export_dir as export_dir_lib
 from kerassave_callbacks import options as options_lib
-from kerassave_callbacks._version import __version__
 from kerassave_callbacks.core import export as core_export
-from kerassave_callbacks.core import keras_api, validation
+from kerassave_callbacks.core import keras_api
 from kerassave_callbacks.options import ExportOptions, RetentionPolicy
+from kerassave_callbacks.publish_gate import PublishGate
 from kerassave_callbacks.records import (
+    AsyncWriter,
     ExportError,
     ExportRecord,
     ExportRejectedError,
@@ -53,17 +50,14 @@ class VersionedExporter:
     version directories. Graphs are traced and serialized once per model;
     later exports write only the variables.
 
-    Symbolic links in `export_dir` belong to the user: an integer-named link
-    (a pinned model linked in) is served by TF Serving and counts when the
-    next version number is chosen, but retention never deletes it, nor
-    anything through it, and it does not count towards `keep`.
+    Symbolic links in `export_dir` are the user's: an integer-named link is
+    served and numbered like a version, but never deleted (nor anything
+    through it) and not counted by `keep`.
 
-    Threads: `export()`, `wait()`, `close()`, `best_value()` and
-    `record_metrics()` are for one thread (the training loop; the last two
-    share retention's cache); `versions()` may be called from any thread.
-    `on_commit` runs in the thread that writes. `close()` (or leaving a
-    `with` block) waits for pending work and stops the exporter's threads;
-    a closed exporter refuses to export.
+    Threads: `versions()` may be called from any thread, the rest from one
+    (the training loop); `on_commit` runs in the thread that writes.
+    `close()` (or leaving a `with` block) waits for pending work and stops
+    the exporter's threads; a closed exporter refuses to export.
 
     Example:
 
@@ -80,20 +74,14 @@ class VersionedExporter:
     Args:
       export_dir: the base directory TF Serving polls (`--model_base_path`);
         any `tf.io.gfile` path.
-      keep: how many of the newest versions to keep; None keeps all.
-        Defaults to 5.
-      keep_best: also keep this many best versions by `monitor`. Defaults
-        to None.
-      monitor: the metric name in `export(metrics=...)` that `keep_best`
-        ranks by, or a `Monitor`. Defaults to None.
-      mode: "min", "max" or "auto" (max for accuracy-like names). Defaults
-        to "auto".
-      keep_every_n_hours: also keep one version per this many hours.
-        Defaults to None.
-      grace_seconds: a version retention drops is deleted only once it
-        has been superseded this long, so that a server that picked it as
-        the newest can finish loading it (it stays listed meanwhile);
-        `wait()` and `close()` wait it out. 0 deletes at once. Defaults to 10.
+      keep, keep_best, keep_every_n_hours, grace_seconds: what retention
+        keeps (the newest `keep`, None: all; the best `keep_best` by
+        `monitor`; one per `keep_every_n_hours`) and how long a dropped
+        version stays once superseded (`wait()` and `close()` wait it out);
+        see `RetentionPolicy`. Default to 5, None, None, 10.
+      monitor, mode: the metric in `export(metrics=...)` that `keep_best`
+        ranks by, or a `Monitor`; "min", "max" or "auto". Default to None,
+        "auto".
       serving_only, input_signature, custom_objects, as_text,
         target_signature, warmup_inputs, async_export, signatures: what
         each export writes, and whether in a background thread (`wait()`
@@ -137,7 +125,7 @@ class VersionedExporter:
         warmup_inputs=None,
         async_export: bool = False,
         signatures: dict | None = None,
-        validate: bool | options_lib.PublishGate = True,
+        validate: bool | PublishGate = True,
         on_commit: Callable[[ExportRecord], None] | None = None,
         clock: Callable[[], float] = time.time,
         retention: options_lib.RetentionPolicy | None = None,
@@ -155,9 +143,7 @@ class VersionedExporter:
         self._clock = clock
         self._cache = graph_cache.GraphCache(self.options)
         self._last_version = 0
-        self._pending: concurrent.futures.Future | None = None
-        # The writer of async exports, made at first use.
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._writer = AsyncWriter()  # Writes async exports.
         # Lists, ranks and deletes (after its grace period) what is dropped.
         self._retainer = retainer.Retainer(
             self._dir, self.retention, self.monitor, clock
@@ -187,9 +173,7 @@ class VersionedExporter:
         try:
             self.wait()
         finally:
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
-                self._executor = None
+            self._writer.close()
             self._retainer.close()
 
     def __enter__(self) -> VersionedExporter:
@@ -208,9 +192,6 @@ class VersionedExporter:
             VersionedExporter("/tmp/exports").versions()  # [1764070001, ...]
         """
         return self._dir.versions()
-
-    def _path(self, version: int) -> str:
-        return self._dir.version_path(version)
 
     def cleanup(self) -> list[str]:
         """Removes what crashed exports left behind; returns the removed paths.
@@ -231,30 +212,9 @@ class VersionedExporter:
 
     # Exporting.
 
-    def _gate_inputs(self, metrics: dict, draft: dict) -> dict | None:
-        """What the publish gate needs, taken now in the caller's thread:
-        the rows, the model's answers and the best published metric (`draft`
-        is the export info for errors)."""
-        expectation = self._cache.expectation(draft)
-        if expectation is None:
-            return None
-        requests, answers = expectation
-        gate = self.options.validate
-        return {
-            "requests": requests,
-            "answers": answers,
-            "model": self._cache.graphs.model,
-            "metric": gate.metric_problem(
-                self.monitor, metrics, self._retainer.best_value()
-            ),
-        }
-
     def _next_version(self) -> int:
-        rejected = _rejected.versions(self.export_dir)
-        newest = max(self.versions() + rejected + [self._last_version])
-        version = max(int(self._clock()), newest + 1)
-        self._last_version = version
-        return version
+        self._last_version = self._dir.next_version(self._clock(), self._last_version)
+        return self._last_version
 
     def export(
         self,
@@ -305,15 +265,18 @@ class VersionedExporter:
             epoch=epoch,
             step=step,
             metrics=dict(metrics or {}),
-            library={
-                "kerassave_callbacks": __version__,
-                "tensorflow": tf.__version__,
-                "keras": keras_api.adapter_for(model).version(),
-            },
+            library=keras_api.library_versions(model),
         )
         draft = info.to_json()  # What a failure before the version reports.
         graphs, values = self._cache.snapshot(model, draft)
-        gate = self._gate_inputs(info.metrics, draft)
+        gate = _publishing.expectation(
+            self._cache,
+            self.options.validate,
+            self.monitor,
+            info.metrics,
+            self._retainer.best_value(),
+            draft,
+        )
         info = dataclasses.replace(
             info,
             version=self._next_version(),
@@ -326,12 +289,7 @@ class VersionedExporter:
         # export also tf.saved_model.save) runs in the background, unless
         # saving would trace the model again (distributed variables).
         if self.options.async_export and graphs.saves_without_tracing:
-            if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    1, thread_name_prefix="kerassave-export"
-                )
-            self._pending = self._executor.submit(write)
-            return PendingExport(self._pending)
+            return self._writer.submit(write)
         return write().path
 
     @property
@@ -343,7 +301,7 @@ class VersionedExporter:
             exporter.export(model)  # async_export=True
             exporter.pending.result().version
         """
-        return PendingExport(self._pending) if self._pending is not None else None
+        return self._writer.pending
 
     def wait(self, *, deletions: bool = True) -> None:
         """Blocks until the pending async export is committed, and (unless
@@ -362,10 +320,8 @@ class VersionedExporter:
         Raises:
           ExportError: that export failed.
         """
-        pending, self._pending = self._pending, None
         try:
-            if pending is not None:
-                pending.result()
+            self._writer.wait()
         finally:
             if deletions:
                 self._retainer.wait()
@@ -380,7 +336,9 @@ class VersionedExporter:
                 graphs.write(root, values, as_text=self.options.as_text)
                 if gate is not None:
                     staged.start_flush()  # The disk writes while the gate reads.
-                    self._check_gate(staged, info, gate)
+                    _publishing.check(
+                        staged, self.export_dir, info, gate, self.options, self._clock()
+                    )
                 path, info = self._commit(staged, info)
         except ExportRejectedError:
             raise
@@ -392,45 +350,6 @@ class VersionedExporter:
             ) from e
         return self._after_commit(path, info, started)
 
-    def _check_gate(
-        self, staged: _files.Staging, info: layout.ExportInfo, gate: dict
-    ) -> None:
-        """Runs the publish gate on the staged tree; a version that fails is
-        kept as `rejected-<version>` and raises.
-
-        Raises:
-          ExportRejectedError: the version failed the gate.
-        """
-        problems = [gate["metric"]] if gate["metric"] else []
-        problems += validation.gate_problems(
-            self.options.layout.root(staged.path),
-            self.options.validate,
-            gate["requests"],
-            gate["answers"],
-            gate["model"],
-        )
-        if not problems:
-            return
-        version = info.version
-        _write_json(self.options.layout.info_path(staged.path), info.to_json())
-        reason = {"version": version, "rejected": self._clock(), "problems": problems}
-        kept = _rejected.reject(
-            staged,
-            self.export_dir,
-            version,
-            _json_bytes(reason),
-            self.options.validate.keep_rejected,
-        )
-        logging.warning("Version %d failed the publish gate: %s", version, problems)
-        where = f" It is kept at {kept} for a look." if kept else ""
-        raise ExportRejectedError(
-            f"Version {version} of {self.export_dir!r} failed the publish gate "
-            f"and was not published: {'; '.join(problems)}.{where}",
-            info=info.to_json(),
-            problems=problems,
-            rejected=kept,
-        )
-
     def _commit(
         self, staged: _files.Staging, info: layout.ExportInfo
     ) -> tuple[str, layout.ExportInfo]:
@@ -439,8 +358,8 @@ class VersionedExporter:
         and the info committed."""
         info_path = self.options.layout.info_path(staged.path)
         for _ in range(_COMMIT_ATTEMPTS):
-            _write_json(info_path, info.to_json())
-            final = self._path(info.version)
+            _files.write_json(info_path, info.to_json())
+            final = self._dir.version_path(info.version)
             try:
                 staged.finalize(final, (layout.EXPORT_INFO,), self.options.layout)
                 return final, info
@@ -505,18 +424,18 @@ class VersionedExporter:
         Raises:
           ExportError: the version's info could not be read or replaced.
         """
-        path = self.options.layout.info_path(self._path(version))
+        path = self.options.layout.info_path(self._dir.version_path(version))
         info = export_dir_lib.read_info(self._dir.saved_model_path(version))
         if info is None:
             raise ExportError(f"Version {version} has no readable {path}.")
         info = dataclasses.replace(info, metrics={**info.metrics, **metrics})
         try:
-            _files.replace_file(path, _json_bytes(info.to_json()), self._clock())
+            _files.replace_file(path, layout.json_bytes(info.to_json()), self._clock())
         except OSError as e:
             raise ExportError(
                 f"Could not add metrics to version {version} ({path}): {e}",
                 info=info.to_json(),
-                committed=self._path(version),
+                committed=self._dir.version_path(version),
             ) from e
         self._retainer.remember(version, info)
 
@@ -528,12 +447,3 @@ class VersionedExporter:
             VersionedExporter("/tmp/exports", monitor="val_loss").best_value()
         """
         return self._retainer.best_value()
-
-
-def _json_bytes(value) -> bytes:
-    return json.dumps(value, indent=2, sort_keys=True).encode()
-
-
-def _write_json(path: str, value) -> None:
-    _fs.makedirs(posixpath.dirname(path))
-    _fs.write_bytes(path, _json_bytes(value))

@@ -24,6 +24,7 @@ from kerassave_callbacks import options as options_lib
 from kerassave_callbacks import schedule as schedule_lib
 from kerassave_callbacks import signatures as signatures_lib
 from kerassave_callbacks.callbacks import SavedModelExporter
+from kerassave_callbacks.publish_gate import PublishGate
 
 # The built-in signature kinds, as the flags' help names them (the registry
 # is `signatures.KINDS`).
@@ -217,9 +218,9 @@ def _monitor_is_set_when_needed(values: dict) -> bool:
     return bool(values["export_monitor"]) or not needs
 
 
-def _gate_from_flags(v) -> options_lib.PublishGate:
+def _gate_from_flags(v) -> PublishGate:
     margin = v.export_validate_metric_margin
-    return options_lib.PublishGate(
+    return PublishGate(
         enabled=v.export_validate,
         rtol=v.export_validate_rtol or None,
         atol=v.export_validate_atol or None,

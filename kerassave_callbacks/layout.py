@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import re
@@ -287,6 +288,12 @@ def side_temp_name(path: str, now: float) -> str:
 
 
 # The export info.
+
+
+def json_bytes(value) -> bytes:
+    """How the JSON files of an export are written (`export_info.json`,
+    `rejection.json`): indented, keys sorted."""
+    return json.dumps(value, indent=2, sort_keys=True).encode()
 
 
 def finite_or_none(value) -> float | None:

@@ -155,3 +155,44 @@ def notify(subscriber, record: ExportRecord) -> None:
         subscriber(record)
     except Exception as e:
         raise after_commit_error(record, [e]) from e
+
+
+class AsyncWriter:
+    """One background thread that writes exports, at most one in flight;
+    the thread is made at the first `submit`.
+
+    Example:
+
+        writer = AsyncWriter()
+        pending = writer.submit(write)  # write() -> ExportRecord
+        writer.wait()                   # raises what write() raised
+        writer.close()
+    """
+
+    def __init__(self):
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self.pending: PendingExport | None = None  # Not yet waited for.
+
+    def submit(self, write) -> PendingExport:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="kerassave-export"
+            )
+        self.pending = PendingExport(self._executor.submit(write))
+        return self.pending
+
+    def wait(self) -> None:
+        """Waits for the export in flight.
+
+        Raises:
+          ExportError: it failed.
+        """
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Stops the thread (after the export in flight)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-from kerassave_callbacks.options import check_count
+from kerassave_callbacks._checks import check_count
 
 
 @dataclasses.dataclass(frozen=True)

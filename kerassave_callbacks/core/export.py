@@ -6,8 +6,7 @@ import time
 
 import tensorflow as tf
 
-from kerassave_callbacks import _files, _fs
-from kerassave_callbacks import options as options_lib
+from kerassave_callbacks import _files, _fs, publish_gate
 from kerassave_callbacks import signatures as signatures_lib
 from kerassave_callbacks.core import keras_api, mode_graphs, validation
 
@@ -169,7 +168,7 @@ def export_saved_model(
         warmup_inputs=warmup_inputs,
         signatures=signatures,
     )
-    gate = options_lib.as_gate(validate)
+    gate = publish_gate.as_gate(validate)
     expected = _expectation(graphs, gate, warmup_inputs)
     try:
         with _files.Staging(parent, time.time()) as staged:

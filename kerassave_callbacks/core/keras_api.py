@@ -10,6 +10,7 @@ import sys
 
 import tensorflow as tf
 
+from kerassave_callbacks._version import __version__
 from kerassave_callbacks.core import _keras_common, keras3
 from kerassave_callbacks.core.adapter import KerasAdapter
 
@@ -114,3 +115,13 @@ def check_supported(model):
             "with both."
         )
     return strategy
+
+
+def library_versions(model) -> dict[str, str]:
+    """What writes an export of `model`: this package, TF and the model's
+    Keras, by version (`export_info.json`'s `library`)."""
+    return {
+        "kerassave_callbacks": __version__,
+        "tensorflow": tf.__version__,
+        "keras": adapter_for(model).version(),
+    }
