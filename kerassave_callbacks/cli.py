@@ -31,6 +31,7 @@ from kerassave_callbacks import (
     _leftovers,
     _startup,
     deleter,
+    layout,
     options,
     retention,
 )
@@ -48,8 +49,17 @@ class UsageError(Exception):
 # Reading.
 
 
-def _export_dir(path: str) -> export_dir_lib.ExportDir:
-    export_dir = export_dir_lib.ExportDir(path)
+def _layout(args) -> layout.DirectoryLayout:
+    """The directory layout `--saved_model_dir` names (TF Serving's when
+    empty)."""
+    try:
+        return layout.DirectoryLayout(saved_model_dir=args.saved_model_dir)
+    except ValueError as e:
+        raise UsageError(f"--saved_model_dir: {e}") from e
+
+
+def _export_dir(path: str, args) -> export_dir_lib.ExportDir:
+    export_dir = export_dir_lib.ExportDir(path, _layout(args))
     if not export_dir.exists():
         raise UsageError(f"{path} is not a directory (expected an export directory)")
     if _files.has_graph(export_dir.path):
@@ -59,14 +69,14 @@ def _export_dir(path: str) -> export_dir_lib.ExportDir:
     return export_dir
 
 
-def _deletable_export_dir(path: str) -> export_dir_lib.ExportDir:
+def _deletable_export_dir(path: str, args) -> export_dir_lib.ExportDir:
     """`_export_dir` for the commands that delete: refuses every path the
     exporter refuses (empty, a file system root, a bucket root)."""
     try:
         _files.check_export_dir(path)
     except (TypeError, ValueError, PermissionError) as e:
         raise UsageError(str(e)) from e
-    return _export_dir(path)
+    return _export_dir(path, args)
 
 
 def _saved_model(path: str):
@@ -91,7 +101,7 @@ def _saved_model(path: str):
 
 
 def cmd_list(args) -> tuple[int, object]:
-    export_dir = _export_dir(args.export_dir)
+    export_dir = _export_dir(args.export_dir, args)
     rows = export_dir.describe()
     rejected = export_dir.rejected()
     if args.json:
@@ -176,27 +186,21 @@ def cmd_verify(args) -> tuple[int, object]:
     path = args.path.rstrip("/") or "/"
     versioned = not _files.has_graph(path)
     if not versioned:
-        paths = [path]
+        roots = {None: path}
     else:
         # Every integer-named entry: one without a graph file is what TF
         # Serving would pick as the newest, and fail to load.
-        export_dir = _export_dir(path)
-        paths = [export_dir.version_path(v) for v in export_dir.all_versions()]
-        if not paths:
+        export_dir = _export_dir(path, args)
+        roots = {v: export_dir.saved_model_path(v) for v in export_dir.all_versions()}
+        if not roots:
             raise UsageError(f"{path} holds no versions")
     from kerassave_callbacks import _verify
 
     rows = []
-    for p in paths:
-        problems = _verify.verify_version(p, versioned=versioned)
-        name = posixpath.basename(p)
+    for version, root in roots.items():
+        problems = _verify.verify_version(root, versioned=versioned)
         rows.append(
-            {
-                "version": int(name) if name.isdigit() else None,
-                "path": p,
-                "ok": not problems,
-                "problems": problems,
-            }
+            {"version": version, "path": root, "ok": not problems, "problems": problems}
         )
     code = OK if all(r["ok"] for r in rows) else FAILED
     if args.json:
@@ -209,7 +213,7 @@ def cmd_verify(args) -> tuple[int, object]:
 
 
 def cmd_prune(args) -> tuple[int, object]:
-    export_dir = _deletable_export_dir(args.export_dir)
+    export_dir = _deletable_export_dir(args.export_dir, args)
     if args.keep_best and not args.monitor:
         raise UsageError("--keep_best needs --monitor, the metric to rank by")
     try:
@@ -247,15 +251,17 @@ def cmd_prune(args) -> tuple[int, object]:
 
 
 def cmd_cleanup(args) -> tuple[int, object]:
-    export_dir = _deletable_export_dir(args.export_dir)
-    removed = _leftovers.remove_leftovers(export_dir.path, time.time())
+    export_dir = _deletable_export_dir(args.export_dir, args)
+    removed = _leftovers.remove_leftovers(
+        export_dir.path, time.time(), export_dir.layout
+    )
     if args.json:
         return OK, {"removed": removed}
     return OK, "\n".join([f"removed {p}" for p in removed] or ["nothing to remove"])
 
 
 def cmd_serving_config(args) -> tuple[int, object]:
-    export_dir = _export_dir(args.export_dir)
+    export_dir = _export_dir(args.export_dir, args)
     try:
         from google.protobuf import json_format, text_format
         from tensorflow_serving.config import model_server_config_pb2
@@ -347,6 +353,14 @@ def parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument(target)
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        if target == "export_dir" or name == "verify":
+            p.add_argument(
+                "--saved_model_dir",
+                default="",
+                help="where each version holds its SavedModel, as the exporter's "
+                "DirectoryLayout (Triton: model.savedmodel); empty: the version "
+                "itself, TF Serving's layout",
+            )
         p.set_defaults(fn=fn)
         return p
 

@@ -154,3 +154,38 @@ def test_a_signature_kind_name_is_taken_once():
         signatures.register(signatures.SignatureKind("top_class"))
     with pytest.raises(ValueError, match=r"Classify and Regress take .*'inputs'"):
         signatures.SignatureKind("toy", signatures.CLASSIFY_METHOD, "records")
+
+
+def test_kerassave_reads_the_layout_it_is_told(tmp_path, capsys):
+    where = NestedLayout()
+    exporter = SavedModelExporter(
+        str(tmp_path), keep=3, grace_seconds=0, options=ExportOptions(layout=where)
+    )
+    x, y = classifier_data()
+    classifier().fit(x, y, epochs=3, verbose=0, callbacks=[exporter])
+    versions = exporter.versions()
+    nested = ["--saved_model_dir", where.saved_model_dir, "--json"]
+
+    def kerassave(*args):
+        code = cli.main([*args])
+        return code, json.loads(capsys.readouterr().out)
+
+    code, rows = kerassave("list", str(tmp_path), *nested)
+    assert code == 0 and [(r["version"], r["epoch"]) for r in rows] == list(
+        zip(versions, [1, 2, 3], strict=True)
+    )
+    # Without the flag: TF Serving's layout, where none of these is complete.
+    assert kerassave("list", str(tmp_path), "--json") == (0, [])
+
+    code, rows = kerassave("verify", str(tmp_path), *nested)
+    assert code == 0 and [r["version"] for r in rows] == versions
+    assert all(r["path"].endswith("/model.savedmodel") for r in rows)
+
+    code, _ = kerassave(
+        "prune", str(tmp_path), "--keep", "1", "--grace_seconds", "0", *nested
+    )
+    assert code == 0
+    assert export_dir.ExportDir(str(tmp_path), where).versions() == versions[-1:]
+
+    assert cli.main(["list", str(tmp_path), "--saved_model_dir", "../up"]) == 2
+    assert "saved_model_dir" in capsys.readouterr().err
