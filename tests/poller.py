@@ -7,6 +7,13 @@ LOAD_SECONDS (a server that takes that long to start loading), then load it
 in a fresh TF1 session (restore and init op, as TF Serving does) and run its
 `serving_default` on one row of zeros. Once STOP_FILE exists, one last round
 follows. Prints one JSON line: the versions loaded and the failures.
+
+On an object store (`gs://...`, read through `tf.io.gfile`), where a version
+is copied object by object, the directory of a version is listed before its
+graph file is there: TF Serving's load of it then fails for want of a
+SavedModel and is retried later, which the poller lists as `retried`. After
+every listing it also checks each version whose graph file is there for its
+other files (`incomplete`: a version a server could load half-written).
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The completeness check reads an object store as it is now: TF's GCS file
+# system would otherwise answer `exists` from a stat cache of 5 s.
+os.environ.setdefault("GCS_STAT_CACHE_MAX_AGE", "0")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -25,6 +35,58 @@ import tensorflow as tf  # noqa: E402
 def newest(export_dir: str) -> int | None:
     names = [n for n in os.listdir(export_dir) if n.isdigit()]
     return max(map(int, names)) if names else None
+
+
+def versions(export_dir: str) -> list[int]:
+    """The integer-named entries of an object store directory."""
+    if not tf.io.gfile.isdir(export_dir):
+        return []
+    names = [n.rstrip("/") for n in tf.io.gfile.listdir(export_dir)]
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def missing(path: str) -> list[str]:
+    """What a version whose graph file is there lacks of the rest."""
+    files = {
+        os.path.relpath(os.path.join(d, f), path)
+        for d, _, names in tf.io.gfile.walk(path)
+        for f in names
+    }
+    want = ["variables/variables.index", "assets.extra/export_info.json"]
+    lacking = [f for f in want if f not in files]
+    if not any(f.startswith("variables/variables.data-") for f in files):
+        lacking.append("variables/variables.data-*")
+    return lacking
+
+
+def follow_object_store(export_dir: str, stop_file: str, load_seconds: float):
+    loaded, failed, retried, incomplete = [], [], [], []
+    while True:
+        last_round = os.path.exists(stop_file)
+        listed = versions(export_dir)
+        for version in listed:
+            path = f"{export_dir}/{version}"
+            if tf.io.gfile.exists(f"{path}/saved_model.pb"):
+                lacking = missing(path)
+                if lacking:
+                    incomplete.append([version, lacking])
+        if listed:
+            version = listed[-1]
+            time.sleep(load_seconds)
+            path = f"{export_dir}/{version}"
+            try:
+                if not tf.io.gfile.exists(f"{path}/saved_model.pb"):
+                    retried.append(version)
+                else:
+                    load_and_run(path)
+                    loaded.append(version)
+            except Exception as e:  # What the server would log.
+                failed.append([version, f"{type(e).__name__}: {e}"[:300]])
+        if last_round:
+            break
+        time.sleep(1.0)
+    result = {"loaded": loaded, "failed": failed}
+    print(json.dumps({**result, "retried": retried, "incomplete": incomplete}))
 
 
 def load_and_run(path: str) -> None:
@@ -39,6 +101,9 @@ def load_and_run(path: str) -> None:
 
 
 def main(export_dir: str, stop_file: str, load_seconds: float) -> None:
+    if "://" in export_dir:
+        follow_object_store(export_dir, stop_file, load_seconds)
+        return
     loaded, failed = [], []
     while True:
         last_round = os.path.exists(stop_file)

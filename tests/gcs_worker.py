@@ -1,0 +1,123 @@
+"""Exports to `gs://` through TensorFlow's own GCS file system, then reads
+back as users and servers do; run by tests/test_gcs.py inside
+tests/gcs_namespace.sh (a GCS emulator behind Google's host names).
+
+    python tests/gcs_worker.py WORKDIR
+
+Prints one JSON object: what each step saw, for the tests to assert on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from kerassave_callbacks import (  # noqa: E402
+    ExportDir,
+    SavedModelExporter,
+    VersionedExporter,
+    cli,
+    load_from_saved_model,
+)
+
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import classifier, classifier_data  # noqa: E402
+
+HERE = os.path.dirname(__file__)
+MODELS = "gs://bucket/models/m"
+
+
+def kerassave(*args) -> tuple[int, object]:
+    """`kerassave ARGS --json` (in this process: it already has TF loaded)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli.main([*args, "--json"])
+    return code, json.loads(out.getvalue() or "null")
+
+
+def fit_while_a_server_follows(work: str) -> dict:
+    """SavedModelExporter in fit, keep=1, while the poller follows."""
+    stop = os.path.join(work, "stop")
+    poller = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "poller.py"), MODELS, stop, "0.5"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    keras.utils.set_random_seed(7)
+    x, y = classifier_data(48)
+    model = classifier()
+    exporter = SavedModelExporter(MODELS, keep=1, monitor="val_loss", keep_best=1)
+    model.fit(
+        x,
+        y,
+        epochs=3,
+        batch_size=8,
+        validation_split=0.25,
+        verbose=0,
+        callbacks=[exporter],
+    )
+    exporter.close()
+    open(stop, "w").close()
+    served = json.loads(poller.communicate(timeout=300)[0].strip())
+    newest = max(exporter.versions())
+    path = f"{MODELS}/{newest}"
+    loaded = tf.saved_model.load(path, tags=["serve"])
+    (tf2,) = loaded.signatures["serving_default"](features=tf.constant(x[:4])).values()
+    restored = load_from_saved_model(path)
+    return {
+        "served": served,
+        "versions": exporter.versions(),
+        "listed": [r.version for r in ExportDir(MODELS).describe()],
+        "tf2_diff": float(np.abs(tf2.numpy() - model(x[:4]).numpy()).max()),
+        "restored_diff": float(
+            np.abs(restored(x[:4]).numpy() - model(x[:4]).numpy()).max()
+        ),
+        "restored_optimizer_steps": int(restored.optimizer.iterations.numpy()),
+        "optimizer_steps": int(model.optimizer.iterations.numpy()),
+        "bucket": sorted(tf.io.gfile.listdir(MODELS)),
+    }
+
+
+def grace_and_tools() -> dict:
+    """Retention's grace period, then `kerassave` on the bucket."""
+    where = "gs://bucket/models/g"
+    model = classifier()
+    with VersionedExporter(where, keep=1, grace_seconds=8) as exporter:
+        first = os.path.basename(exporter.export(model, metrics={"loss": 0.5}))
+        second = os.path.basename(exporter.export(model, metrics={"loss": 0.4}))
+        during = exporter.versions()
+        exporter.wait()  # At most 8 s: the grace period of `first`.
+        after = exporter.versions()
+    with VersionedExporter(where, keep=None, grace_seconds=0) as exporter:
+        exporter.export(model, metrics={"loss": 0.3})
+        two = exporter.versions()
+    return {
+        "first": int(first),
+        "second": int(second),
+        "during_grace": during,
+        "after_grace": after,
+        "two": two,
+        "list": kerassave("list", where),
+        "verify": kerassave("verify", where),
+        "prune": kerassave("prune", where, "--keep", "1", "--grace_seconds", "0"),
+        "after_prune": ExportDir(where).versions(),
+    }
+
+
+def main(work: str) -> None:
+    report = {"fit": fit_while_a_server_follows(work), "tools": grace_and_tools()}
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
