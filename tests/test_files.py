@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from kerassave_callbacks import _files, layout
+from kerassave_callbacks import _files, _fs, layout
 
 
 @pytest.mark.parametrize(
@@ -147,3 +147,19 @@ def test_commit_strategy_by_scheme(path, atomic, local):
 )
 def test_parent_of_a_path_is_none_at_a_root(path, expected):
     assert _files.parent(path) == expected
+
+
+@pytest.mark.parametrize(
+    "path, facts",
+    [
+        ("/models/x", _fs.Facts(atomic_rename=True, links=True, fsync=True)),
+        ("file:///models/x", _fs.Facts(atomic_rename=True, links=True, fsync=True)),
+        ("hdfs://nn/models", _fs.Facts(atomic_rename=True)),
+        ("gs://bucket/models", _fs.Facts(atomic_rename=False)),
+        ("ram://models", _fs.Facts(atomic_rename=False)),
+        ("abfs://container/models", _fs.Facts(atomic_rename=False)),
+    ],
+    ids=["local", "file", "hdfs", "gcs", "ram", "unknown_is_an_object_store"],
+)
+def test_each_file_system_facts_are_one_entry(path, facts):
+    assert _fs.facts(path) == facts

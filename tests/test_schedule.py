@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from kerassave_callbacks.schedule import Action, ExportSchedule, StepCounter, action
+from kerassave_callbacks.options import Monitor
+from kerassave_callbacks.schedule import (
+    Action,
+    ExportSchedule,
+    History,
+    StepCounter,
+    action,
+)
 
 ACTIONS = {
     # (step, last_step, last_had_epoch_metrics, at_epoch_end) -> action
@@ -69,3 +76,37 @@ def test_which_epochs_and_train_end_export(schedule, epochs, train_end):
 def test_bad_schedules_name_the_argument(kwargs, error, fragment):
     with pytest.raises(error, match=fragment):
         ExportSchedule(**kwargs)
+
+
+def test_history_is_a_value_each_step_a_new_one():
+    start = History()
+    taken = start.exported(8, at_epoch_end=False)
+    assert start == History()  # Nothing changed in place.
+    assert start.action(8, at_epoch_end=False) is Action.EXPORT
+    assert taken.action(8, at_epoch_end=True) is Action.ADD_METRICS
+    assert taken.action(8, at_epoch_end=False) is Action.SKIP
+
+    failed = taken.failed({"step": 8, "epoch": 1}, retry=True)
+    assert failed.last_step is None and failed.action(8, False) is Action.EXPORT
+    assert failed.retry_due(8) and not failed.retry_due(9)
+    # A rejected state is not tried again: the retry stays what it was.
+    assert taken.failed({"step": 8}, retry=False).retry is None
+
+
+@pytest.mark.parametrize(
+    "values, save_best_only, best",
+    [
+        ([0.5, 0.6, 0.4], True, 0.4),
+        ([0.5, 0.6], True, 0.5),
+        ([0.5, 0.4], False, None),  # Only save_best_only keeps a best.
+    ],
+    ids=["improves", "worse_keeps_best", "not_asked"],
+)
+def test_history_best_moves_only_on_commits(values, save_best_only, best):
+    history = History().failed({"step": 1}, retry=True)
+    for version, value in enumerate(values):
+        history = history.committed(
+            {"val_loss": value}, Monitor("val_loss"), save_best_only, version
+        )
+    assert history.best == best
+    assert history.retry is None and history.last_version == len(values) - 1
