@@ -1,0 +1,118 @@
+"""Where the first export's time goes, per model kind, side by side with
+Keras' `model.export()` in one run.
+
+    python benchmarks/first_export_breakdown.py [--models=Dense300,ResNet50]
+
+For each model (compiled with Adam: `Dense300` is 300 Dense(16) layers,
+about 1800 variables with the optimizer's, as #30 measured; the
+`keras.applications` ones, ResNet50 and EfficientNetB0 by default, are
+built with weights=None at 96x96, 10 classes), prints the wall time of the
+first full export through `VersionedExporter` and of `model.export()` on a
+fresh copy, then the first export again under cProfile, as the share of
+each phase: tracing the serve function, the train and eval steps, the
+serving signatures, `tf.saved_model.save`, splitting into one MetaGraph per
+mode (with the savers), writing the files, the fingerprint, the publish
+gate, commit and retention. Profiling slows Python-heavy phases (tracing)
+more than the rest: read the shares, not the seconds, against each other.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import os
+import pstats
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from kerassave_callbacks import VersionedExporter  # noqa: E402
+
+_MODELS = flags.DEFINE_list(
+    "models", ["Dense300", "ResNet50", "EfficientNetB0"], "Models to measure."
+)
+
+# Phase -> (module file, function name) whose cumulative time it is.
+_PHASES = {
+    "trace serve function": ("tracing.py", "_trace_predict"),
+    "trace train + eval steps": ("tracing.py", "_trace_step"),
+    "serving signatures": ("serving_signatures.py", "build"),
+    "tf.saved_model.save": ("mode_graphs.py", "_tf_save"),
+    "split by mode (+ savers)": ("graph_split.py", "split_by_mode"),
+    "  of which savers": ("graph_savers.py", "add_saver"),
+    "fingerprint": ("_fingerprint.py", "write"),
+    "publish gate": ("validation.py", "gate_problems"),
+    "commit": ("exporter.py", "_commit"),
+    "retention, size, record": ("exporter.py", "_after_commit"),
+}
+_WRITE = ("mode_graphs.py", "write")
+_SERIALIZE = ("mode_graphs.py", "_serialize_graphs")
+_TOTAL = ("exporter.py", "export")
+
+
+def build(name: str) -> keras.Model:
+    if name == "Dense300":
+        layers = [keras.Input((16,), name="x")]
+        layers += [keras.layers.Dense(16, name=f"d{i}") for i in range(300)]
+        model = keras.Sequential(layers, name="dense300")
+    else:
+        model = getattr(keras.applications, name)(
+            weights=None, input_shape=(96, 96, 3), classes=10
+        )
+    model.compile(optimizer="adam", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _cumulative(stats: pstats.Stats) -> dict:
+    """(file name, function) -> cumulative seconds, summed over callers."""
+    out = {}
+    for (path, _, function), row in stats.stats.items():
+        key = (os.path.basename(path), function)
+        out[key] = out.get(key, 0.0) + row[3]
+    return out
+
+
+def measure(name: str, work: str) -> None:
+    model = build(name)
+    ours = _seconds(lambda: VersionedExporter(f"{work}/ours-{name}").export(model))
+    fresh = build(name)
+    keras_seconds = _seconds(
+        lambda: fresh.export(f"{work}/keras-{name}", verbose=False)
+    )
+    profiled = build(name)
+    exporter = VersionedExporter(f"{work}/profiled-{name}")
+    profile = cProfile.Profile()
+    profile.runcall(exporter.export, profiled)
+    seconds = _cumulative(pstats.Stats(profile))
+    total = seconds[_TOTAL]
+    print(
+        f"{name}: {len(profiled.variables) + len(profiled.optimizer.variables)} "
+        f"variables; first full export {ours:.2f} s, model.export() "
+        f"{keras_seconds:.2f} s, ratio {ours / keras_seconds:.2f}"
+    )
+    rows = {label: seconds.get(key, 0.0) for label, key in _PHASES.items()}
+    rows["write the files"] = seconds.get(_WRITE, 0.0) - seconds.get(_SERIALIZE, 0.0)
+    for label, value in rows.items():
+        print(f"  {label:28s} {100 * value / total:5.1f} %")
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as work:
+        for name in _MODELS.value:
+            measure(name, work)
+
+
+if __name__ == "__main__":
+    app.run(main)
