@@ -18,6 +18,7 @@ from kerassave_callbacks import (
     SavedModelExporter,
     cli,
     export_dir,
+    export_saved_model,
     signatures,
 )
 
@@ -189,3 +190,22 @@ def test_kerassave_reads_the_layout_it_is_told(tmp_path, capsys):
 
     assert cli.main(["list", str(tmp_path), "--saved_model_dir", "../up"]) == 2
     assert "saved_model_dir" in capsys.readouterr().err
+
+
+# A toy kind on the model's own inputs (no tf.Example parsing).
+signatures.register(signatures.SignatureKind("top_of_inputs", answer=_top_class))
+
+
+def test_a_signature_kind_may_take_the_models_own_inputs(tmp_path):
+    x, y = classifier_data()
+    model = classifier()
+    model.fit(x, y, epochs=1, verbose=0)
+    path = str(tmp_path / "export")
+    export_saved_model(
+        model, path, signatures={"top": signatures.SignatureSpec("top_of_inputs")}
+    )
+
+    (got,) = run_tf1(path, "serve", "top", {"features": x[:5]})
+    want = model(x[:5]).numpy()
+    np.testing.assert_array_equal(got["top"], want.argmax(-1))
+    np.testing.assert_allclose(got["top_score"], want.max(-1), atol=1e-5)
