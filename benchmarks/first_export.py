@@ -31,6 +31,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import _models  # noqa: E402  (benchmarks/_models.py)
 import keras  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
@@ -43,12 +44,7 @@ _MODELS = flags.DEFINE_list(
 
 
 def build(name: str) -> keras.Model:
-    model = getattr(keras.applications, name)(
-        weights=None, input_shape=(96, 96, 3), classes=10
-    )
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    model.optimizer.build(model.trainable_variables)
-    return model
+    return _models.application(name)
 
 
 def _seconds(fn) -> float:

@@ -26,6 +26,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import _models  # noqa: E402  (benchmarks/_models.py)
 import keras  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
@@ -55,16 +56,8 @@ _TOTAL = ("exporter.py", "export")
 
 def build(name: str) -> keras.Model:
     if name == "Dense300":
-        layers = [keras.Input((16,), name="x")]
-        layers += [keras.layers.Dense(16, name=f"d{i}") for i in range(300)]
-        model = keras.Sequential(layers, name="dense300")
-    else:
-        model = getattr(keras.applications, name)(
-            weights=None, input_shape=(96, 96, 3), classes=10
-        )
-    model.compile(optimizer="adam", loss="mse")
-    model.optimizer.build(model.trainable_variables)
-    return model
+        return _models.dense_stack(300)
+    return _models.application(name)
 
 
 def _seconds(fn) -> float:

@@ -32,17 +32,30 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 
-def newest(export_dir: str) -> int | None:
-    names = [n for n in os.listdir(export_dir) if n.isdigit()]
-    return max(map(int, names)) if names else None
+def local_versions(export_dir: str) -> list[int]:
+    if not os.path.isdir(export_dir):
+        return []
+    return sorted(int(n) for n in os.listdir(export_dir) if n.isdigit())
 
 
-def versions(export_dir: str) -> list[int]:
+def store_versions(export_dir: str) -> list[int]:
     """The integer-named entries of an object store directory."""
     if not tf.io.gfile.isdir(export_dir):
         return []
     names = [n.rstrip("/") for n in tf.io.gfile.listdir(export_dir)]
     return sorted(int(n) for n in names if n.isdigit())
+
+
+def half_written(export_dir: str, listed: list[int]) -> list:
+    """[version, files lacking] of each version whose graph file is there."""
+    found = []
+    for version in listed:
+        path = f"{export_dir}/{version}"
+        if tf.io.gfile.exists(f"{path}/saved_model.pb"):
+            lacking = missing(path)
+            if lacking:
+                found.append([version, lacking])
+    return found
 
 
 def missing(path: str) -> list[str]:
@@ -59,36 +72,6 @@ def missing(path: str) -> list[str]:
     return lacking
 
 
-def follow_object_store(export_dir: str, stop_file: str, load_seconds: float):
-    loaded, failed, retried, incomplete = [], [], [], []
-    while True:
-        last_round = os.path.exists(stop_file)
-        listed = versions(export_dir)
-        for version in listed:
-            path = f"{export_dir}/{version}"
-            if tf.io.gfile.exists(f"{path}/saved_model.pb"):
-                lacking = missing(path)
-                if lacking:
-                    incomplete.append([version, lacking])
-        if listed:
-            version = listed[-1]
-            time.sleep(load_seconds)
-            path = f"{export_dir}/{version}"
-            try:
-                if not tf.io.gfile.exists(f"{path}/saved_model.pb"):
-                    retried.append(version)
-                else:
-                    load_and_run(path)
-                    loaded.append(version)
-            except Exception as e:  # What the server would log.
-                failed.append([version, f"{type(e).__name__}: {e}"[:300]])
-        if last_round:
-            break
-        time.sleep(1.0)
-    result = {"loaded": loaded, "failed": failed}
-    print(json.dumps({**result, "retried": retried, "incomplete": incomplete}))
-
-
 def load_and_run(path: str) -> None:
     with tf.compat.v1.Session(graph=tf.Graph()) as sess:
         meta = tf.compat.v1.saved_model.load(sess, ["serve"], path)
@@ -101,24 +84,32 @@ def load_and_run(path: str) -> None:
 
 
 def main(export_dir: str, stop_file: str, load_seconds: float) -> None:
-    if "://" in export_dir:
-        follow_object_store(export_dir, stop_file, load_seconds)
-        return
-    loaded, failed = [], []
+    store = "://" in export_dir
+    loaded, failed, retried, incomplete = [], [], [], []
     while True:
         last_round = os.path.exists(stop_file)
-        version = newest(export_dir) if os.path.isdir(export_dir) else None
-        if version is not None:
+        listed = store_versions(export_dir) if store else local_versions(export_dir)
+        if store:
+            incomplete += half_written(export_dir, listed)
+        if listed:
+            version = listed[-1]
+            path = f"{export_dir}/{version}"
             time.sleep(load_seconds)
             try:
-                load_and_run(os.path.join(export_dir, str(version)))
-                loaded.append(version)
+                if store and not tf.io.gfile.exists(f"{path}/saved_model.pb"):
+                    retried.append(version)  # TF Serving: not found, retried later.
+                else:
+                    load_and_run(path)
+                    loaded.append(version)
             except Exception as e:  # What the server would log.
                 failed.append([version, f"{type(e).__name__}: {e}"[:300]])
         if last_round:
             break
         time.sleep(1.0)
-    print(json.dumps({"loaded": loaded, "failed": failed}))
+    result = {"loaded": loaded, "failed": failed}
+    if store:
+        result.update(retried=retried, incomplete=incomplete)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

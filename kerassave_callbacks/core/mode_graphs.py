@@ -52,12 +52,8 @@ class ModeGraphs:
         inputs = specs.input_structure(model, input_signature)
         self._input_names = specs.input_names(model, input_signature)
         # Checked against the serve signature before anything is traced.
-        self._warmup = (
-            warmup.records(
-                inputs, warmup_inputs, _default_spec(signatures), self._input_names
-            )
-            if warmup_inputs is not None
-            else []
+        self._warmup = _warmup_records(
+            inputs, warmup_inputs, signatures, self._input_names
         )
         self._model_json = self.keras.to_json(model)
         self._layer_assets = self.keras.layer_assets(model)
@@ -279,6 +275,13 @@ class ModeGraphs:
         _files.write_tree(
             posixpath.join(assets, layout.LAYER_ASSETS), self._layer_assets
         )
+
+
+def _warmup_records(inputs, warmup_inputs, signatures, names) -> list[bytes]:
+    """The serialized warm-up requests of `warmup_inputs` ([] for None)."""
+    if warmup_inputs is None:
+        return []
+    return warmup.records(inputs, warmup_inputs, _default_spec(signatures), names)
 
 
 def _default_spec(signatures):
