@@ -100,17 +100,8 @@ def missing_files(path: str, extra: tuple[str, ...] = ()) -> list[str]:
 
 
 def list_files(root: str) -> list[str]:
-    """Paths of the files under `root`, relative to it."""
-    files = []
-    for dirpath, _, filenames in _fs.walk(root):
-        rel = posixpath.relpath(dirpath, root) if dirpath != root else ""
-        for name in filenames:
-            path = posixpath.join(rel, name) if rel else name
-            # ram:// lists "assets/.extra" for "assets.extra/...": skip names
-            # that are not there.
-            if _fs.exists(posixpath.join(root, path)):
-                files.append(path)
-    return files
+    """Paths of the files under `root`, relative to it (`_fs.files`)."""
+    return _fs.files(root)
 
 
 def write_tree(root: str, files: dict[str, bytes]) -> None:
@@ -267,10 +258,11 @@ def copy_graph_last(src: str, dst: str) -> None:
     files = list_files(src)
     # The graph file last: TF Serving loads nothing without it.
     files.sort(key=lambda f: posixpath.basename(f) in layout.GRAPH_FILES)
+    if not _fs.facts(dst).one_listing:  # Else folders are name prefixes.
+        for folder in sorted({posixpath.dirname(f"{dst}/{f}") for f in files}):
+            _fs.makedirs(folder)
     for rel in files:
-        target = posixpath.join(dst, rel)
-        _fs.makedirs(posixpath.dirname(target))
-        _fs.copy(posixpath.join(src, rel), target)
+        _fs.copy(posixpath.join(src, rel), posixpath.join(dst, rel))
 
 
 class Staging:

@@ -33,17 +33,28 @@ class Facts:
       links: symbolic links exist (the user's pinned versions).
       fsync: files and directories can be flushed to the disk before the
         rename that publishes them.
+      one_listing: a glob is answered by one listing of everything under
+        its fixed prefix, and directories are only prefixes of object
+        names (GCS): a tree is listed a depth per request instead of a
+        request per directory and per entry (a walk), and a file is
+        written without making its directory first.
     """
 
     atomic_rename: bool
     links: bool = False
     fsync: bool = False
+    one_listing: bool = False
 
 
 _LOCAL = Facts(atomic_rename=True, links=True, fsync=True)
 # Scheme -> facts; any other scheme (gs://, s3://, TF's ram://) is an object
 # store: per-object renames, no links, nothing to flush.
-_FACTS = {"": _LOCAL, "file": _LOCAL, "hdfs": Facts(atomic_rename=True)}
+_FACTS = {
+    "": _LOCAL,
+    "file": _LOCAL,
+    "hdfs": Facts(atomic_rename=True),
+    "gs": Facts(atomic_rename=False, one_listing=True),
+}
 _OBJECT_STORE = Facts(atomic_rename=False)
 
 
@@ -177,6 +188,40 @@ def size(path: str) -> int:
         return os.stat(local(path)).st_size
     with _builtin_errors(path):
         return _gfile().stat(path).length
+
+
+def files(root: str) -> list[str]:
+    """The paths of the files under `root`, relative to it."""
+    if facts(root).one_listing:
+        return _files_by_depth(root)
+    found = []
+    for dirpath, _, filenames in walk(root):
+        rel = dirpath[len(root) :].strip("/")
+        for name in filenames:
+            path = f"{rel}/{name}" if rel else name
+            # ram:// lists "assets/.extra" for "assets.extra/...": skip names
+            # that are not there.
+            if is_local(root) or exists(f"{root}/{path}"):
+                found.append(path)
+    return found
+
+
+def _files_by_depth(root: str) -> list[str]:
+    """`files` on a store that lists a whole prefix at once: a glob per
+    depth; an entry is a file unless it is a directory: the prefix of
+    another entry, or one with a marker object (`<name>/`)."""
+    root = root.rstrip("/")
+    entries, pattern = set(), ""
+    while True:
+        pattern += "/*"
+        with _builtin_errors(root):
+            level = _gfile().glob(root + pattern)
+        if not level:
+            break
+        entries.update(e[len(root) + 1 :] for e in level)
+    folders = {e.rstrip("/").rpartition("/")[0] for e in entries}
+    folders |= {e.rstrip("/") for e in entries if e.endswith("/")}
+    return sorted(e for e in entries if not e.endswith("/") and e not in folders)
 
 
 def walk(root: str) -> Iterator[tuple[str, list[str], list[str]]]:

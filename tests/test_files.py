@@ -155,7 +155,7 @@ def test_parent_of_a_path_is_none_at_a_root(path, expected):
         ("/models/x", _fs.Facts(atomic_rename=True, links=True, fsync=True)),
         ("file:///models/x", _fs.Facts(atomic_rename=True, links=True, fsync=True)),
         ("hdfs://nn/models", _fs.Facts(atomic_rename=True)),
-        ("gs://bucket/models", _fs.Facts(atomic_rename=False)),
+        ("gs://bucket/models", _fs.Facts(atomic_rename=False, one_listing=True)),
         ("ram://models", _fs.Facts(atomic_rename=False)),
         ("abfs://container/models", _fs.Facts(atomic_rename=False)),
     ],
