@@ -26,6 +26,7 @@ from kerassave_callbacks import (  # noqa: E402
     ExportDir,
     SavedModelExporter,
     VersionedExporter,
+    _fs,  # noqa: E402
     cli,
     load_from_saved_model,
 )
@@ -114,8 +115,25 @@ def grace_and_tools() -> dict:
     }
 
 
+def listing() -> dict:
+    """A tree listed as the exporter lists it (one glob per depth on GCS):
+    files at every depth, an empty directory (a marker object) left out."""
+    root = "gs://bucket/tree"
+    names = ["saved_model.pb", "variables/variables.index", "assets/k/0/vocab.txt"]
+    for name in names:
+        tf.io.gfile.makedirs(os.path.dirname(f"{root}/{name}"))
+        with tf.io.gfile.GFile(f"{root}/{name}", "wb") as f:
+            f.write(b"x")
+    tf.io.gfile.makedirs(f"{root}/empty/deeper")
+    return {"written": sorted(names), "listed": _fs.files(root)}
+
+
 def main(work: str) -> None:
-    report = {"fit": fit_while_a_server_follows(work), "tools": grace_and_tools()}
+    report = {
+        "fit": fit_while_a_server_follows(work),
+        "tools": grace_and_tools(),
+        "listing": listing(),
+    }
     print(json.dumps(report))
 
 

@@ -97,3 +97,7 @@ def test_kerassave_lists_verifies_and_prunes_the_bucket(report):
     code, pruned = tools["prune"]
     assert code == 0 and pruned["deleted"] == tools["two"][:1]
     assert tools["after_prune"] == tools["two"][1:]
+
+
+def test_a_tree_in_the_bucket_lists_its_files_and_no_folder(report):
+    assert report["listing"]["listed"] == report["listing"]["written"]
