@@ -99,11 +99,6 @@ def missing_files(path: str, extra: tuple[str, ...] = ()) -> list[str]:
     return missing
 
 
-def list_files(root: str) -> list[str]:
-    """Paths of the files under `root`, relative to it (`_fs.files`)."""
-    return _fs.files(root)
-
-
 def write_tree(root: str, files: dict[str, bytes]) -> None:
     """Writes `relative path -> bytes` under `root`."""
     for rel, data in files.items():
@@ -129,7 +124,7 @@ def replace_file(path: str, data: bytes, now: float) -> None:
 
 def dir_size(path: str) -> int:
     """The bytes of the files under `path`."""
-    return sum(_fs.size(posixpath.join(path, f)) for f in list_files(path))
+    return sum(_fs.size(posixpath.join(path, f)) for f in _fs.files(path))
 
 
 # Checking paths before anything is written.
@@ -255,7 +250,7 @@ def commit(
 
 def copy_graph_last(src: str, dst: str) -> None:
     """Copies a SavedModel tree file by file, its graph file last."""
-    files = list_files(src)
+    files = _fs.files(src)
     # The graph file last: TF Serving loads nothing without it.
     files.sort(key=lambda f: posixpath.basename(f) in layout.GRAPH_FILES)
     if not _fs.facts(dst).one_listing:  # Else folders are name prefixes.
@@ -390,10 +385,10 @@ def retire_version(path: str, now: float) -> str | None:
             return None
         return doomed
     # Wherever the layout put the graph file.
-    for dirpath, _, filenames in _fs.walk(path):
-        for name in set(filenames) & set(layout.GRAPH_FILES):
+    for rel in _fs.files(path):
+        if posixpath.basename(rel) in layout.GRAPH_FILES:
             try:
-                _fs.remove_file(posixpath.join(dirpath, name))
+                _fs.remove_file(posixpath.join(path, rel))
             except FileNotFoundError:
-                pass  # ram:// lists names that are not there.
+                pass  # Another cleaner got there first.
     return path

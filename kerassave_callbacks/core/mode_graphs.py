@@ -186,7 +186,7 @@ class ModeGraphs:
         if _fs.isdir(assets):
             self._saved_assets = {
                 rel: _fs.read_bytes(posixpath.join(assets, rel))
-                for rel in _files.list_files(assets)
+                for rel in _fs.files(assets)
             }
         reader = tf.compat.v1.train.NewCheckpointReader(
             posixpath.join(path, layout.VARIABLES_PREFIX)
