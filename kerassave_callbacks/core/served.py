@@ -35,15 +35,53 @@ from kerassave_callbacks import signatures as signatures_lib
 from kerassave_callbacks.core import _tf_logs, modes, warmup
 
 _REPLAYED = {
-    "predict_log": "_predict",
-    "classify_log": "_classify",
-    "regress_log": "_regress",
-    "multi_inference_log": "_multi_inference",
+    "predict_log": "predict",
+    "classify_log": "classify",
+    "regress_log": "regress",
+    "multi_inference_log": "multi_inference",
+}
+
+# TF's error codes are gRPC's status codes; the names TF Serving answers with.
+CODE_NAMES = {
+    1: "CANCELLED",
+    2: "UNKNOWN",
+    3: "INVALID_ARGUMENT",
+    4: "DEADLINE_EXCEEDED",
+    5: "NOT_FOUND",
+    6: "ALREADY_EXISTS",
+    7: "PERMISSION_DENIED",
+    8: "RESOURCE_EXHAUSTED",
+    9: "FAILED_PRECONDITION",
+    10: "ABORTED",
+    11: "OUT_OF_RANGE",
+    12: "UNIMPLEMENTED",
+    13: "INTERNAL",
+    14: "UNAVAILABLE",
+    15: "DATA_LOSS",
+    16: "UNAUTHENTICATED",
 }
 
 
 class ServingError(ValueError):
-    """A request TF Serving would refuse, in its words."""
+    """A request TF Serving would refuse, in its words.
+
+    Attributes:
+      code: the gRPC status code's name TF Serving answers with
+        ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", ...).
+    """
+
+    def __init__(self, message: str, code: str = "INVALID_ARGUMENT"):
+        super().__init__(message)
+        self.code = code
+
+
+def code_of(error: Exception) -> str:
+    """The gRPC status code's name for an error a request ran into."""
+    if isinstance(error, ServingError):
+        return error.code
+    if isinstance(error, tf.errors.OpError):
+        return CODE_NAMES.get(error.error_code, "UNKNOWN")
+    return "INTERNAL"
 
 
 class Served:
@@ -62,6 +100,8 @@ class Served:
       load_seconds: how long the load took (restore and init op included).
       signatures: signature key -> `SignatureDef` (TF's own `__` keys left
         out).
+      signature_defs: every `SignatureDef` of the MetaGraph, TF's own too
+        (what TF Serving's GetModelMetadata answers with).
     """
 
     def __init__(self, path: str, tags=(modes.SERVE.tag,)):
@@ -75,8 +115,9 @@ class Served:
             self.session.close()
             raise
         self.load_seconds = time.monotonic() - started
+        self.signature_defs = dict(meta.signature_def)
         self.signatures = {
-            k: v for k, v in meta.signature_def.items() if not k.startswith("__")
+            k: v for k, v in self.signature_defs.items() if not k.startswith("__")
         }
 
     def __enter__(self) -> Served:
@@ -94,13 +135,14 @@ class Served:
         if key not in self.signatures:
             raise ServingError(
                 f'Serving signature key "{key}" not found (the version has '
-                f"{sorted(self.signatures)})."
+                f"{sorted(self.signatures)}).",
+                code="FAILED_PRECONDITION",
             )
         return self.signatures[key]
 
-    def run(self, key: str, feeds: dict) -> dict:
+    def run(self, key: str, feeds: dict, outputs=()) -> dict:
         """Runs signature `key` on `feeds` (input key -> array); returns
-        output key -> array.
+        output key -> array, for the keys in `outputs` (all when empty).
 
         Raises:
           ServingError: `feeds` do not name exactly the signature's inputs.
@@ -119,8 +161,16 @@ class Served:
                 f"signature {key!r} needs inputs {missing}, which the request "
                 "does not hold."
             )
+        unknown = sorted(set(outputs) - set(sig.outputs))
+        if unknown:
+            raise ServingError(
+                f"output tensor alias not found in signature: {unknown[0]}. "
+                f"Outputs expected to be in the set {sorted(sig.outputs)}."
+            )
         feed = {sig.inputs[k].name: v for k, v in feeds.items()}
-        fetch = {k: v.name for k, v in sig.outputs.items()}
+        fetch = {
+            k: v.name for k, v in sig.outputs.items() if k in outputs or not outputs
+        }
         return self.session.run(fetch, feed)
 
     # Warm-up, as TF Serving replays it on load.
@@ -148,7 +198,12 @@ class Served:
                 problems.append(f"warm-up record {index} ({kind}): {first_line(e)}")
         return problems
 
-    def _predict(self, request) -> dict:
+    # Requests, answered as TF Serving answers them: each takes the request
+    # proto of tensorflow-serving-api and returns output key -> array.
+
+    def predict(self, request) -> dict:
+        """A `PredictRequest`; returns output key -> array (only those of
+        its `output_filter`, when it has one)."""
         name = request.model_spec.signature_name
         sig = self.signature(name)
         methods = (
@@ -169,13 +224,8 @@ class Served:
                     f"{_dtype_name(want)} but {_dtype_name(tensor.dtype)} is provided"
                 )
         feeds = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-        outputs = self.run(name or modes.SERVE.signature_key, feeds)
-        unknown = sorted(set(request.output_filter) - set(outputs))
-        if unknown:
-            raise ServingError(
-                f"output tensor alias not found in signature: {unknown[0]}"
-            )
-        return outputs
+        key = name or modes.SERVE.signature_key
+        return self.run(key, feeds, outputs=list(request.output_filter))
 
     def _examples_run(self, name: str, method: str, request) -> dict:
         key = name or modes.SERVE.signature_key
@@ -192,10 +242,12 @@ class Served:
         outputs = self.run(key, {input_key: np.asarray(examples, dtype=object)})
         return outputs, len(examples)
 
-    def _classify(self, request) -> dict:
+    def classify(self, request) -> dict:
+        """A `ClassificationRequest`; returns `scores` and/or `classes`."""
         return self._answer(signatures_lib.CLASSIFY_METHOD, request)
 
-    def _regress(self, request) -> dict:
+    def regress(self, request) -> dict:
+        """A `RegressionRequest`; returns `outputs`."""
         return self._answer(signatures_lib.REGRESS_METHOD, request)
 
     def _answer(self, method: str, request) -> dict:
@@ -205,7 +257,8 @@ class Served:
         _CHECKS[method](outputs, batch)
         return outputs
 
-    def _multi_inference(self, request) -> dict:
+    def multi_inference(self, request) -> dict:
+        """A `MultiInferenceRequest`; returns signature key -> its outputs."""
         tasks = {}
         for task in request.tasks:
             name = task.model_spec.signature_name or modes.SERVE.signature_key
@@ -294,10 +347,12 @@ def _dtype_name(enum: int) -> str:
 
 
 def first_line(error: Exception) -> str:
-    text = str(error).strip()
-    if isinstance(error, tf.errors.OpError):
-        text = error.message.strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    """The line of an error that says what went wrong (TF's "Graph execution
+    error:" preamble skipped)."""
+    text = error.message if isinstance(error, tf.errors.OpError) else str(error)
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and line != "Graph execution error:"]
+    return lines[0] if lines else type(error).__name__
 
 
 _CHECKS = {
