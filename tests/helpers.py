@@ -9,12 +9,15 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
+import grpc
 import keras
 import numpy as np
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 
 def saved_model_cli() -> list[str]:
@@ -211,3 +214,56 @@ def chattr(flag: str, path) -> bool:
     except FileNotFoundError:
         return False
     return out.returncode == 0
+
+
+class ServeProcess:
+    """`kerassave serve ARGS` in a subprocess, on free loopback ports."""
+
+    def __init__(self, *args: str):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "kerassave_callbacks", "serve", *args]
+            + ["--port=0", "--rest_api_port=0", "--file_system_poll_wait_seconds=0.2"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        ready = self.process.stdout.readline()
+        if "REST http://" not in ready:
+            self.process.kill()
+            raise AssertionError(
+                f"no ready line: {ready!r} {self.process.stderr.read()}"
+            )
+        self.rest = ready.split("REST ")[1].split()[0]
+        self.channel = grpc.insecure_channel(ready.split("gRPC ")[1].strip())
+        self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(
+            self.channel
+        )
+        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+
+    def get(self, path: str) -> tuple[int, dict]:
+        return self._call(urllib.request.Request(self.rest + path))
+
+    def post(self, path: str, body) -> tuple[int, dict]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return self._call(urllib.request.Request(self.rest + path, data=data))
+
+    def _call(self, request) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                return reply.status, json.loads(reply.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def stop(self) -> str:
+        self.channel.close()
+        self.process.terminate()
+        _, err = self.process.communicate(timeout=30)
+        return err
+
+
+def wait_for(condition, seconds: float = 30) -> None:
+    """Waits until `condition()` is true; fails after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)

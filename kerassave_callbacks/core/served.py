@@ -171,7 +171,10 @@ class Served:
         fetch = {
             k: v.name for k, v in sig.outputs.items() if k in outputs or not outputs
         }
-        return self.session.run(fetch, feed)
+        try:
+            return self.session.run(fetch, feed)
+        except (TypeError, ValueError) as e:  # refused before the graph ran
+            raise ServingError(first_line(e)) from e
 
     # Warm-up, as TF Serving replays it on load.
 

@@ -90,16 +90,12 @@ class RestApi:
         if not wants_post:
             return self._get(match)
         request = _request_of(match["verb"])
-        spec = request.model_spec
-        spec.name = match["name"]
-        if match["version"]:
-            spec.version.value = int(match["version"])
-        spec.version_label = match["label"] or ""
+        _fill_spec(request.model_spec, match)
         parsed = _parse(body)
         signature = parsed.get("signature_name", "")
         if not isinstance(signature, str):
             raise _Reply(400, f"'signature_name' must be a string, got {signature!r}")
-        spec.signature_name = signature
+        request.model_spec.signature_name = signature
         return getattr(self, "_" + match["verb"])(parsed, request)
 
     def _get(self, match) -> dict:
@@ -108,11 +104,7 @@ class RestApi:
             request.metadata_field.append("signature_def")
         else:
             request = get_model_status_pb2.GetModelStatusRequest()
-        spec = request.model_spec
-        spec.name = match["name"]
-        if match["version"]:
-            spec.version.value = int(match["version"])
-        spec.version_label = match["label"] or ""
+        _fill_spec(request.model_spec, match)
         if match["metadata"]:
             return rest_json.metadata_json(self.server.get_model_metadata(request))
         return rest_json.message_json(self.server.get_model_status(request))
@@ -129,6 +121,16 @@ class RestApi:
     def _regress(self, body: dict, request) -> dict:
         rest_json.fill_examples_request(body, request)
         return rest_json.regress_json(self.server.regress(request))
+
+
+def _fill_spec(spec, match) -> None:
+    """The model spec a URL names (version and label are one oneof: set
+    only the one given)."""
+    spec.name = match["name"]
+    if match["version"]:
+        spec.version.value = int(match["version"])
+    elif match["label"]:
+        spec.version_label = match["label"]
 
 
 def _request_of(verb: str):
