@@ -196,10 +196,7 @@ class ServedModel:
           ServingError: NOT_FOUND when no such version is loaded,
             INVALID_ARGUMENT for an unknown label.
         """
-        if label:
-            if label not in self.config.labels:
-                raise ServingError(f"Unrecognized servable version label: {label}")
-            version = self.config.labels[label]
+        version = self._labelled(version, label)
         loaded = self._loaded
         if version is None:
             if not loaded:
@@ -208,6 +205,14 @@ class ServedModel:
         if version not in loaded:
             raise _not_found(f"Specific({self.config.name}, {version})")
         return version
+
+    def _labelled(self, version: int | None, label: str) -> int | None:
+        """The version a label names (`version` when there is no label)."""
+        if not label:
+            return version
+        if label not in self.config.labels:
+            raise ServingError(f"Unrecognized servable version label: {label}")
+        return self.config.labels[label]
 
     @contextlib.contextmanager
     def acquire(self, version: int | None = None, label: str = ""):
@@ -222,10 +227,7 @@ class ServedModel:
 
     def status(self, version: int | None = None, label: str = "") -> list:
         """`VersionState`s, newest first: all, or of the version named."""
-        if label:
-            if label not in self.config.labels:
-                raise ServingError(f"Unrecognized servable version label: {label}")
-            version = self.config.labels[label]
+        version = self._labelled(version, label)
         states = self._states
         if version is None:
             if not states:

@@ -103,28 +103,24 @@ class ModelServer:
     # TF Serving's requests.
 
     def predict(self, request) -> predict_pb2.PredictResponse:
-        with self.acquire(request.model_spec) as loaded:
-            outputs = loaded.served.predict(request)
         reply = predict_pb2.PredictResponse()
-        _answered(reply.model_spec, request.model_spec, loaded.version)
-        for key, value in outputs.items():
-            reply.outputs[key].CopyFrom(tf.make_tensor_proto(value))
-        return reply
+        return self._answer("predict", request, reply, reply.outputs, _tensors)
 
     def classify(self, request) -> classification_pb2.ClassificationResponse:
-        with self.acquire(request.model_spec) as loaded:
-            outputs = loaded.served.classify(request)
         reply = classification_pb2.ClassificationResponse()
-        _answered(reply.model_spec, request.model_spec, loaded.version)
-        _classifications(reply.result, outputs)
-        return reply
+        return self._answer("classify", request, reply, reply.result, _classifications)
 
     def regress(self, request) -> regression_pb2.RegressionResponse:
-        with self.acquire(request.model_spec) as loaded:
-            outputs = loaded.served.regress(request)
         reply = regression_pb2.RegressionResponse()
+        return self._answer("regress", request, reply, reply.result, _regressions)
+
+    def _answer(self, method: str, request, reply, part, fill):
+        """Runs `Served.<method>` on the version the request names; `fill`
+        writes its outputs into `part` of `reply`."""
+        with self.acquire(request.model_spec) as loaded:
+            outputs = getattr(loaded.served, method)(request)
         _answered(reply.model_spec, request.model_spec, loaded.version)
-        _regressions(reply.result, outputs)
+        fill(part, outputs)
         return reply
 
     def multi_inference(self, request) -> inference_pb2.MultiInferenceResponse:
@@ -191,14 +187,18 @@ def _answered(reply_spec, request_spec, version: int) -> None:
     reply_spec.signature_name = request_spec.signature_name or modes.SERVE.signature_key
 
 
+def _tensors(tensors, outputs: dict) -> None:
+    for key, value in outputs.items():
+        tensors[key].CopyFrom(tf.make_tensor_proto(value))
+
+
 def _classifications(result, outputs: dict) -> None:
     scores = outputs.get(signatures_lib.SCORES_KEY)
     classes = outputs.get(signatures_lib.CLASSES_KEY)
-    rows = len(scores if scores is not None else classes)
-    width = (scores if scores is not None else classes).shape[1]
-    for row in range(rows):
+    shape = (scores if scores is not None else classes).shape
+    for row in range(shape[0]):
         classification = result.classifications.add()
-        for column in range(width):
+        for column in range(shape[1]):
             entry = classification.classes.add()
             if classes is not None:
                 entry.label = _text(classes[row, column])
@@ -207,8 +207,7 @@ def _classifications(result, outputs: dict) -> None:
 
 
 def _regressions(result, outputs: dict) -> None:
-    values = np.reshape(outputs[signatures_lib.OUTPUTS_KEY], [-1])
-    for value in values:
+    for value in np.reshape(outputs[signatures_lib.OUTPUTS_KEY], [-1]):
         result.regressions.add().value = float(value)
 
 
