@@ -68,6 +68,7 @@ class _Server:
             [sys.executable, "-m", "kerassave_callbacks", "serve", export_dir]
             + ["--model_name=digits", "--port=0", "--rest_api_port=0"],
             stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
             text=True,
         )
         ready = self.process.stdout.readline()

@@ -314,6 +314,9 @@ def cmd_serve(args) -> tuple[int, object]:
             "'tensorflow-serving-api==<your TensorFlow's major.minor>.*'"
         ) from e
     configs = _serve_configs(args, config_lib)
+    from absl import logging
+
+    logging.set_verbosity(logging.INFO)  # each load and unload, as TF Serving logs
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
