@@ -25,13 +25,15 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 from tensorflow_serving.config import model_server_config_pb2
-from test_signatures import FEATURES, SIGNATURES, mixed_model, mixed_rows, mixed_targets
 
-from kerassave_callbacks import SavedModelExporter, cli
+from kerassave_callbacks import SavedModelExporter, cli, export_saved_model
 from kerassave_callbacks.core import serving_signatures
 from kerassave_callbacks.server import config as config_lib
+from kerassave_callbacks.server import service
 
+from conftest import classifier
 from helpers import ServeProcess, wait_for
+from test_signatures import FEATURES, SIGNATURES, mixed_model, mixed_rows, mixed_targets
 
 MAX_BODY = 1_000_000
 
@@ -566,3 +568,25 @@ def test_the_config_serving_config_prints_is_read_back(exported, tmp_path, capsy
         export_dir,
         "all",
     )
+
+
+def test_a_directory_on_tfs_file_systems_is_served(tmp_path):
+    """The server lists and loads through tf.io.gfile: a ram:// directory
+    (in this process, where that file system lives)."""
+    model = classifier()
+    export_saved_model(model, "ram://served/digits/7")
+    server = service.ModelServer(
+        [config_lib.ModelConfig("digits", "ram://served/digits")]
+    )
+    try:
+        server.poll()
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "digits"
+        rows = np.ones([2, 4], "float32")
+        request.inputs["features"].CopyFrom(tf.make_tensor_proto(rows))
+        reply = server.predict(request)
+    finally:
+        server.close()
+    assert reply.model_spec.version.value == 7
+    (output,) = reply.outputs.values()
+    np.testing.assert_allclose(tf.make_ndarray(output), model(rows), atol=1e-5)
