@@ -81,6 +81,8 @@ def code_of(error: Exception) -> str:
         return error.code
     if isinstance(error, tf.errors.OpError):
         return CODE_NAMES.get(error.error_code, "UNKNOWN")
+    if isinstance(error, OSError):  # no SavedModel where one was expected
+        return "NOT_FOUND"
     return "INTERNAL"
 
 

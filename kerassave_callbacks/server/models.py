@@ -135,7 +135,8 @@ class ServedModel:
         try:
             served = served_lib.Served(path)
         except Exception as e:
-            return self._failed(version, "NOT_FOUND", served_lib.first_line(e))
+            code = served_lib.code_of(e)
+            return self._failed(version, code, served_lib.first_line(e))
         problems = served.replay_warmup()
         if problems:
             served.close()
