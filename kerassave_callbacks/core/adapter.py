@@ -101,11 +101,18 @@ class KerasAdapter(Protocol):
         """Creates the optimizer's slots (under a strategy, in its scope)."""
 
     def step(
-        self, model, x, targets: Callable[[Any], Any], training: bool
+        self,
+        model,
+        x,
+        targets: Callable[[Any], Any],
+        training: bool,
+        predicted: Callable[[Any], Any] | None = None,
     ) -> tuple[Any, Any, dict]:
         """One step of Keras' own train (or test) step, to be traced:
         (loss, predictions, {metric name: value}), the loss tracker left
-        out; `targets` maps the predictions to the targets' structure."""
+        out; `targets` maps the predictions to the targets' structure;
+        `predicted`, when given, maps `x` to predictions already traced
+        (the serve function, called instead of the model)."""
 
     def uses_ema(self, model) -> bool:
         """True when `fit` ends by moving the optimizer's EMA into the

@@ -125,14 +125,14 @@ def build_optimizer(model) -> None:
             optimizer._create_all_weights(model.trainable_variables)
 
 
-def step(model, x, targets, training: bool):
+def step(model, x, targets, training: bool, predicted=None):
     """One step of Keras 2's own `train_step` (or `test_step`), to be
     traced; arguments and result as `keras3.step`.
 
     `minimize` scales the loss itself under a `LossScaleOptimizer`.
     """
     with tf.GradientTape() as tape:
-        y_pred = model(x, training=training)
+        y_pred = predicted(x) if predicted else model(x, training=training)
         y = targets(y_pred)
         loss = model.compute_loss(x, y, y_pred, None)
     if training:

@@ -109,7 +109,7 @@ def build_optimizer(model: keras.Model) -> None:
         model.optimizer.build(model.trainable_variables)
 
 
-def step(model: keras.Model, x, targets, training: bool):
+def step(model: keras.Model, x, targets, training: bool, predicted=None):
     """One step of Keras' own `train_step` (or `test_step`), to be traced.
 
     Args:
@@ -118,12 +118,14 @@ def step(model: keras.Model, x, targets, training: bool):
       targets: a function of the predictions returning the targets in
         their structure.
       training: apply the optimizer (train) or not (eval).
+      predicted: a function of `x` returning the predictions, already
+        traced (eval calls the serve function); None calls the model.
 
     Returns:
       (loss, predictions, {metric name: value}), the loss tracker left out.
     """
     with tf.GradientTape() as tape:
-        y_pred = model(x, training=training)
+        y_pred = predicted(x) if predicted else model(x, training=training)
         y = targets(y_pred)
         loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=training)
         scaled = model.optimizer.scale_loss(loss)

@@ -117,6 +117,8 @@ class _Tracer:
         self.input_specs = tf.nest.flatten(inputs)
         self.output_names: list[str] = []  # Known once predict is traced.
         self.output_keys: list[str] = []  # Their Keras names.
+        self.output_structure = None  # The model's outputs, as it nests them.
+        self.masked = False  # Whether an output carries a Keras mask.
 
     def trace(self, training: bool, target_signature) -> Traced:
         predict = self._trace_predict()
@@ -142,8 +144,10 @@ class _Tracer:
             )
             _check_not_in_strategy_scope(self.traced_model)
             self.keras.build_optimizer(self.traced_model)
-            for mode, is_training in ((modes.TRAIN, True), (modes.EVAL, False)):
-                functions[mode.signature_key] = self._trace_step(is_training, targets)
+            functions[modes.TRAIN.signature_key] = self._trace_step(True, targets)
+            functions[modes.EVAL.signature_key] = self._trace_step(
+                False, targets, None if self.masked else predict
+            )
             mode_list = (modes.SERVE, modes.TRAIN, modes.EVAL)
         return Traced(
             model=self.model,
@@ -163,6 +167,11 @@ class _Tracer:
     def _call_inputs(self, flat_args):
         return tf.nest.pack_sequence_as(self.inputs, list(flat_args))
 
+    def _keras_outputs(self, named: dict):
+        """The serve function's named outputs, nested as the model nests them."""
+        flat = [named[name] for name in self.output_names]
+        return tf.nest.pack_sequence_as(self.output_structure, flat)
+
     def _named_outputs(self, outputs) -> dict:
         return dict(zip(self.output_names, tf.nest.flatten(outputs), strict=True))
 
@@ -172,21 +181,34 @@ class _Tracer:
             if not self.output_names:
                 self.output_keys = specs.output_names(self.model, outputs)
                 self.output_names = names.signature_keys(self.output_keys, "output")
+                self.output_structure = outputs
+                self.masked = any(
+                    getattr(t, "_keras_mask", None) is not None
+                    for t in tf.nest.flatten(outputs)
+                )
             return self._named_outputs(outputs)
 
         return _traced(serve, self.input_specs)
 
-    def _trace_step(self, training: bool, targets: list[tf.TensorSpec]):
+    def _trace_step(self, training: bool, targets: list[tf.TensorSpec], predict=None):
+        """The train or eval step. With `predict` (eval, when no output is
+        masked) the predictions are a call of the serve function, traced
+        already: the same ops (`training=False`), traced and saved once."""
         model = self.traced_model
         n_inputs = len(self.input_specs)
 
         def step(*args):
             x = self._call_inputs(args[:n_inputs])
+
+            def predicted(_):
+                return self._keras_outputs(predict(*args[:n_inputs]))
+
             loss, y_pred, metrics = self.keras.step(
                 model,
                 x,
                 lambda y_pred: _pack_targets(args[n_inputs:], y_pred),
                 training,
+                predicted if predict is not None else None,
             )
             results = {modes.LOSS_KEY: loss}
             for name, value in self._named_outputs(y_pred).items():
@@ -197,13 +219,25 @@ class _Tracer:
                     results[key] = value
             return results
 
-        return _traced(step, self.input_specs + targets)
+        traced = _traced(step, self.input_specs + targets)
+        if predict is not None and _captures_graph_tensors(traced):
+            # The forward pass adds losses (activity regularizers, add_loss)
+            # that the loss reads: they exist only where the model is called.
+            return self._trace_step(training, targets)
+        return traced
 
 
 def _pack_targets(flat_targets, outputs):
     if isinstance(outputs, dict):
         return dict(zip(sorted(outputs), flat_targets, strict=True))
     return tf.nest.pack_sequence_as(outputs, list(flat_targets))
+
+
+def _captures_graph_tensors(fn) -> bool:
+    """True when `fn`'s graph captured a tensor of another function's graph
+    (not a variable or a constant): it cannot be saved."""
+    captures = fn.get_concrete_function().graph.external_captures
+    return any(tf.is_symbolic_tensor(t) for t in captures)
 
 
 def _traced(fn, input_signature):
