@@ -5,6 +5,14 @@ from __future__ import annotations
 import keras
 
 
+def by_name(name: str) -> keras.Model:
+    """`Dense300` (`dense_stack(300)`, the many-variable model #30 measures)
+    or a `keras.applications` name."""
+    if name.startswith("Dense") and name[5:].isdigit():
+        return dense_stack(int(name[5:]))
+    return application(name)
+
+
 def application(name: str) -> keras.Model:
     """A `keras.applications` model built with weights=None (nothing is
     downloaded) at 96x96 with 10 classes, compiled with Adam."""

@@ -55,9 +55,7 @@ _TOTAL = ("exporter.py", "export")
 
 
 def build(name: str) -> keras.Model:
-    if name == "Dense300":
-        return _models.dense_stack(300)
-    return _models.application(name)
+    return _models.by_name(name)
 
 
 def _seconds(fn) -> float:
