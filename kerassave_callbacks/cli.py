@@ -317,13 +317,13 @@ def cmd_serve(args) -> tuple[int, object]:
     from absl import logging
 
     logging.set_verbosity(logging.INFO)  # each load and unload, as TF Serving logs
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     try:
         serving = app.Serving(configs, _serve_options(args, app))
     except (OSError, TypeError, ValueError) as e:
         raise UsageError(f"cannot serve: {e}") from e
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     names = ", ".join(c.name for c in configs)
     print(
         f"kerassave serve: {names} on REST http://{args.host}:{serving.rest_port} "

@@ -541,6 +541,17 @@ def test_bad_serve_flags_exit_2_naming_the_problem(args, fragment, capsys):
     assert fragment in capsys.readouterr().err
 
 
+def test_a_taken_port_exits_2_naming_it(exported, capsys):
+    export_dir, _ = exported
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = cli.main(["serve", export_dir, "--port=0", f"--rest_api_port={port}"])
+    assert code == cli.USAGE
+    assert "cannot serve: [Errno 98] Address already in use" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "policy, aspired",
     [

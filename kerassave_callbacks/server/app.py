@@ -79,12 +79,17 @@ class Serving:
             threads=options.grpc_threads,
             max_message_bytes=options.max_request_bytes,
         )
-        self._rest = rest.RestServer(
-            (options.host, options.rest_api_port),
-            rest.RestApi(self.model_server),
-            threads=options.rest_threads,
-            max_body_bytes=options.max_request_bytes,
-        )
+        try:
+            self._rest = rest.RestServer(
+                (options.host, options.rest_api_port),
+                rest.RestApi(self.model_server),
+                threads=options.rest_threads,
+                max_body_bytes=options.max_request_bytes,
+            )
+        except OSError:  # the REST port is taken: stop what started
+            self._grpc.stop(grace=None)
+            self.model_server.close()
+            raise
         self.rest_port = self._rest.server_address[1]
         self._rest_thread = threading.Thread(
             target=self._rest.serve_forever, name="rest", daemon=True

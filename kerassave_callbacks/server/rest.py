@@ -166,7 +166,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._reply(*self.api.handle("GET", self.path, b""))
 
     def do_POST(self):
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self.close_connection = True
+            return self._reply(400, {"error": "Content-Length is not a number."})
         if length > self.max_body_bytes:
             self.close_connection = True
             return self._reply(
@@ -206,10 +210,10 @@ class RestServer(http.server.HTTPServer):
         handler = type(
             "Handler", (_Handler,), {"api": api, "max_body_bytes": max_body_bytes}
         )
-        super().__init__(address, handler)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             threads, thread_name_prefix="rest"
-        )
+        )  # before binding: a failed bind closes the server, and the pool
+        super().__init__(address, handler)
 
     def process_request(self, request, client_address):
         self._pool.submit(self._process, request, client_address)
