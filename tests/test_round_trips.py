@@ -134,7 +134,8 @@ def _application():
 
 
 ZOO = {
-    "application": (_application, {}),
+    # Also served exactly from its weights alone (merged, being slow).
+    "application": (_application, {"serves_exactly": True}),
     "dict_io": (_dict_io, {}),
     "subclassed": (_subclassed, {}),
     "custom_layer_and_loss": (_custom_layer_and_loss, {}),
@@ -174,6 +175,8 @@ def test_round_trip(make, options, tmp_path):
         loaded.optimizer.variables, model.optimizer.variables, strict=True
     ):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
+    if options.get("serves_exactly"):
+        _assert_serves_exactly_with_only_its_weights(model, x, path)
     if options.get("random_training"):
         return  # Dropout draws other masks in the graph than in Keras.
     # The train signature from the export's state against train_on_batch
@@ -186,14 +189,9 @@ def test_round_trip(make, options, tmp_path):
     assert_close([r["loss"] for r in runs], keras_losses, atol=1e-5)
 
 
-def test_an_application_serves_exactly_with_only_its_weights(tmp_path):
-    model, x, y, feeds = _application()
-    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
-    path = str(tmp_path / "export")
-    export_saved_model(model, path)
+def _assert_serves_exactly_with_only_its_weights(model, x, path) -> None:
     expected = model.predict(x, verbose=0)
     (name,) = [t.name for t in model.inputs]
-
     (tf1,) = run_tf1(path, "serve", "serving_default", {name: x})
     assert_close(tf1["predictions"], expected)
     assert_close(serve_tf2(path, {name: x})["predictions"], expected)
