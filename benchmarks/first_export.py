@@ -33,7 +33,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import _models  # noqa: E402  (benchmarks/_models.py)
-import keras  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
 
@@ -46,10 +45,6 @@ _MODELS = flags.DEFINE_list(
 )
 
 
-def build(name: str) -> keras.Model:
-    return _models.by_name(name)
-
-
 def _seconds(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -57,7 +52,7 @@ def _seconds(fn) -> float:
 
 
 def measure(name: str, work: str, ours_first: bool) -> dict:
-    model = build(name)
+    model = _models.by_name(name)
     keras_dir = os.path.join(work, f"keras-{name}-{ours_first}")
     exporter = VersionedExporter(os.path.join(work, f"ours-{name}-{ours_first}"))
     steps = [
@@ -70,19 +65,19 @@ def measure(name: str, work: str, ours_first: bool) -> dict:
     serving = VersionedExporter(
         os.path.join(work, f"serve-{name}-{ours_first}"), serving_only=True
     )
-    fresh = build(name)
+    fresh = _models.by_name(name)
     times["serving_only"] = _seconds(lambda: serving.export(fresh))
     serving.close()
     ungated = VersionedExporter(
         os.path.join(work, f"ungated-{name}-{ours_first}"), validate=False
     )
-    fresh = build(name)
+    fresh = _models.by_name(name)
     times["ungated"] = _seconds(lambda: ungated.export(fresh))
     ungated.close()
     background = VersionedExporter(
         os.path.join(work, f"async-{name}-{ours_first}"), async_export=True
     )
-    fresh = build(name)
+    fresh = _models.by_name(name)
     times["async_blocked"] = _seconds(lambda: background.export(fresh))
     background.close()
     newest = os.path.join(exporter.export_dir, str(exporter.versions()[-1]))

@@ -27,7 +27,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import _models  # noqa: E402  (benchmarks/_models.py)
-import keras  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from kerassave_callbacks import VersionedExporter  # noqa: E402
@@ -54,10 +53,6 @@ _SERIALIZE = ("mode_graphs.py", "_serialize_graphs")
 _TOTAL = ("exporter.py", "export")
 
 
-def build(name: str) -> keras.Model:
-    return _models.by_name(name)
-
-
 def _seconds(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -74,13 +69,13 @@ def _cumulative(stats: pstats.Stats) -> dict:
 
 
 def measure(name: str, work: str) -> None:
-    model = build(name)
+    model = _models.by_name(name)
     ours = _seconds(lambda: VersionedExporter(f"{work}/ours-{name}").export(model))
-    fresh = build(name)
+    fresh = _models.by_name(name)
     keras_seconds = _seconds(
         lambda: fresh.export(f"{work}/keras-{name}", verbose=False)
     )
-    profiled = build(name)
+    profiled = _models.by_name(name)
     exporter = VersionedExporter(f"{work}/profiled-{name}")
     profile = cProfile.Profile()
     profile.runcall(exporter.export, profiled)
