@@ -7,5 +7,6 @@ directories, for development and CI (production uses TF Serving).
     rest_json.py  the REST API's JSON <-> those protos
     rest.py       the HTTP server (a thread pool, bounded bodies)
     grpc_api.py   PredictionService and ModelService over gRPC
-    app.py        the command: flags -> configs -> both servers, until stopped
+    app.py        ServeOptions, Serving: both servers over the models
+    command.py    the `serve` subcommand: flags -> configs -> Serving, until stopped
 """
