@@ -29,7 +29,7 @@ from kerassave_callbacks.core import modes
 from kerassave_callbacks.core import served as served_lib
 from kerassave_callbacks.server import models as models_lib
 
-ServingError = models_lib.ServingError
+ServingError = served_lib.ServingError
 _SIGNATURE_DEF = "signature_def"
 
 
@@ -92,8 +92,7 @@ class ModelServer:
 
     def acquire(self, spec):
         """The loaded version a `ModelSpec` names, held for a `with` block."""
-        version = spec.version.value if spec.HasField("version") else None
-        return self.model(spec.name).acquire(version, spec.version_label)
+        return self.model(spec.name).acquire(_version_of(spec), spec.version_label)
 
     def signature_inputs(self, spec) -> dict:
         """Input key -> `TensorInfo` of the signature a request names."""
@@ -167,8 +166,7 @@ class ModelServer:
 
     def get_model_status(self, request):
         spec = request.model_spec
-        version = spec.version.value if spec.HasField("version") else None
-        states = self.model(spec.name).status(version, spec.version_label)
+        states = self.model(spec.name).status(_version_of(spec), spec.version_label)
         reply = get_model_status_pb2.GetModelStatusResponse()
         for state in states:
             row = reply.model_version_status.add()
@@ -177,6 +175,11 @@ class ModelServer:
             row.status.error_code = _error_code(state.error_code)
             row.status.error_message = state.error_message
         return reply
+
+
+def _version_of(spec) -> int | None:
+    """The version a `ModelSpec` names, or None (the newest, or a label)."""
+    return spec.version.value if spec.HasField("version") else None
 
 
 def _answered(reply_spec, request_spec, version: int) -> None:
