@@ -210,6 +210,28 @@ def test_eval_matches_evaluate_and_never_changes_weights(tmp_path):
             np.testing.assert_array_equal(b, v.numpy())
 
 
+def test_eval_of_a_masked_output_keeps_the_mask_in_its_loss(tmp_path):
+    """Eval's predictions come from the serve function, except where an
+    output carries a Keras mask, which a function call would drop."""
+    inputs = keras.Input((5,), dtype="int32", name="ids")
+    hidden = keras.layers.Embedding(20, 4, mask_zero=True)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1, name="out")(hidden))
+    model.compile(optimizer="adam", loss="mse")
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 20, size=(8, 5)).astype("int32")
+    x[:, 3:] = 0  # padding, masked out of the loss
+    y = rng.normal(size=(8, 5, 1)).astype("float32")
+    path = str(tmp_path / "export")
+    export_saved_model(model, path)
+
+    (run,) = run_tf1(path, "eval", "eval", {"ids": x, "out_target": y})
+
+    masked = model.evaluate(x, y, batch_size=8, verbose=0)
+    unmasked = float(np.mean((model.predict(x, verbose=0) - y) ** 2))
+    assert run["loss"] == pytest.approx(masked, rel=1e-5)
+    assert masked != pytest.approx(unmasked, rel=1e-3)
+
+
 @pytest.mark.parametrize(
     "loss, expected_dtype, expected_shape",
     [
