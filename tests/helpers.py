@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -220,19 +221,20 @@ class ServeProcess:
     """`kerassave serve ARGS` in a subprocess, on free loopback ports."""
 
     def __init__(self, *args: str):
+        # Its log goes to a file: a pipe nobody reads would block the
+        # server once full.
+        self.log = tempfile.TemporaryFile("w+")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "kerassave_callbacks", "serve", *args]
             + ["--port=0", "--rest_api_port=0", "--file_system_poll_wait_seconds=0.2"],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self.log,
             text=True,
         )
         ready = self.process.stdout.readline()
         if "REST http://" not in ready:
             self.process.kill()
-            raise AssertionError(
-                f"no ready line: {ready!r} {self.process.stderr.read()}"
-            )
+            raise AssertionError(f"no ready line: {ready!r} {self.stop()}")
         self.rest = ready.split("REST ")[1].split()[0]
         self.channel = grpc.insecure_channel(ready.split("gRPC ")[1].strip())
         self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(
@@ -255,10 +257,13 @@ class ServeProcess:
             return e.code, json.loads(e.read())
 
     def stop(self) -> str:
-        self.channel.close()
+        """Stops the server; returns its log."""
+        if hasattr(self, "channel"):
+            self.channel.close()
         self.process.terminate()
-        _, err = self.process.communicate(timeout=30)
-        return err
+        self.process.communicate(timeout=30)
+        self.log.seek(0)
+        return self.log.read()
 
 
 def wait_for(condition, seconds: float = 30) -> None:

@@ -24,6 +24,7 @@ import time
 
 from absl import logging
 
+from kerassave_callbacks import export_dir as export_dir_lib
 from kerassave_callbacks.core import served as served_lib
 from kerassave_callbacks.server import config as config_lib
 
@@ -96,8 +97,6 @@ class ServedModel:
         max_load_retries: int = 5,
         retry_seconds: float = 60.0,
     ):
-        from kerassave_callbacks import export_dir as export_dir_lib
-
         self.config = config
         self._dir = export_dir_lib.ExportDir(config.base_path)
         self._max_tries = max_load_retries + 1

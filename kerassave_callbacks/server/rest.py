@@ -110,9 +110,11 @@ class RestApi:
         return rest_json.message_json(self.server.get_model_status(request))
 
     def _predict(self, body: dict, request) -> dict:
-        inputs = self.server.signature_inputs(request.model_spec)
-        request_format = rest_json.fill_predict_request(body, request, inputs)
-        return rest_json.predict_json(self.server.predict(request), request_format)
+        def fill_inputs(signature):  # on the version that answers
+            rest_json.fill_predict_request(body, request, dict(signature.inputs))
+
+        reply = self.server.predict(request, prepare=fill_inputs)
+        return rest_json.predict_json(reply, rest_json.format_of(body))
 
     def _classify(self, body: dict, request) -> dict:
         rest_json.fill_examples_request(body, request)

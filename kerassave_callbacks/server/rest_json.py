@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 
 import numpy as np
 import tensorflow as tf
@@ -34,8 +33,13 @@ ROW, COLUMNAR = "row", "columnar"
 # Predict.
 
 
-def fill_predict_request(body, request, inputs: dict) -> str:
-    """Fills `request.inputs` from a predict body; returns its format.
+def format_of(body: dict) -> str:
+    """A predict body's format: ROW (`instances`) or COLUMNAR (`inputs`)."""
+    return ROW if "instances" in body else COLUMNAR
+
+
+def fill_predict_request(body, request, inputs: dict) -> None:
+    """Fills `request.inputs` from a predict body.
 
     Args:
       body: the parsed JSON body.
@@ -57,7 +61,6 @@ def fill_predict_request(body, request, inputs: dict) -> str:
         dtype = tf.dtypes.as_dtype(inputs[key].dtype)
         array = to_array(value, dtype, key)
         request.inputs[key].CopyFrom(tf.make_tensor_proto(array, dtype=dtype))
-    return ROW if has_rows else COLUMNAR
 
 
 def _columns_of_rows(rows, inputs: dict) -> dict:
@@ -308,6 +311,4 @@ def _b64decode(text, key: str) -> bytes:
 
 def _short(value) -> str:
     text = repr(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        text = str(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -94,16 +94,14 @@ class ModelServer:
         """The loaded version a `ModelSpec` names, held for a `with` block."""
         return self.model(spec.name).acquire(_version_of(spec), spec.version_label)
 
-    def signature_inputs(self, spec) -> dict:
-        """Input key -> `TensorInfo` of the signature a request names."""
-        with self.acquire(spec) as loaded:
-            return dict(loaded.served.signature(spec.signature_name).inputs)
-
     # TF Serving's requests.
 
-    def predict(self, request) -> predict_pb2.PredictResponse:
+    def predict(self, request, prepare=None) -> predict_pb2.PredictResponse:
+        """A Predict request. `prepare(signature)`, when given, is called
+        first with the `SignatureDef` the request names, on the version that
+        answers (the REST API fills the inputs from JSON by its dtypes)."""
         reply = predict_pb2.PredictResponse()
-        return self._answer("predict", request, reply, reply.outputs, _tensors)
+        return self._answer("predict", request, reply, reply.outputs, _tensors, prepare)
 
     def classify(self, request) -> classification_pb2.ClassificationResponse:
         reply = classification_pb2.ClassificationResponse()
@@ -113,10 +111,13 @@ class ModelServer:
         reply = regression_pb2.RegressionResponse()
         return self._answer("regress", request, reply, reply.result, _regressions)
 
-    def _answer(self, method: str, request, reply, part, fill):
-        """Runs `Served.<method>` on the version the request names; `fill`
-        writes its outputs into `part` of `reply`."""
+    def _answer(self, method: str, request, reply, part, fill, prepare=None):
+        """Runs `Served.<method>` on the version the request names (after
+        `prepare`, on the same version); `fill` writes its outputs into
+        `part` of `reply`."""
         with self.acquire(request.model_spec) as loaded:
+            if prepare is not None:
+                prepare(loaded.served.signature(request.model_spec.signature_name))
             outputs = getattr(loaded.served, method)(request)
         _answered(reply.model_spec, request.model_spec, loaded.version)
         fill(part, outputs)
