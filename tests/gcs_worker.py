@@ -13,8 +13,8 @@ import contextlib
 import io
 import json
 import os
-import subprocess
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -33,8 +33,8 @@ from kerassave_callbacks import (  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import classifier, classifier_data  # noqa: E402
+from helpers import PollerProcess  # noqa: E402
 
-HERE = os.path.dirname(__file__)
 MODELS = "gs://bucket/models/m"
 
 
@@ -48,16 +48,16 @@ def kerassave(*args) -> tuple[int, object]:
 
 def fit_while_a_server_follows(work: str) -> dict:
     """SavedModelExporter in fit, keep=1, while the poller follows."""
-    stop = os.path.join(work, "stop")
-    poller = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "poller.py"), MODELS, stop, "0.5"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    poller = PollerProcess(MODELS, os.path.join(work, "stop"), 0.5)
     keras.utils.set_random_seed(7)
     x, y = classifier_data(48)
     model = classifier()
     exporter = SavedModelExporter(MODELS, keep=1, monitor="val_loss", keep_best=1)
+    # The first version stays the newest longer than a round of the poller,
+    # so the poller loads it before the last (which it loads at the end).
+    linger = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: time.sleep(3 if epoch == 0 else 0)
+    )
     model.fit(
         x,
         y,
@@ -65,11 +65,10 @@ def fit_while_a_server_follows(work: str) -> dict:
         batch_size=8,
         validation_split=0.25,
         verbose=0,
-        callbacks=[exporter],
+        callbacks=[exporter, linger],
     )
     exporter.close()
-    open(stop, "w").close()
-    served = json.loads(poller.communicate(timeout=300)[0].strip())
+    served = poller.finish()
     newest = max(exporter.versions())
     path = f"{MODELS}/{newest}"
     loaded = tf.saved_model.load(path, tags=["serve"])

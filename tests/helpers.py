@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -19,6 +20,8 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+POLLER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "poller.py")
 
 
 def saved_model_cli() -> list[str]:
@@ -264,6 +267,34 @@ class ServeProcess:
         self.process.communicate(timeout=30)
         self.log.seek(0)
         return self.log.read()
+
+
+class PollerProcess:
+    """tests/poller.py following `export_dir` in a subprocess, returned once
+    it is listing (its TensorFlow import can outlast a short fit)."""
+
+    def __init__(self, export_dir: str, stop_file: str, load_seconds: float):
+        self.stop_file = stop_file
+        self.process = subprocess.Popen(
+            [sys.executable, POLLER, export_dir, stop_file, str(load_seconds)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        ready = self.process.stdout.readline()
+        if ready.strip() != "listing":
+            self.process.kill()
+            raise AssertionError(f"the poller did not start: {ready!r}")
+
+    def finish(self, timeout: float = 300) -> dict:
+        """Stops after one last round; returns what the poller saw."""
+        open(self.stop_file, "w").close()
+        return json.loads(self.process.communicate(timeout=timeout)[0].strip())
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()
 
 
 def wait_for(condition, seconds: float = 30) -> None:

@@ -6,7 +6,8 @@ Every second: list EXPORT_DIR, pick the newest integer-named version, wait
 LOAD_SECONDS (a server that takes that long to start loading), then load it
 in a fresh TF1 session (restore and init op, as TF Serving does) and run its
 `serving_default` on one row of zeros. Once STOP_FILE exists, one last round
-follows. Prints one JSON line: the versions loaded and the failures.
+follows. Prints "listing" as it starts, then one JSON line at the end:
+the versions loaded and the failures.
 
 On an object store (`gs://...`, read through `tf.io.gfile`), where a version
 is copied object by object, the directory of a version is listed before its
@@ -86,6 +87,7 @@ def load_and_run(path: str) -> None:
 def main(export_dir: str, stop_file: str, load_seconds: float) -> None:
     store = "://" in export_dir
     loaded, failed, retried, incomplete = [], [], [], []
+    print("listing", flush=True)  # The caller may start exporting now.
     while True:
         last_round = os.path.exists(stop_file)
         listed = store_versions(export_dir) if store else local_versions(export_dir)

@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import threading
 import time
 
@@ -19,9 +16,7 @@ from tensorflow_serving.apis import predict_pb2
 from kerassave_callbacks import SavedModelExporter, VersionedExporter
 
 from conftest import classifier, classifier_data
-from helpers import ServeProcess, wait_for
-
-POLLER = os.path.join(os.path.dirname(__file__), "poller.py")
+from helpers import PollerProcess, ServeProcess, wait_for
 
 
 class SlowEpochs(keras.callbacks.Callback):
@@ -42,12 +37,7 @@ def test_servers_following_keep_1_never_fail_a_load_or_a_request(tmp_path):
     slow test for both): the poller loads like TF Serving, `kerassave serve`
     answers REST and gRPC requests all along."""
     export_dir, stop = tmp_path / "exports", tmp_path / "stop"
-    poller = subprocess.Popen(
-        [sys.executable, POLLER, str(export_dir), str(stop), "1.0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    poller = PollerProcess(str(export_dir), str(stop), 1.0)
     served = ServeProcess(str(export_dir), "--model_name=digits")
     asker = _Asker(served)
     try:
@@ -64,8 +54,7 @@ def test_servers_following_keep_1_never_fail_a_load_or_a_request(tmp_path):
         )
         exporter.close()
         written = exporter.versions()
-        stop.touch()
-        result = json.loads(poller.communicate(timeout=120)[0].strip())
+        result = poller.finish(timeout=120)
         wait_for(lambda: asker.versions and asker.versions[-1] == written[-1])
         status = served.get("/v1/models/digits")[1]["model_version_status"]
     finally:
