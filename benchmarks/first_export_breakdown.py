@@ -10,7 +10,9 @@ built with weights=None at 96x96, 10 classes), prints the wall time of the
 first full export through `VersionedExporter` and of `model.export()` on a
 fresh copy, then the first export again under cProfile, as the share of
 each phase: tracing the serve function, the train and eval steps, the
-serving signatures, `tf.saved_model.save`, splitting into one MetaGraph per
+serving signatures, `tf.saved_model.save` (with its copy of every
+variable into the graph it saves and its tracing of a wrapper for each
+signature), splitting into one MetaGraph per
 mode (with the savers), writing the files, the fingerprint, the publish
 gate, commit and retention. Profiling slows Python-heavy phases (tracing)
 more than the rest: read the shares, not the seconds, against each other.
@@ -41,6 +43,11 @@ _PHASES = {
     "trace train + eval steps": ("tracing.py", "_trace_step"),
     "serving signatures": ("serving_signatures.py", "build"),
     "tf.saved_model.save": ("mode_graphs.py", "_tf_save"),
+    "  of which copying variables": ("save.py", "map_resources"),
+    "  of which signature wrappers": (
+        "signature_serialization.py",
+        "canonicalize_signatures",
+    ),
     "split by mode (+ savers)": ("graph_split.py", "split_by_mode"),
     "  of which savers": ("graph_savers.py", "add_saver"),
     "fingerprint": ("_fingerprint.py", "write"),
@@ -89,7 +96,7 @@ def measure(name: str, work: str) -> None:
     rows = {label: seconds.get(key, 0.0) for label, key in _PHASES.items()}
     rows["write the files"] = seconds.get(_WRITE, 0.0) - seconds.get(_SERIALIZE, 0.0)
     for label, value in rows.items():
-        print(f"  {label:28s} {100 * value / total:5.1f} %")
+        print(f"  {label:30s} {100 * value / total:5.1f} %")
 
 
 def main(argv):

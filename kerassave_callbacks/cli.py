@@ -219,8 +219,6 @@ def cmd_verify(args) -> tuple[int, object]:
 
 def cmd_prune(args) -> tuple[int, object]:
     export_dir = _deletable_export_dir(args.export_dir, args)
-    if args.keep_best and not args.monitor:
-        raise UsageError("--keep_best needs --monitor, the metric to rank by")
     try:
         policy = options.RetentionPolicy(
             keep=args.keep or None,
@@ -288,8 +286,6 @@ def cmd_serving_config(args) -> tuple[int, object]:
     elif args.policy == "all":
         policy.all.SetInParent()
     else:
-        if not args.monitor:
-            raise UsageError("--policy=best needs --monitor, the metric to rank by")
         monitor = options.Monitor(args.monitor, args.mode)
         known = export_dir.for_retention(monitor.name)
         best = retention.best_versions(known, 1, monitor)
@@ -419,9 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     try:
         args = parser().parse_args(argv)
-        for name in ("keep", "keep_best", "keep_every_n_hours", "grace_seconds"):
-            if getattr(args, name, 0) < 0:
-                raise UsageError(f"--{name} must be >= 0")
+        _check_flags(args)
         if args.command in _READS_GRAPHS:
             _startup.import_tensorflow()
         code, result = args.fn(args)
@@ -433,6 +427,21 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(json.dumps(result, indent=2, sort_keys=True))
     return code
+
+
+def _check_flags(args) -> None:
+    """Raises UsageError for what the flags alone get wrong, before
+    TensorFlow is imported or anything is read."""
+    for name in ("keep", "keep_best", "keep_every_n_hours", "grace_seconds"):
+        if getattr(args, name, 0) < 0:
+            raise UsageError(f"--{name} must be >= 0")
+    ranks = {
+        "prune": ("--keep_best", getattr(args, "keep_best", 0)),
+        "serving_config": ("--policy=best", getattr(args, "policy", "") == "best"),
+    }
+    flag, wanted = ranks.get(args.command, ("", False))
+    if wanted and not args.monitor:
+        raise UsageError(f"{flag} needs --monitor, the metric to rank by")
 
 
 def run() -> None:
