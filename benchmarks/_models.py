@@ -1,6 +1,9 @@
-"""The models the benchmarks measure, built the same way in each script."""
+"""The models the benchmarks measure, built the same way in each script,
+and the stopwatch that times their exports."""
 
 from __future__ import annotations
+
+import time
 
 import keras
 
@@ -34,3 +37,10 @@ def _compiled(model: keras.Model, loss: str) -> keras.Model:
     model.compile(optimizer="adam", loss=loss)
     model.optimizer.build(model.trainable_variables)
     return model
+
+
+def seconds(fn) -> float:
+    """Wall seconds `fn()` takes."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start

@@ -24,7 +24,6 @@ import cProfile
 import os
 import pstats
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -60,12 +59,6 @@ _SERIALIZE = ("mode_graphs.py", "_serialize_graphs")
 _TOTAL = ("exporter.py", "export")
 
 
-def _seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def _cumulative(stats: pstats.Stats) -> dict:
     """(file name, function) -> cumulative seconds, summed over callers."""
     out = {}
@@ -77,15 +70,16 @@ def _cumulative(stats: pstats.Stats) -> dict:
 
 def measure(name: str, work: str) -> None:
     model = _models.by_name(name)
-    ours = _seconds(lambda: VersionedExporter(f"{work}/ours-{name}").export(model))
+    exporter = VersionedExporter(f"{work}/ours-{name}")
+    ours = _models.seconds(lambda: exporter.export(model))
     fresh = _models.by_name(name)
-    keras_seconds = _seconds(
+    keras_seconds = _models.seconds(
         lambda: fresh.export(f"{work}/keras-{name}", verbose=False)
     )
     profiled = _models.by_name(name)
-    exporter = VersionedExporter(f"{work}/profiled-{name}")
+    profiling = VersionedExporter(f"{work}/profiled-{name}")
     profile = cProfile.Profile()
-    profile.runcall(exporter.export, profiled)
+    profile.runcall(profiling.export, profiled)
     seconds = _cumulative(pstats.Stats(profile))
     total = seconds[_TOTAL]
     print(
