@@ -14,7 +14,6 @@ import io
 import json
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -33,7 +32,7 @@ from kerassave_callbacks import (  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import classifier, classifier_data  # noqa: E402
-from helpers import PollerProcess  # noqa: E402
+from helpers import PollerProcess, wait_for  # noqa: E402
 
 MODELS = "gs://bucket/models/m"
 
@@ -53,11 +52,13 @@ def fit_while_a_server_follows(work: str) -> dict:
     x, y = classifier_data(48)
     model = classifier()
     exporter = SavedModelExporter(MODELS, keep=1, monitor="val_loss", keep_best=1)
-    # The first version stays the newest longer than a round of the poller,
-    # so the poller loads it before the last (which it loads at the end).
-    linger = keras.callbacks.LambdaCallback(
-        on_epoch_end=lambda epoch, logs: time.sleep(3 if epoch == 0 else 0)
-    )
+
+    def linger(epoch, logs):
+        # The first version stays the newest until the poller has loaded it:
+        # the poller then sees it and the last (loaded at the end) at least.
+        if epoch == 0:
+            wait_for(lambda: poller.loads, seconds=120)
+
     model.fit(
         x,
         y,
@@ -65,7 +66,7 @@ def fit_while_a_server_follows(work: str) -> dict:
         batch_size=8,
         validation_split=0.25,
         verbose=0,
-        callbacks=[exporter, linger],
+        callbacks=[exporter, keras.callbacks.LambdaCallback(on_epoch_end=linger)],
     )
     exporter.close()
     served = poller.finish()

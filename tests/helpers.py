@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -271,10 +272,13 @@ class ServeProcess:
 
 class PollerProcess:
     """tests/poller.py following `export_dir` in a subprocess, returned once
-    it is listing (its TensorFlow import can outlast a short fit)."""
+    it is listing (its TensorFlow import can outlast a short fit).
+    `loads` are the versions it loaded so far."""
 
     def __init__(self, export_dir: str, stop_file: str, load_seconds: float):
         self.stop_file = stop_file
+        self.loads: list[int] = []
+        self._last = ""
         self.process = subprocess.Popen(
             [sys.executable, POLLER, export_dir, stop_file, str(load_seconds)],
             stdout=subprocess.PIPE,
@@ -285,16 +289,27 @@ class PollerProcess:
         if ready.strip() != "listing":
             self.process.kill()
             raise AssertionError(f"the poller did not start: {ready!r}")
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            if line.startswith("loaded "):
+                self.loads.append(int(line.split()[1]))
+            else:
+                self._last = line
 
     def finish(self, timeout: float = 300) -> dict:
         """Stops after one last round; returns what the poller saw."""
         open(self.stop_file, "w").close()
-        return json.loads(self.process.communicate(timeout=timeout)[0].strip())
+        self.process.wait(timeout=timeout)
+        self._reader.join(timeout=timeout)
+        return json.loads(self._last)
 
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
-            self.process.communicate()
+            self.process.wait()
 
 
 def wait_for(condition, seconds: float = 30) -> None:

@@ -6,8 +6,8 @@ Every second: list EXPORT_DIR, pick the newest integer-named version, wait
 LOAD_SECONDS (a server that takes that long to start loading), then load it
 in a fresh TF1 session (restore and init op, as TF Serving does) and run its
 `serving_default` on one row of zeros. Once STOP_FILE exists, one last round
-follows. Prints "listing" as it starts, then one JSON line at the end:
-the versions loaded and the failures.
+follows. Prints "listing" as it starts, "loaded VERSION" after each load,
+and one JSON line at the end: the versions loaded and the failures.
 
 On an object store (`gs://...`, read through `tf.io.gfile`), where a version
 is copied object by object, the directory of a version is listed before its
@@ -103,6 +103,7 @@ def main(export_dir: str, stop_file: str, load_seconds: float) -> None:
                 else:
                     load_and_run(path)
                     loaded.append(version)
+                    print(f"loaded {version}", flush=True)
             except Exception as e:  # What the server would log.
                 failed.append([version, f"{type(e).__name__}: {e}"[:300]])
         if last_round:

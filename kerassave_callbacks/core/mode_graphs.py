@@ -76,6 +76,11 @@ class ModeGraphs:
         self._saved_assets: dict[str, bytes] = {}
         # Optimizer slots and compiled metrics were created while tracing:
         # collect what to save only now.
+        self._collect_variables()
+
+    def _collect_variables(self) -> None:
+        """The saved root, every variable with its checkpoint key, and where
+        each value is read from when saved."""
         self.root = self._saved_root()
         # (checkpoint key, variable) of every variable the export holds.
         self._variables = [
@@ -90,7 +95,7 @@ class ModeGraphs:
         # Where each saved value is read from: the variable itself, or the
         # model's own when the graphs are a copy's (metrics: saved as zeros).
         self._sources = [v for _, v in self._variables]
-        if self.traced.traced_model is not model:
+        if self.traced.traced_model is not self.model:
             self._sources = single_device.model_sources(
                 self.keras, self.model, self.root, modes.TRAIN in self.modes
             )
