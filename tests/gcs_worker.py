@@ -9,8 +9,6 @@ Prints one JSON object: what each step saw, for the tests to assert on.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import sys
@@ -26,23 +24,20 @@ from kerassave_callbacks import (  # noqa: E402
     SavedModelExporter,
     VersionedExporter,
     _fs,  # noqa: E402
-    cli,
     load_from_saved_model,
 )
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import classifier, classifier_data  # noqa: E402
-from helpers import PollerProcess, wait_for  # noqa: E402
+from helpers import PollerProcess, kerassave_here, wait_for  # noqa: E402
 
 MODELS = "gs://bucket/models/m"
 
 
 def kerassave(*args) -> tuple[int, object]:
-    """`kerassave ARGS --json` (in this process: it already has TF loaded)."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = cli.main([*args, "--json"])
-    return code, json.loads(out.getvalue() or "null")
+    """`kerassave ARGS --json`: its exit code and what it printed."""
+    done = kerassave_here(*args, "--json")
+    return done.returncode, json.loads(done.stdout or "null")
 
 
 def fit_while_a_server_follows(work: str) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -21,6 +22,8 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+from kerassave_callbacks import cli
 
 POLLER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "poller.py")
 
@@ -310,6 +313,21 @@ class PollerProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+def kerassave_here(*args, check_code=None) -> subprocess.CompletedProcess:
+    """`kerassave ARGS` by its `main`, in this process (TensorFlow is loaded
+    already), with its exit code and output as a subprocess would have."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main([str(a) for a in args])
+        except SystemExit as e:  # argparse's own usage errors.
+            code = e.code
+    done = subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+    if check_code is not None:
+        assert code == check_code, done.stderr[-3000:]
+    return done
 
 
 def wait_for(condition, seconds: float = 30) -> None:

@@ -5,8 +5,6 @@ its `main` in this process elsewhere (TensorFlow is loaded already)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -20,10 +18,11 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from kerassave_callbacks import SavedModelExporter, cli, export_saved_model, layout
+from kerassave_callbacks import SavedModelExporter, export_saved_model, layout
 from kerassave_callbacks.core import warmup
 
 from conftest import classifier, classifier_data
+from helpers import kerassave_here
 
 
 def kerassave(*args, check_code=None):
@@ -37,20 +36,6 @@ def kerassave(*args, check_code=None):
     if check_code is not None:
         assert out.returncode == check_code, out.stderr[-3000:]
     return out
-
-
-def kerassave_here(*args, check_code=None):
-    """`kerassave ARGS` by its `main`, in this process."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = cli.main([str(a) for a in args])
-        except SystemExit as e:  # argparse's own usage errors.
-            code = e.code
-    done = subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-    if check_code is not None:
-        assert code == check_code, done.stderr[-3000:]
-    return done
 
 
 @pytest.fixture(scope="module")
