@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import time
 
 import grpc
 import keras
@@ -510,8 +511,74 @@ def test_a_new_version_whose_warmup_fails_is_not_served(exported, tmp_path):
     assert reply[0] == 200
 
 
-def _states(served) -> list[tuple[str, str]]:
-    rows = served.get("/v1/models/mixed")[1]["model_version_status"]
+def test_a_config_file_read_again_changes_what_is_served(exported, tmp_path):
+    """--model_config_file_poll_wait_seconds: labels and policies move, a
+    model comes and goes, and a file that does not parse changes nothing."""
+    export_dir, models = exported
+    old, new = sorted(models)
+    path = tmp_path / "models.config"
+    _write_config(path, {"mixed": (export_dir, [old], {"stable": old})})
+    served = ServeProcess(
+        f"--model_config_file={path}", "--model_config_file_poll_wait_seconds=0.2"
+    )
+    try:
+        started = _states(served)
+        _write_config(path, "model_config_list { config { name: ")
+        time.sleep(1.5)  # Several reads of the broken file.
+        kept = _states(served), _labelled(served, "stable")
+        _write_config(
+            path,
+            {
+                "mixed": (export_dir, None, {"stable": new, "canary": old}),
+                "again": (export_dir, [new], {}),
+            },
+        )
+        wait_for(lambda: _labelled(served, "stable") == str(new))
+        wait_for(lambda: _states(served, "again") == [(str(new), "AVAILABLE")])
+        both = _states(served)
+        canary = _labelled(served, "canary")
+        _write_config(path, {"again": (export_dir, [new], {})})
+        wait_for(lambda: served.get("/v1/models/mixed")[0] == 404)
+        still = _states(served, "again")
+    finally:
+        served.stop()
+
+    assert started == [(str(old), "AVAILABLE")]
+    assert kept == (started, str(old))
+    assert both == [(str(new), "AVAILABLE"), (str(old), "AVAILABLE")]
+    assert canary == str(old)
+    assert still == [(str(new), "AVAILABLE")]
+
+
+def _write_config(path, models) -> None:
+    """A ModelServerConfig naming `models` (name -> (base path, versions
+    or None for all, labels)), or text as it is; replaced at once."""
+    if isinstance(models, str):
+        text = models
+    else:
+        config = model_server_config_pb2.ModelServerConfig()
+        for name, (base, versions, labels) in models.items():
+            entry = config.model_config_list.config.add()
+            entry.name, entry.base_path = name, base
+            if versions is None:
+                entry.model_version_policy.all.SetInParent()
+            else:
+                entry.model_version_policy.specific.versions.extend(versions)
+            entry.version_labels.update(labels)
+        text = str(config)
+    staged = f"{path}.staged"
+    with open(staged, "w") as f:
+        f.write(text)
+    os.replace(staged, path)
+
+
+def _labelled(served, label: str) -> str | None:
+    code, body = served.get(f"/v1/models/mixed/labels/{label}")
+    return body["model_version_status"][0]["version"] if code == 200 else None
+
+
+def _states(served, model: str = "mixed") -> list[tuple[str, str]]:
+    rows = served.get(f"/v1/models/{model}")[1].get("model_version_status", [])
     return [(row["version"], row["state"]) for row in rows]
 
 

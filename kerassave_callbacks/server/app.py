@@ -9,6 +9,7 @@ directories every `poll_seconds`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 
 from kerassave_callbacks import _checks
@@ -25,6 +26,9 @@ class ServeOptions:
       rest_api_port: the REST port; 0 picks a free one. Defaults to 8501.
       port: the gRPC port; 0 picks a free one. Defaults to 8500.
       poll_seconds: the wait between polls of the directories. Defaults to 1.
+      config_poll_seconds: how often the model config file (when the models
+        come from one) is read again, at the next poll; 0 reads it once.
+        Defaults to 0 (TF Serving's `--model_config_file_poll_wait_seconds`).
       max_load_retries: loads of a failing version tried again. Defaults to 5.
       load_retry_seconds: the wait between them. Defaults to 60.
       rest_threads: threads answering REST requests. Defaults to 8.
@@ -37,6 +41,7 @@ class ServeOptions:
     rest_api_port: int = 8501
     port: int = 8500
     poll_seconds: float = 1.0
+    config_poll_seconds: float = 0.0
     max_load_retries: int = 5
     load_retry_seconds: float = 60.0
     rest_threads: int = 8
@@ -50,6 +55,7 @@ class ServeOptions:
             _checks.check_count(name, getattr(self, name))
         _checks.check_seconds("poll_seconds", self.poll_seconds, positive=True)
         _checks.check_seconds("load_retry_seconds", self.load_retry_seconds)
+        _checks.check_seconds("config_poll_seconds", self.config_poll_seconds)
 
 
 class Serving:
@@ -64,9 +70,16 @@ class Serving:
     Args:
       configs: the models to serve.
       options: ports, threads, polling.
+      config_file: the model config file `configs` were read from, read
+        again every `options.config_poll_seconds` when that is not 0.
     """
 
-    def __init__(self, configs: list[config_lib.ModelConfig], options: ServeOptions):
+    def __init__(
+        self,
+        configs: list[config_lib.ModelConfig],
+        options: ServeOptions,
+        config_file: str = "",
+    ):
         self.model_server = service.ModelServer(
             configs,
             max_load_retries=options.max_load_retries,
@@ -95,7 +108,12 @@ class Serving:
             target=self._rest.serve_forever, name="rest", daemon=True
         )
         self._rest_thread.start()
-        self.model_server.follow(options.poll_seconds)
+        reread = None
+        if config_file and options.config_poll_seconds:
+            reread = functools.partial(config_lib.read_config_file, config_file)
+        self.model_server.follow(
+            options.poll_seconds, reread, options.config_poll_seconds
+        )
 
     def __enter__(self) -> Serving:
         return self

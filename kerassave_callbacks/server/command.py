@@ -36,6 +36,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
     serve.add_argument("--versions", default="", help="for specific: V1,V2,...")
     for name, kind, default, text in (
         ("file_system_poll_wait_seconds", float, 1.0, "the wait between polls"),
+        ("model_config_file_poll_wait_seconds", float, 0.0, "0: read it once"),
         ("max_num_load_retries", int, 5, "loads of a failing version retried"),
         ("load_retry_interval_micros", int, 60_000_000, "the wait between them"),
         ("rest_api_num_threads", int, 8, "threads answering REST"),
@@ -63,7 +64,7 @@ def serve(args: argparse.Namespace) -> None:
     configs = _configs(args)
     logging.set_verbosity(logging.INFO)  # each load and unload, as TF Serving logs
     try:
-        serving = app.Serving(configs, _options(args, app))
+        serving = app.Serving(configs, _options(args, app), args.model_config_file)
     except (OSError, TypeError, ValueError) as e:
         raise ServeError(f"cannot serve: {e}") from e
     stop = threading.Event()
@@ -114,6 +115,7 @@ def _options(args, app):
         rest_api_port=args.rest_api_port,
         port=args.port,
         poll_seconds=args.file_system_poll_wait_seconds,
+        config_poll_seconds=args.model_config_file_poll_wait_seconds,
         max_load_retries=args.max_num_load_retries,
         load_retry_seconds=args.load_retry_interval_micros / 1e6,
         rest_threads=args.rest_api_num_threads,

@@ -11,6 +11,7 @@ same gRPC code (`served.code_of`).
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -48,6 +49,8 @@ class ModelServer:
     """
 
     def __init__(self, configs, **model_options):
+        self._model_options = model_options
+        # Replaced whole (`reconfigure`), never mutated: requests read it.
         self.models = {
             c.name: models_lib.ServedModel(c, **model_options) for c in configs
         }
@@ -61,11 +64,40 @@ class ModelServer:
         for model in self.models.values():
             model.poll()
 
-    def follow(self, every_seconds: float) -> None:
-        """Polls in a background thread until `close`."""
+    def reconfigure(self, configs) -> None:
+        """Serves `configs` from now on, as TF Serving takes a reloaded model
+        config: a model by a new name (or at a new base path) is added and
+        loaded by the next poll, one no longer named is unloaded, the others
+        follow their new version policy and labels from the next poll on.
+        Called by the poller's thread (`follow`), or before it starts."""
+        old, new = self.models, {}
+        for config in configs:
+            model = old.get(config.name)
+            if model is not None and model.config.base_path == config.base_path:
+                model.config = config
+            else:
+                model = models_lib.ServedModel(config, **self._model_options)
+            new[config.name] = model
+        self.models = new
+        for name, model in old.items():
+            if new.get(name) is not model:
+                model.close()
+                logging.info("No longer serving model %s", name)
+
+    def follow(
+        self, every_seconds: float, configs=None, configs_every_seconds: float = 0.0
+    ) -> None:
+        """Polls in a background thread until `close`. With `configs` (a
+        function returning the models to serve: a config file re-read) it
+        also `reconfigure`s by what it returns every `configs_every_seconds`,
+        at the next poll; when it raises, the models stay as they are."""
 
         def loop():
+            due = time.monotonic() + configs_every_seconds
             while not self._stop.wait(every_seconds):
+                if configs is not None and time.monotonic() >= due:
+                    due = time.monotonic() + configs_every_seconds
+                    self._reread(configs)
                 try:
                     self.poll()
                 except Exception:  # never let the poller die
@@ -73,6 +105,12 @@ class ModelServer:
 
         self._poller = threading.Thread(target=loop, name="poller", daemon=True)
         self._poller.start()
+
+    def _reread(self, configs) -> None:
+        try:
+            self.reconfigure(configs())
+        except Exception as e:  # a file half written, say: try again later
+            logging.warning("Keeping the models served: %s", e)
 
     def close(self) -> None:
         self._stop.set()
