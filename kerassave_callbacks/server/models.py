@@ -11,8 +11,9 @@ is available, so the only loaded version is never unloaded (TF Serving's
 availability-preserving policy). A request holds its version until it is
 answered: an unloaded version's session closes when its last request ends.
 
-Thread safety: `poll` runs in one thread (the poller); `acquire`, `status`
-and `resolve` from any number of request threads.
+Thread safety: `poll` runs in one thread (the poller), which may also
+replace a model's `config` whole (`ModelServer.reconfigure`); `acquire`,
+`status` and `resolve` from any number of request threads.
 """
 
 from __future__ import annotations
@@ -210,9 +211,10 @@ class ServedModel:
         """The version a label names (`version` when there is no label)."""
         if not label:
             return version
-        if label not in self.config.labels:
+        labels = self.config.labels  # one read: a reconfigure may replace it
+        if label not in labels:
             raise ServingError(f"Unrecognized servable version label: {label}")
-        return self.config.labels[label]
+        return labels[label]
 
     @contextlib.contextmanager
     def acquire(self, version: int | None = None, label: str = ""):
