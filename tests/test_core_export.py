@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 
 import keras
@@ -433,17 +434,16 @@ def test_batchnorm_and_dropout_train_and_eval_modes(tmp_path):
     assert not np.allclose(trained["predictions/y"], evals[0]["predictions/y"])
 
 
-def test_each_graph_carries_only_its_own_functions(tmp_path):
+def test_each_graph_carries_its_own_functions_the_train_step_compacted(tmp_path):
     path = tmp_path / "export"
     export_saved_model(classifier(), str(path))
     saved = saved_model_pb2.SavedModel.FromString(
         (path / "saved_model.pb").read_bytes()
     )
-
     functions = {
-        meta.meta_info_def.tags[0]: " ".join(
-            f.signature.name for f in meta.graph_def.library.function
-        )
+        meta.meta_info_def.tags[0]: {
+            f.signature.name.split("_")[3]: f for f in meta.graph_def.library.function
+        }
         for meta in saved.meta_graphs
     }
 
@@ -452,3 +452,15 @@ def test_each_graph_carries_only_its_own_functions(tmp_path):
     # Eval's predictions are a call of the serve function: the same ops as
     # serve's, traced and saved once (#30).
     assert "step" in functions["eval"] and "serve" in functions["eval"]
+    # Adam traces beta_1 ** t and beta_2 ** t for each of the 4 variables;
+    # the train graph computes them once (#30), under short names.
+    step = functions["train"]["step"]
+    assert [n.op for n in step.node_def].count("Pow") == 2
+    names = [n.name for n in step.node_def]
+    assert all(re.fullmatch(r"[^/]+(/[0-9a-f]+)?", name) for name in names)
+    scopes = {name.split("/")[0] for name in names}
+    assert "gradient_tape" in scopes
+    assert any(re.fullmatch(r"adam(_\d+)?", scope) for scope in scopes)
+    # What TF Serving runs keeps the names the model traced.
+    serve = functions["serve"]["serve"]
+    assert any(re.search(r"hidden\w*/MatMul$", n.name) for n in serve.node_def)

@@ -7,7 +7,8 @@ the variables it holds: written here as graph nodes (`RestoreV2` and one
 `Saver` built them. `tf.saved_model.save` is asked for no saver of its own
 (`save_options`): its save and restore functions are traced over every
 variable and were copied into every MetaGraph, a third of the file. The
-graphs are edited as `tensorflow.core` protos.
+functions only the train graph holds are then compacted
+(`graph_compaction`). The graphs are edited as `tensorflow.core` protos.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from kerassave_callbacks import layout
-from kerassave_callbacks.core import graph_savers, modes
+from kerassave_callbacks.core import graph_compaction, graph_savers, modes
 
 _CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
 
@@ -26,9 +27,9 @@ _CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
 def save_options(mode_list) -> tf.saved_model.SaveOptions:
     """How `tf.saved_model.save` saves what `split_by_mode` then splits.
 
-    With several modes, no saver (each MetaGraph gets its own) and no custom
-    gradients (see `_strip_function_hints`); the serve mode alone is saved
-    as TF saves it, for TF2 to read natively.
+    With several modes, no saver (each MetaGraph gets its own) and no
+    custom gradients (see `graph_compaction.strip_hints`); the serve mode
+    alone is saved as TF saves it, for TF2 to read natively.
     """
     several = len(mode_list) > 1
     return tf.saved_model.SaveOptions(
@@ -99,6 +100,8 @@ def split_by_mode(
                     _cannot_map(variable.name, "not found in the checkpoint")
             graph_savers.add_saver(meta, variables, keys, saves=mode is modes.TRAIN)
             graph_savers.add_variable_collection(meta, variables)
+    if several:
+        graph_compaction.compact_train_graph(out)
     return out
 
 
@@ -215,7 +218,7 @@ def _pruned_graph(meta, graph_def):
     Only for exports with several MetaGraphs, which every loader reads
     through the graph (TF2 too, via its v1 loader); their object graph,
     which would name the functions pruned away, is left out. Functions are
-    copied without two hints, see `_strip_function_hints`.
+    copied without two hints, see `graph_compaction.strip_hints`.
     """
     needed = [
         _tensor_node(t.name)
@@ -236,27 +239,8 @@ def _pruned_graph(meta, graph_def):
     graph.library.gradient.extend(
         g for g in library.gradient if g.function_name in used
     )
-    _strip_function_hints(graph.library)
+    graph_compaction.strip_hints(graph.library)
     return graph
-
-
-def _strip_function_hints(library) -> None:
-    """Drops the `_output_shapes` and `_gradient_op_type` of the nodes in
-    `library`'s functions.
-
-    `_output_shapes` (a sixth of the train graph) are hints: TF's v1
-    loaders, TF Serving and the converters infer shapes again.
-    `_gradient_op_type` names a Python custom gradient (TF's swish has
-    one) that is not saved here (`experimental_custom_gradients=False`):
-    a graph read through the v1 loaders cannot use a saved one (TF2 cannot
-    differentiate such a graph at all; TF1's `tf.gradients` differentiates
-    the recorded ops), so the attr only made TF2 loads warn about it.
-    """
-    for function in library.function:
-        for node in function.node_def:
-            for hint in ("_output_shapes", "_gradient_op_type"):
-                if hint in node.attr:
-                    del node.attr[hint]
 
 
 def _sub_graph(graph_def, needed: list[str]) -> list:
