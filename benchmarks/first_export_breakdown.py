@@ -13,7 +13,7 @@ each phase: tracing the serve function, the train and eval steps, the
 serving signatures, `tf.saved_model.save` (with its copy of every
 variable into the graph it saves and its tracing of a wrapper for each
 signature), splitting into one MetaGraph per
-mode (with the savers), writing the files, the fingerprint, the publish
+mode (with the savers and the train graph's compaction), writing the files, the fingerprint, the publish
 gate, commit and retention. Profiling slows Python-heavy phases (tracing)
 more than the rest: read the shares, not the seconds, against each other.
 """
@@ -49,6 +49,10 @@ _PHASES = {
     ),
     "split by mode (+ savers)": ("graph_split.py", "split_by_mode"),
     "  of which savers": ("graph_savers.py", "add_saver"),
+    "  of which compacting the train graph": (
+        "graph_compaction.py",
+        "compact_train_graph",
+    ),
     "fingerprint": ("_fingerprint.py", "write"),
     "publish gate": ("validation.py", "gate_problems"),
     "commit": ("exporter.py", "_commit"),
