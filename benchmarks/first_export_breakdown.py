@@ -12,9 +12,9 @@ fresh copy, then the first export again under cProfile, as the share of
 each phase: tracing the serve function, the train and eval steps, the
 serving signatures, `tf.saved_model.save` (with its copy of every
 variable into the graph it saves and its tracing of a wrapper for each
-signature), splitting into one MetaGraph per
-mode (with the savers and the train graph's compaction), writing the files, the fingerprint, the publish
-gate, commit and retention. Profiling slows Python-heavy phases (tracing)
+signature), splitting into one MetaGraph per mode (with the savers and the
+train graph's compaction), writing the files, the fingerprint, the
+publish gate, commit and retention. Profiling slows Python-heavy phases (tracing)
 more than the rest: read the shares, not the seconds, against each other.
 """
 

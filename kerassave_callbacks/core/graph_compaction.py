@@ -1,27 +1,27 @@
 """Makes the functions of a several-MetaGraph export smaller without changing
-what they compute. Edited as `tensorflow.core` protos, after `graph_split`.
+what they compute, as `tensorflow.core` protos, for `graph_split`.
 
 Every function loses two hints no loader of such an export uses
 (`strip_hints`). The functions only the train graph holds (the train step:
 the forward pass, its gradient, the optimizer's update of every variable)
 are also compacted (`compact_train_graph`), since the traced step repeats
-itself: Keras' optimizers compute the same step count, powers and
-constants again for every variable (Adam: about 37 nodes a variable, 13 of
-them repeats), and its node names, repeated in every consumer's inputs,
-were most of the file.
+itself: Keras' optimizers compute the step count, its powers and their
+constants again for every variable (Adam: 37 nodes a variable, 20 of them
+repeats), and node names, repeated in every input that reads them, were
+most of the file.
 
-- Repeats are merged: a node with the op, attributes,
-  device, inputs and control inputs of an earlier one is dropped and its
-  consumers read the earlier one. That is what grappler's common
-  subexpression elimination does on every load, done once in the file: only
-  ops whose `OpDef` is not stateful are merged, and `ReadVariableOp`, whose
-  reads of one variable after the same control inputs (automatic control
-  dependencies order every read after the write before it, and every write
-  after the reads before it) read the same value.
-- Names are shortened: a node named in a scope becomes
-  its first scope and a number (`gradient_tape/1f`, `adam/2a0`), so that an
-  error or TensorBoard's graph still says which part of the step a node is
-  in; inputs, colocations and returns follow.
+- Repeats are merged: a node with the op, attributes, device, inputs and
+  control inputs of an earlier one is dropped and its readers read the
+  earlier one. Grappler's common subexpression elimination does that on
+  every load; here it is done once in the file. Only ops whose `OpDef` is
+  not stateful are merged, and `ReadVariableOp`: automatic control
+  dependencies order every read after the write before it and every write
+  after the reads before it, so two reads of a variable after the same
+  control inputs read the same value.
+- Names are shortened: a node named in a scope becomes its first scope and
+  a number (`gradient_tape/1f`, `adam/2a0`), so that an error or
+  TensorBoard's graph still says which part of the step a node is in;
+  inputs, colocations and returns follow.
 
 The serve and eval graphs keep their functions as traced: TF Serving's
 errors name their nodes as the model did.
