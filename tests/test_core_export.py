@@ -440,7 +440,7 @@ def test_each_graph_carries_its_own_functions_the_train_step_compacted(tmp_path)
     saved = saved_model_pb2.SavedModel.FromString(
         (path / "saved_model.pb").read_bytes()
     )
-    functions = {
+    functions = {  # tag -> {"serve" of "__inference_serve_12": FunctionDef}
         meta.meta_info_def.tags[0]: {
             f.signature.name.split("_")[3]: f for f in meta.graph_def.library.function
         }
