@@ -68,17 +68,15 @@ def compact_train_graph(saved) -> None:
         if other is not meta
         for f in other.graph_def.library.function
     }
-    stateful = {
-        op.name for op in meta.meta_info_def.stripped_op_list.op if op.is_stateful
-    }
-    known = {op.name for op in meta.meta_info_def.stripped_op_list.op}
-    mergeable = (known - stateful) | _MERGED_STATEFUL
+    # Ops not listed are library functions called as ops: never merged.
+    ops = meta.meta_info_def.stripped_op_list.op
+    mergeable = {op.name for op in ops if not op.is_stateful} | _MERGED_STATEFUL
     for function in meta.graph_def.library.function:
         if function.signature.name not in shared:
-            compact(function, mergeable)
+            _compact(function, mergeable)
 
 
-def compact(function, mergeable) -> None:
+def _compact(function, mergeable) -> None:
     """Merges the repeats in `function` (a FunctionDef) of nodes whose op is
     in `mergeable`, then shortens its node names (module docstring)."""
     merged: dict[str, str] = {}
