@@ -452,6 +452,11 @@ def test_each_graph_carries_its_own_functions_the_train_step_compacted(tmp_path)
     # Eval's predictions are a call of the serve function: the same ops as
     # serve's, traced and saved once (#30).
     assert "step" in functions["eval"] and "serve" in functions["eval"]
+    # The train and eval signatures call their step itself: no wrapper
+    # traced by tf.saved_model.save, as the serve signature has (#30).
+    assert "signature" in functions["serve"]
+    assert "signature" not in functions["train"]
+    assert "signature" not in functions["eval"]
     # Adam traces beta_1 ** t and beta_2 ** t for each of the 4 variables;
     # the train graph computes them once (#30), under short names.
     step = functions["train"]["step"]

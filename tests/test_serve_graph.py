@@ -255,6 +255,26 @@ class TableLayer(keras.layers.Layer):
         return tf.cast(self.table.lookup(words), "float32")
 
 
+@keras.saving.register_keras_serializable(package="serve_graph")
+class TrainingTableLayer(keras.layers.Layer):
+    """Scales its input by a factor from its own table, in training only:
+    the serve signature never uses the table."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant([0], tf.int64), tf.constant([3.0])
+            ),
+            default_value=1.0,
+        )
+
+    def call(self, x, training=False):
+        if training:
+            return x * self.table.lookup(tf.constant(0, tf.int64))
+        return x
+
+
 def _custom_table_model():
     inputs = keras.Input((3,), dtype="string", name="text")
     ids = TableLayer()(inputs)
@@ -275,6 +295,25 @@ RESOURCE_MODELS = {
     ),
     "custom_table": (_custom_table_model, _words, "text"),
 }
+
+
+def test_a_table_only_the_train_step_uses_trains_in_a_tf1_session(tmp_path):
+    # The train signature is saved by tf.saved_model.save here, since no
+    # serve signature holds its table (`direct_signatures`).
+    inputs = keras.Input((2,), name="x")
+    outputs = keras.layers.Dense(1, name="y")(TrainingTableLayer()(inputs))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.ones((4, 2), "float32")
+    y = np.zeros((4, 1), "float32")
+    path = str(tmp_path / "export")
+    export_saved_model(model, path)
+
+    (serve,) = run_tf1(path, "serve", "serving_default", {"x": x})
+    assert_close(serve["y"], model.predict(x, verbose=0))
+    (run,) = run_tf1(path, "train", "train", {"x": x, "y_target": y})
+    # The loss of the step, before its update: with x tripled by the table.
+    assert_close(run["loss"], model.train_on_batch(x, y, return_dict=True)["loss"])
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,12 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from kerassave_callbacks import layout
-from kerassave_callbacks.core import graph_compaction, graph_savers, modes
+from kerassave_callbacks.core import (
+    direct_signatures,
+    graph_compaction,
+    graph_savers,
+    modes,
+)
 
 _CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
 
@@ -44,6 +49,7 @@ def split_by_mode(
     *,
     serving: dict[str, str],
     shared_inputs: list[str] = (),
+    direct: dict[str, direct_signatures.Signature] | None = None,
 ) -> saved_model_pb2.SavedModel:
     """One MetaGraph per mode, each with only that mode's signatures.
 
@@ -58,18 +64,22 @@ def split_by_mode(
       serving: key -> method name of the serve MetaGraph's signatures.
       shared_inputs: keys of serving signatures whose one input becomes one
         tensor (TF Serving's MultiInference runs them on one input).
+      direct: signature key -> the signature of a mode that `saved` does
+        not hold, added to that mode's MetaGraph (`direct_signatures`).
 
     Raises:
       ValueError: a variable that a MetaGraph keeps is not found in the
         checkpoint with its shape.
     """
     (base,) = saved.meta_graphs
+    direct = direct or {}
     _share_input(base, shared_inputs)
     out = saved_model_pb2.SavedModel(
         saved_model_schema_version=saved.saved_model_schema_version
     )
     several = len(mode_list) > 1
-    keys = _variable_keys(base, checkpoint_shapes) if several else {}
+    bound = _bound_nodes(base) if several else {}
+    keys = _variable_keys(base, bound)
     # What every MetaGraph starts from: with several, all but the graph and
     # the object graph, which `_pruned_graph` builds from `base` per mode.
     shell = base
@@ -93,16 +103,47 @@ def split_by_mode(
         for key, method in methods.items():
             meta.signature_def[key].method_name = method
         if several:
-            meta.graph_def.CopyFrom(_pruned_graph(meta, base.graph_def))
-            variables = _variables(meta.graph_def)
-            for variable in variables:
-                if variable.name not in keys:
-                    _cannot_map(variable.name, "not found in the checkpoint")
-            graph_savers.add_saver(meta, variables, keys, saves=mode is modes.TRAIN)
-            graph_savers.add_variable_collection(meta, variables)
+            graph_keys = _build_graph(
+                meta, base, direct.get(mode.signature_key), keys, bound
+            )
+            _add_saver(meta, graph_keys, checkpoint_shapes, saves=mode is modes.TRAIN)
+            if mode.signature_key in direct:
+                direct_signatures.set_op_list(meta)
     if several:
         graph_compaction.compact_train_graph(out)
     return out
+
+
+def _build_graph(meta, base, signature, keys: dict, bound: dict) -> dict:
+    """Sets the graph of `meta` (one mode's MetaGraph of several): the part
+    of `base`'s that its signatures need, plus `signature` (of
+    `direct_signatures`) when `base` does not hold it.
+
+    Returns:
+      `keys` (`VarHandleOp` node -> checkpoint key, of `base`) with the
+      variable nodes that `signature` added.
+    """
+    tables = _resource_nodes(bound, signature)
+    meta.graph_def.CopyFrom(_pruned_graph(meta, base.graph_def, tables.values()))
+    if signature is None:
+        return keys
+    return {**keys, **direct_signatures.add(meta, signature, tables)}
+
+
+def _add_saver(meta, keys: dict, checkpoint_shapes: dict, *, saves: bool) -> None:
+    """Adds the saver of `meta`'s variables (`graph_savers`).
+
+    Raises:
+      ValueError: a variable is not found in the checkpoint with its shape.
+    """
+    variables = _variables(meta.graph_def)
+    for variable in variables:
+        if variable.name not in keys:
+            _cannot_map(variable.name, "not found in the checkpoint")
+    kept = {v.name: keys[v.name] for v in variables}
+    _check_shapes(meta.graph_def, kept, checkpoint_shapes)
+    graph_savers.add_saver(meta, variables, keys, saves=saves)
+    graph_savers.add_variable_collection(meta, variables)
 
 
 def _share_input(meta, keys) -> None:
@@ -129,17 +170,14 @@ def _one_input(signature):
     return tensor
 
 
-def _variable_keys(meta, checkpoint_shapes: dict) -> dict[str, str]:
-    """`VarHandleOp` node name -> checkpoint key, for the variables that the
-    functions `meta` calls capture.
+def _bound_nodes(meta) -> dict[str, str]:
+    """Object path in `meta`'s object graph -> the node that a function call
+    of its graph passes as that object (a variable, a lookup table).
 
-    A function that the graph calls takes its captured variables after its
+    A function that the graph calls takes its captured objects after its
     arguments, in the order of its `bound_inputs` in the object graph; the
-    checkpoint key of an object is its path from the root there (the first
-    one, breadth first, as checkpoints name it).
-
-    Raises:
-      ValueError: a variable has a shape other than the checkpoint's.
+    path of an object is its path from the root there (the first one,
+    breadth first, as checkpoints name it), each name ending in "/".
     """
     objects = meta.object_graph_def
     paths = {0: ""}
@@ -150,10 +188,8 @@ def _variable_keys(meta, checkpoint_shapes: dict) -> dict[str, str]:
             if child.node_id not in paths:
                 paths[child.node_id] = paths[parent] + _escape(child.local_name) + "/"
                 queue.append(child.node_id)
-    graph = meta.graph_def
-    by_name = {node.name: node for node in graph.node}
-    keys = {}
-    for node in graph.node:
+    nodes = {}
+    for node in meta.graph_def.node:
         if node.op not in _CALL_OPS:
             continue
         function = objects.concrete_functions.get(node.attr["f"].func.name)
@@ -162,12 +198,32 @@ def _variable_keys(meta, checkpoint_shapes: dict) -> dict[str, str]:
         arguments = [i for i in node.input if not i.startswith("^")]
         captured = arguments[len(arguments) - len(function.bound_inputs) :]
         for name, object_id in zip(captured, function.bound_inputs, strict=True):
-            name = _tensor_node(name)
-            if by_name[name].op != "VarHandleOp":
-                continue
-            key = paths[object_id].rstrip("/") + layout.VARIABLE_SUFFIX
-            if keys.setdefault(name, key) != key:
-                _cannot_map(name, f"found as both {keys[name]!r} and {key!r}")
+            nodes.setdefault(paths[object_id], _tensor_node(name))
+    return nodes
+
+
+def _variable_keys(meta, bound: dict) -> dict[str, str]:
+    """`VarHandleOp` node name -> checkpoint key, for the variables among
+    `bound` (`_bound_nodes`).
+
+    Raises:
+      ValueError: a node is found as two variables.
+    """
+    ops = {node.name: node.op for node in meta.graph_def.node}
+    keys = {}
+    for path, name in bound.items():
+        if ops[name] != "VarHandleOp":
+            continue
+        key = path.rstrip("/") + layout.VARIABLE_SUFFIX
+        if keys.setdefault(name, key) != key:
+            _cannot_map(name, f"found as both {keys[name]!r} and {key!r}")
+    return keys
+
+
+def _check_shapes(graph, keys: dict, checkpoint_shapes: dict) -> None:
+    """Raises ValueError unless the checkpoint holds each variable of `keys`
+    (node name -> checkpoint key) with a shape that fits its node's."""
+    by_name = {node.name: node for node in graph.node}
     for name, key in keys.items():
         shape = by_name[name].attr["shape"].shape
         if key not in checkpoint_shapes or not _fits(shape, checkpoint_shapes[key]):
@@ -176,7 +232,19 @@ def _variable_keys(meta, checkpoint_shapes: dict) -> dict[str, str]:
                 f"found as {key!r}, which the checkpoint does not hold with "
                 f"its shape {[d.size for d in shape.dim]}",
             )
-    return keys
+
+
+def _resource_nodes(bound: dict, signature) -> dict[str, str]:
+    """The nodes of the resources `signature` captures, by object path."""
+    if signature is None:
+        return {}
+    paths = {
+        c.path for c in signature.captures if isinstance(c, direct_signatures.Resource)
+    }
+    missing = paths - set(bound)
+    if missing:
+        _cannot_map(sorted(missing)[0], "not passed to any serve signature")
+    return {path: bound[path] for path in paths}
 
 
 def _fits(shape, values_shape) -> bool:
@@ -210,10 +278,11 @@ def _tensor_node(name: str) -> str:
     return name.split(":")[0].lstrip("^")
 
 
-def _pruned_graph(meta, graph_def):
+def _pruned_graph(meta, graph_def, also_needed=()):
     """The nodes and functions of `graph_def` that `meta`'s signatures and
-    init op need: the serve graph then carries no training functions, and
-    no variables only training uses (optimizer slots).
+    init op need, and the nodes `also_needed`: the serve graph then carries
+    no training functions, and no variables only training uses (optimizer
+    slots).
 
     Only for exports with several MetaGraphs, which every loader reads
     through the graph (TF2 too, via its v1 loader); their object graph,
@@ -227,6 +296,7 @@ def _pruned_graph(meta, graph_def):
     ]
     for collection in meta.collection_def.values():
         needed += [_tensor_node(n) for n in collection.node_list.value]
+    needed += list(also_needed)
     graph = type(graph_def)()
     graph.versions.CopyFrom(graph_def.versions)
     graph.node.extend(_sub_graph(graph_def, needed))

@@ -19,6 +19,7 @@ from kerassave_callbacks import _files, _fs, layout
 from kerassave_callbacks.core import (
     _fingerprint,
     _tf_logs,
+    direct_signatures,
     graph_split,
     keras_api,
     modes,
@@ -186,7 +187,10 @@ class ModeGraphs:
         """Saves the traced functions with `tf.saved_model.save` into `path`
         and keeps what every save writes: the split graph, the object graph
         and the files TF wrote under `assets/`."""
-        self._tf_save(path)
+        direct = self._direct_signatures()
+        self._tf_save(
+            path, {k: f for k, f in self._to_save().items() if k not in direct}
+        )
         assets = posixpath.join(path, "assets")
         if _fs.isdir(assets):
             self._saved_assets = {
@@ -206,6 +210,7 @@ class ModeGraphs:
             shapes,
             serving=serving_signatures.method_names(self.traced.specs),
             shared_inputs=serving_signatures.shared_input_keys(self.traced.specs),
+            direct=direct,
         )
         _fs.remove_file(pb_path)
         # TF fingerprints the graph it wrote; after the split that
@@ -215,13 +220,13 @@ class ModeGraphs:
             _fs.remove_file(fingerprint)
         self._object_graph = tf.constant(reader.get_tensor(layout.OBJECT_GRAPH_KEY))
 
-    def _tf_save(self, path: str) -> None:
+    def _tf_save(self, path: str, signatures: dict) -> None:
         options = graph_split.save_options(self.modes)
 
         def save():
             with _tf_logs.quiet():
                 tf.saved_model.save(
-                    self.root, path, signatures=self._to_save(), options=options
+                    self.root, path, signatures=signatures, options=options
                 )
 
         try:
@@ -233,6 +238,41 @@ class ModeGraphs:
             raise ValueError(
                 f"Cannot save the graphs of model {self.model.name!r}: {e}"
             ) from e
+
+    def _direct_signatures(self) -> dict:
+        """Signature key -> `direct_signatures.Signature`, of the train and
+        eval signatures, which the split adds to their MetaGraphs instead of
+        `tf.saved_model.save`; {} when there are none, when the variables
+        are distributed (saved through their `tf.function`s) or when a step
+        captures a resource no serve signature uses."""
+        keys = [m.signature_key for m in self.modes if m is not modes.SERVE]
+        if not keys or self._distributed:
+            return {}
+        variables = {id(v.handle): (key, v) for key, v in self._variables}
+        served = {
+            id(t)
+            for key, fn in self.traced.concrete.items()
+            if key not in keys
+            for t in fn.captured_inputs
+        }
+        resources = {
+            id(r.resource_handle): direct_signatures.Resource(
+                f"{layout.RESOURCES}/{i}/"
+            )
+            for i, r in enumerate(self.resources)
+            if id(r.resource_handle) in served
+        }
+        out = {}
+        for mode in self.modes:
+            if mode.signature_key in keys:
+                out[mode.signature_key] = direct_signatures.describe(
+                    mode.signature_key,
+                    mode.method_name,
+                    self.traced.concrete[mode.signature_key],
+                    variables,
+                    resources,
+                )
+        return {} if None in out.values() else out
 
     def _check_keys(self, written: set[str]) -> None:
         """Raises ValueError unless TF's checkpoint holds exactly the keys
