@@ -307,6 +307,19 @@ def test_one_checkpoint_holds_weights_optimizer_and_metric_state(tmp_path):
     expected = model.variables + model.optimizer.variables + model.metrics_variables
     assert len(keys) == len(expected)  # No variable is saved twice.
     assert iterations == 8
+    # tf.train.Checkpoint finds every group through the object graph too.
+    fresh = {
+        group: [tf.Variable(tf.zeros(v.shape, v.dtype)) for v in variables]
+        for group, variables in (
+            ("optimizer_variables", model.optimizer.variables),
+            ("metric_variables", model.metrics_variables),
+        )
+    }
+    status = tf.train.Checkpoint(**fresh).read(
+        str(tmp_path / "export/variables/variables")
+    )
+    status.assert_existing_objects_matched()
+    assert int(fresh["optimizer_variables"][0].numpy()) == 8
 
 
 def test_keras_json_is_saved_as_an_asset(tmp_path):

@@ -13,7 +13,7 @@ import posixpath
 
 import tensorflow as tf
 from google.protobuf import text_format
-from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.core.protobuf import saved_model_pb2, trackable_object_graph_pb2
 
 from kerassave_callbacks import _files, _fs, layout
 from kerassave_callbacks.core import (
@@ -188,8 +188,11 @@ class ModeGraphs:
         and keeps what every save writes: the split graph, the object graph
         and the files TF wrote under `assets/`."""
         direct = self._direct_signatures()
+        unsaved = self._unsaved_groups(direct)
         self._tf_save(
-            path, {k: f for k, f in self._to_save().items() if k not in direct}
+            path,
+            self._tf_root(unsaved),
+            {k: f for k, f in self._to_save().items() if k not in direct},
         )
         assets = posixpath.join(path, "assets")
         if _fs.isdir(assets):
@@ -201,7 +204,9 @@ class ModeGraphs:
             posixpath.join(path, layout.VARIABLES_PREFIX)
         )
         shapes = reader.get_variable_to_shape_map()
-        self._check_keys(set(shapes))
+        self._check_keys(set(shapes), unsaved)
+        unsaved_variables = [(k, v) for k, v in self._variables if _group(k) in unsaved]
+        shapes.update({k: v.shape.as_list() for k, v in unsaved_variables})
         pb_path = posixpath.join(path, layout.SAVED_MODEL_PB)
         saved = saved_model_pb2.SavedModel.FromString(_fs.read_bytes(pb_path))
         self._saved_model = graph_split.split_by_mode(
@@ -218,16 +223,18 @@ class ModeGraphs:
         fingerprint = posixpath.join(path, layout.FINGERPRINT)
         if _fs.exists(fingerprint):
             _fs.remove_file(fingerprint)
-        self._object_graph = tf.constant(reader.get_tensor(layout.OBJECT_GRAPH_KEY))
+        self._object_graph = tf.constant(
+            _with_variables(
+                reader.get_tensor(layout.OBJECT_GRAPH_KEY), unsaved_variables
+            )
+        )
 
-    def _tf_save(self, path: str, signatures: dict) -> None:
+    def _tf_save(self, path: str, root, signatures: dict) -> None:
         options = graph_split.save_options(self.modes)
 
         def save():
             with _tf_logs.quiet():
-                tf.saved_model.save(
-                    self.root, path, signatures=signatures, options=options
-                )
+                tf.saved_model.save(root, path, signatures=signatures, options=options)
 
         try:
             if self.traced.traced_model is self.model:
@@ -239,6 +246,43 @@ class ModeGraphs:
                 f"Cannot save the graphs of model {self.model.name!r}: {e}"
             ) from e
 
+    def _served_captures(self, direct_keys) -> set[int]:
+        """The ids of what the signatures other than `direct_keys` capture."""
+        return {
+            id(t)
+            for key, fn in self.traced.concrete.items()
+            if key not in direct_keys
+            for t in fn.captured_inputs
+        }
+
+    def _unsaved_groups(self, direct: dict) -> tuple[str, ...]:
+        """The variable groups that only the `direct` signatures capture
+        (the optimizer's and the metrics', of fully known shapes): left out
+        of what `tf.saved_model.save` saves, which would copy each into its
+        graph and checkpoint it, for nothing."""
+        if not direct:
+            return ()
+        served = self._served_captures(direct)
+        return tuple(
+            group
+            for group in (layout.OPTIMIZER_VARIABLES, layout.METRIC_VARIABLES)
+            if all(
+                id(v.handle) not in served and v.shape.is_fully_defined()
+                for v in getattr(self.root, group, [])
+            )
+        )
+
+    def _tf_root(self, unsaved) -> tf.Module:
+        """The root `tf.saved_model.save` gets: the saved root without the
+        `unsaved` groups."""
+        if not unsaved:
+            return self.root
+        root = tf.Module()
+        for name in (*layout.VARIABLE_GROUPS, layout.RESOURCES):
+            if name not in unsaved and hasattr(self.root, name):
+                setattr(root, name, list(getattr(self.root, name)))
+        return root
+
     def _direct_signatures(self) -> dict:
         """Signature key -> `direct_signatures.Signature`, of the train and
         eval signatures, which the split adds to their MetaGraphs instead of
@@ -249,12 +293,7 @@ class ModeGraphs:
         if not keys or self._distributed:
             return {}
         variables = {id(v.handle): (key, v) for key, v in self._variables}
-        served = {
-            id(t)
-            for key, fn in self.traced.concrete.items()
-            if key not in keys
-            for t in fn.captured_inputs
-        }
+        served = self._served_captures(keys)
         resources = {
             id(r.resource_handle): direct_signatures.Resource(
                 f"{layout.RESOURCES}/{i}/"
@@ -274,10 +313,10 @@ class ModeGraphs:
                 )
         return {} if None in out.values() else out
 
-    def _check_keys(self, written: set[str]) -> None:
+    def _check_keys(self, written: set[str], unsaved) -> None:
         """Raises ValueError unless TF's checkpoint holds exactly the keys
-        every later save writes."""
-        expected = set(self._keys)
+        every later save writes, but those of the `unsaved` groups."""
+        expected = {k for k in self._keys if _group(k) not in unsaved}
         if written != expected:
             raise ValueError(
                 f"Cannot export model {self.model.name!r}: its graphs use state "
@@ -320,6 +359,41 @@ class ModeGraphs:
         _files.write_tree(
             posixpath.join(assets, layout.LAYER_ASSETS), self._layer_assets
         )
+
+
+def _group(key: str) -> str:
+    """The variable group of a checkpoint key (`layout.variable_key`)."""
+    return key.split("/")[0]
+
+
+def _with_variables(object_graph: bytes, variables) -> bytes:
+    """`object_graph` (TF's checkpoint object graph, serialized) with the
+    variables (checkpoint key, variable) of groups it lacks: a list node
+    per group under the root, a node per variable with its value's key, as
+    TF writes them, so that `tf.train.Checkpoint` restores them too."""
+    if not variables:
+        return object_graph
+    graph = trackable_object_graph_pb2.TrackableObjectGraph.FromString(object_graph)
+    lists = {}
+    for key, variable in variables:
+        group, index = key.split("/")[:2]
+        if group not in lists:
+            lists[group] = _object_node(graph, graph.nodes[0], group)
+        node = _object_node(graph, lists[group], index)
+        node.attributes.add(
+            name="VARIABLE_VALUE",
+            full_name=variable.name.rsplit(":", 1)[0],
+            checkpoint_key=key,
+        )
+    return graph.SerializeToString()
+
+
+def _object_node(graph, parent, name: str):
+    """A new node of `graph`, the child `name` of `parent`."""
+    parent.children.add(node_id=len(graph.nodes), local_name=name)
+    node = graph.nodes.add()
+    node.has_checkpoint_values.value = True
+    return node
 
 
 def _warmup_records(inputs, warmup_inputs, signatures, names) -> list[bytes]:
