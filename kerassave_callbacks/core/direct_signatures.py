@@ -5,7 +5,8 @@ their concrete functions instead of through `tf.saved_model.save`.
 calls it in the graph it writes with every captured variable as an input,
 after copying each variable into that graph: for a train step, which
 captures the model's, the optimizer's and the metrics' variables, that was
-most of the save (ResNet50: 2.8 of 3.5 s; `docs/benchmarks.md`). Here a
+most of the save (ResNet50: 2.8-3.5 s with every signature, 1.1 s with the
+serve ones alone; `docs/benchmarks.md`). Here a
 signature is what such a save leaves of it after the split: a placeholder
 per input, one `StatefulPartitionedCall` of the traced function itself, its
 outputs as the signature's outputs, and as the call's captured inputs:

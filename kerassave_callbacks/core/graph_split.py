@@ -186,7 +186,7 @@ def _bound_nodes(meta) -> dict[str, str]:
         parent = queue.popleft()
         for child in objects.nodes[parent].children:
             if child.node_id not in paths:
-                paths[child.node_id] = paths[parent] + _escape(child.local_name) + "/"
+                paths[child.node_id] = paths[parent] + object_path(child.local_name)
                 queue.append(child.node_id)
     nodes = {}
     for node in meta.graph_def.node:
@@ -243,7 +243,7 @@ def _resource_nodes(bound: dict, signature) -> dict[str, str]:
     }
     missing = paths - set(bound)
     if missing:
-        _cannot_map(sorted(missing)[0], "not passed to any serve signature")
+        _cannot_map(sorted(missing)[0], "not passed to any serve signature", "resource")
     return {path: bound[path] for path in paths}
 
 
@@ -257,17 +257,19 @@ def _fits(shape, values_shape) -> bool:
     )
 
 
-def _cannot_map(variable: str, why: str):
+def _cannot_map(name: str, why: str, kind: str = "variable"):
     raise ValueError(
-        f"Cannot export: the graph's variable {variable!r} was {why}. Please "
+        f"Cannot export: the graph's {kind} {name!r} was {why}. Please "
         "report this with the model; serving_only=True exports the serve "
         "graph alone."
     )
 
 
-def _escape(local_name: str) -> str:
-    """A name in a checkpoint key, escaped as TF's checkpoints do."""
-    return local_name.replace(".", "..").replace("/", ".S")
+def object_path(*names: str) -> str:
+    """The path of the object reached from the root by `names` in a saved
+    object graph, as `_bound_nodes` keys it: each name escaped as TF's
+    checkpoints do, and ending in "/"."""
+    return "".join(n.replace(".", "..").replace("/", ".S") + "/" for n in names)
 
 
 def _variables(graph) -> list:

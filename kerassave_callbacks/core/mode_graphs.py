@@ -84,11 +84,7 @@ class ModeGraphs:
         each value is read from when saved."""
         self.root = self._saved_root()
         # (checkpoint key, variable) of every variable the export holds.
-        self._variables = [
-            (layout.variable_key(group, i), v)
-            for group in layout.VARIABLE_GROUPS
-            for i, v in enumerate(getattr(self.root, group, []))
-        ]
+        self._variables = self._keyed(layout.VARIABLE_GROUPS)
         self._keys = [key for key, _ in self._variables] + [layout.OBJECT_GRAPH_KEY]
         self._distributed = any(
             isinstance(v, tf.distribute.DistributedValues) for _, v in self._variables
@@ -100,6 +96,15 @@ class ModeGraphs:
             self._sources = single_device.model_sources(
                 self.keras, self.model, self.root, modes.TRAIN in self.modes
             )
+
+    def _keyed(self, groups) -> list:
+        """(checkpoint key, variable) of the variables of `groups` of the
+        saved root."""
+        return [
+            (layout.variable_key(group, i), v)
+            for group in groups
+            for i, v in enumerate(getattr(self.root, group, []))
+        ]
 
     def _saved_root(self) -> tf.Module:
         """The object `tf.saved_model.save` saves: the traced model's
@@ -187,8 +192,9 @@ class ModeGraphs:
         """Saves the traced functions with `tf.saved_model.save` into `path`
         and keeps what every save writes: the split graph, the object graph
         and the files TF wrote under `assets/`."""
-        direct = self._direct_signatures()
-        unsaved = self._unsaved_groups(direct)
+        served = self._served_captures()
+        direct = self._direct_signatures(served)
+        unsaved = self._unsaved_groups(direct, served)
         self._tf_save(
             path,
             self._tf_root(unsaved),
@@ -204,8 +210,8 @@ class ModeGraphs:
             posixpath.join(path, layout.VARIABLES_PREFIX)
         )
         shapes = reader.get_variable_to_shape_map()
-        self._check_keys(set(shapes), unsaved)
-        unsaved_variables = [(k, v) for k, v in self._variables if _group(k) in unsaved]
+        unsaved_variables = self._keyed(unsaved)
+        self._check_keys(set(shapes), {k for k, _ in unsaved_variables})
         shapes.update({k: v.shape.as_list() for k, v in unsaved_variables})
         pb_path = posixpath.join(path, layout.SAVED_MODEL_PB)
         saved = saved_model_pb2.SavedModel.FromString(_fs.read_bytes(pb_path))
@@ -224,8 +230,9 @@ class ModeGraphs:
         if _fs.exists(fingerprint):
             _fs.remove_file(fingerprint)
         self._object_graph = tf.constant(
-            _with_variables(
-                reader.get_tensor(layout.OBJECT_GRAPH_KEY), unsaved_variables
+            _with_groups(
+                reader.get_tensor(layout.OBJECT_GRAPH_KEY),
+                {group: getattr(self.root, group) for group in unsaved},
             )
         )
 
@@ -246,23 +253,23 @@ class ModeGraphs:
                 f"Cannot save the graphs of model {self.model.name!r}: {e}"
             ) from e
 
-    def _served_captures(self, direct_keys) -> set[int]:
-        """The ids of what the signatures other than `direct_keys` capture."""
+    def _served_captures(self) -> set[int]:
+        """The ids of what the serve MetaGraph's signatures capture."""
         return {
             id(t)
             for key, fn in self.traced.concrete.items()
-            if key not in direct_keys
+            if key not in _STEP_KEYS
             for t in fn.captured_inputs
         }
 
-    def _unsaved_groups(self, direct: dict) -> tuple[str, ...]:
+    def _unsaved_groups(self, direct: dict, served: set[int]) -> tuple[str, ...]:
         """The variable groups that only the `direct` signatures capture
-        (the optimizer's and the metrics', of fully known shapes): left out
-        of what `tf.saved_model.save` saves, which would copy each into its
-        graph and checkpoint it, for nothing."""
+        (`served`: the ids of what the others capture), of the optimizer's
+        and the metrics', of fully known shapes: left out of what
+        `tf.saved_model.save` saves, which would copy each into its graph
+        and checkpoint it, for nothing."""
         if not direct:
             return ()
-        served = self._served_captures(direct)
         return tuple(
             group
             for group in (layout.OPTIMIZER_VARIABLES, layout.METRIC_VARIABLES)
@@ -283,40 +290,40 @@ class ModeGraphs:
                 setattr(root, name, list(getattr(self.root, name)))
         return root
 
-    def _direct_signatures(self) -> dict:
+    def _direct_signatures(self, served: set[int]) -> dict:
         """Signature key -> `direct_signatures.Signature`, of the train and
         eval signatures, which the split adds to their MetaGraphs instead of
         `tf.saved_model.save`; {} when there are none, when the variables
         are distributed (saved through their `tf.function`s) or when a step
-        captures a resource no serve signature uses."""
-        keys = [m.signature_key for m in self.modes if m is not modes.SERVE]
-        if not keys or self._distributed:
+        captures a resource that no serve signature (`served`: the ids of
+        what they capture) uses."""
+        steps = [m for m in self.modes if m.signature_key in _STEP_KEYS]
+        if not steps or self._distributed:
             return {}
         variables = {id(v.handle): (key, v) for key, v in self._variables}
-        served = self._served_captures(keys)
         resources = {
             id(r.resource_handle): direct_signatures.Resource(
-                f"{layout.RESOURCES}/{i}/"
+                graph_split.object_path(layout.RESOURCES, str(i))
             )
             for i, r in enumerate(self.resources)
             if id(r.resource_handle) in served
         }
-        out = {}
-        for mode in self.modes:
-            if mode.signature_key in keys:
-                out[mode.signature_key] = direct_signatures.describe(
-                    mode.signature_key,
-                    mode.method_name,
-                    self.traced.concrete[mode.signature_key],
-                    variables,
-                    resources,
-                )
+        out = {
+            mode.signature_key: direct_signatures.describe(
+                mode.signature_key,
+                mode.method_name,
+                self.traced.concrete[mode.signature_key],
+                variables,
+                resources,
+            )
+            for mode in steps
+        }
         return {} if None in out.values() else out
 
-    def _check_keys(self, written: set[str], unsaved) -> None:
+    def _check_keys(self, written: set[str], unsaved: set[str]) -> None:
         """Raises ValueError unless TF's checkpoint holds exactly the keys
-        every later save writes, but those of the `unsaved` groups."""
-        expected = {k for k in self._keys if _group(k) not in unsaved}
+        every later save writes, but the `unsaved` ones."""
+        expected = set(self._keys) - unsaved
         if written != expected:
             raise ValueError(
                 f"Cannot export model {self.model.name!r}: its graphs use state "
@@ -361,30 +368,22 @@ class ModeGraphs:
         )
 
 
-def _group(key: str) -> str:
-    """The variable group of a checkpoint key (`layout.variable_key`)."""
-    return key.split("/")[0]
-
-
-def _with_variables(object_graph: bytes, variables) -> bytes:
+def _with_groups(object_graph: bytes, groups: dict) -> bytes:
     """`object_graph` (TF's checkpoint object graph, serialized) with the
-    variables (checkpoint key, variable) of groups it lacks: a list node
-    per group under the root, a node per variable with its value's key, as
-    TF writes them, so that `tf.train.Checkpoint` restores them too."""
-    if not variables:
+    variable `groups` (group -> variables) it lacks: a list node per group
+    under the root and a node per variable with its value's key, as TF
+    writes them, so that `tf.train.Checkpoint` restores them too."""
+    if not groups:
         return object_graph
     graph = trackable_object_graph_pb2.TrackableObjectGraph.FromString(object_graph)
-    lists = {}
-    for key, variable in variables:
-        group, index = key.split("/")[:2]
-        if group not in lists:
-            lists[group] = _object_node(graph, graph.nodes[0], group)
-        node = _object_node(graph, lists[group], index)
-        node.attributes.add(
-            name="VARIABLE_VALUE",
-            full_name=variable.name.rsplit(":", 1)[0],
-            checkpoint_key=key,
-        )
+    for group, variables in groups.items():
+        listing = _object_node(graph, graph.nodes[0], group)
+        for i, variable in enumerate(variables):
+            _object_node(graph, listing, str(i)).attributes.add(
+                name="VARIABLE_VALUE",
+                full_name=variable.name.rsplit(":", 1)[0],
+                checkpoint_key=layout.variable_key(group, i),
+            )
     return graph.SerializeToString()
 
 
@@ -394,6 +393,11 @@ def _object_node(graph, parent, name: str):
     node = graph.nodes.add()
     node.has_checkpoint_values.value = True
     return node
+
+
+# The signatures of the train and eval steps (the others are the serve
+# MetaGraph's).
+_STEP_KEYS = frozenset({modes.TRAIN.signature_key, modes.EVAL.signature_key})
 
 
 def _warmup_records(inputs, warmup_inputs, signatures, names) -> list[bytes]:
