@@ -148,7 +148,7 @@ def _dtype_and_shape(tensor) -> tuple:
 def add(meta, signature: Signature, resource_nodes: dict[str, str]) -> dict:
     """Writes `signature` into `meta` (a MetaGraphDef): its nodes, its
     functions (without hints, `graph_compaction.strip_hints`) and its
-    SignatureDef. `set_op_list` then lists the ops of the finished graph.
+    SignatureDef. `finish` then finishes the graph as TF's save would.
 
     Args:
       meta: the MetaGraph, whose graph holds the nodes of `resource_nodes`.
@@ -285,14 +285,21 @@ def _add_functions(library, functions) -> None:
     library.function.extend(added.function)
 
 
-def set_op_list(meta) -> None:
-    """Sets the `stripped_op_list` of `meta` to the ops its graph uses, as
-    TF1's `export_meta_graph` lists them (in a graph context of its own: it
-    refuses to run eagerly)."""
+def finish(meta) -> None:
+    """Finishes `meta`'s graph as `tf.saved_model.save` finishes its own:
+    attributes that hold their op's default value are dropped from every
+    node (a consumer built before an attr was added still loads the graph),
+    and `stripped_op_list` lists the ops the graph uses. Both by TF1's
+    `export_meta_graph`, in a graph context of its own (it refuses to run
+    eagerly)."""
     with tf.Graph().as_default():
         exported = tf.compat.v1.train.export_meta_graph(
-            graph_def=meta.graph_def, clear_devices=False, clear_extraneous_savers=False
+            graph_def=meta.graph_def,
+            clear_devices=False,
+            clear_extraneous_savers=False,
+            strip_default_attrs=True,
         )
+    meta.graph_def.CopyFrom(exported.graph_def)
     meta.meta_info_def.stripped_op_list.CopyFrom(
         exported.meta_info_def.stripped_op_list
     )

@@ -108,7 +108,7 @@ def split_by_mode(
             )
             _add_saver(meta, graph_keys, checkpoint_shapes, saves=mode is modes.TRAIN)
             if mode.signature_key in direct:
-                direct_signatures.set_op_list(meta)
+                direct_signatures.finish(meta)
     if several:
         graph_compaction.compact_train_graph(out)
     return out
