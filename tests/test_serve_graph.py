@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime
 import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.framework import convert_to_constants
 
 from kerassave_callbacks import (
@@ -565,3 +566,14 @@ def test_tfsmlayer_calls_a_serving_only_export_as_a_keras_export(tmp_path):
     np.testing.assert_allclose(
         np.asarray(out["logits"]), model.predict(x, verbose=0), atol=1e-5
     )
+    # The endpoint is the signature's own trace, not a second one.
+    saved = saved_model_pb2.SavedModel.FromString(
+        (tmp_path / "serve" / "saved_model.pb").read_bytes()
+    )
+    (meta,) = saved.meta_graphs
+    forward = [
+        f.signature.name
+        for f in meta.graph_def.library.function
+        if any(n.op == "MatMul" for n in f.node_def)
+    ]
+    assert len(forward) == 1, forward

@@ -89,6 +89,7 @@ class ModeGraphs:
         self._distributed = any(
             isinstance(v, tf.distribute.DistributedValues) for _, v in self._variables
         )
+        self._add_serve_endpoint()
         # Where each saved value is read from: the variable itself, or the
         # model's own when the graphs are a copy's (metrics: saved as zeros).
         self._sources = [v for _, v in self._variables]
@@ -121,11 +122,22 @@ class ModeGraphs:
             setattr(root, layout.METRIC_VARIABLES, self.keras.metric_variables(traced))
         resources = _captured_resources(traced, self.traced.concrete.values())
         setattr(root, layout.RESOURCES, resources)
-        if self.modes == (modes.SERVE,):
-            # As Keras' model.export() names it, for keras.layers.TFSMLayer
-            # (TF2 reads a one-MetaGraph export natively, attributes too).
-            root.serve = self.traced.predict
         return root
+
+    def _add_serve_endpoint(self) -> None:
+        """A serve-only export's root gets the predict function as `serve`,
+        as Keras' `model.export()` names it, for `keras.layers.TFSMLayer`
+        (TF2 reads a one-MetaGraph export natively, attributes too).
+
+        Its concrete function, as the signatures get theirs (`_to_save`):
+        handed the `tf.function`, `tf.saved_model.save` traces the model
+        once more and saves both traces.
+        """
+        if self.modes == (modes.SERVE,):
+            predict = self.traced.predict
+            self.root.serve = (
+                predict if self._distributed else predict.get_concrete_function()
+            )
 
     @property
     def names(self) -> dict:
