@@ -16,6 +16,7 @@ import tensorflow as tf
 from kerassave_callbacks import (
     SavedModelExporter,
     export_saved_model,
+    layout,
     load_from_saved_model,
 )
 
@@ -468,3 +469,39 @@ def test_export_saved_model_on_a_full_disk_leaves_nothing_at_the_path(tmp_path):
     export_saved_model(model, str(path))  # A retry needs no cleaning up.
     x, _ = classifier_data()
     assert_close(load_from_saved_model(str(path)).predict(x, verbose=0), model(x))
+
+
+@pytest.mark.parametrize("make", [_batchnorm, _dropout], ids=["batchnorm", "dropout"])
+def test_a_serving_only_export_restores_and_saves_in_a_tf1_session(make, tmp_path):
+    model, x, y, _ = make()
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    path = str(tmp_path / "serve")
+    export_saved_model(model, path, serving_only=True)
+    target = str(tmp_path / "ckpt")
+    with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+        meta = tf.compat.v1.saved_model.load(sess, ["serve"], path)
+        sig = meta.signature_def["serving_default"]
+        (output,) = sig.outputs.values()
+        served = sess.run(output.name, {sig.inputs["x"].name: x})
+        saver = meta.saver_def
+        sess.run(saver.save_tensor_name, {saver.filename_tensor_name: target})
+    assert_close(served, model.predict(x, verbose=0))
+    # What a TF1 Saver saves is what was exported: every variable but the
+    # ones no signature uses (a dropout's seed state).
+    exported = path + "/variables/variables"
+    saved = {k for k, _ in tf.train.list_variables(target)}
+    unsaved = {k for k, _ in tf.train.list_variables(exported)} - saved
+    seeds = {
+        layout.variable_key(layout.MODEL_VARIABLES, i)
+        for i, v in enumerate(model.variables)
+        if "seed" in v.path
+    }
+    assert len(seeds) == (1 if make is _dropout else 0)
+    assert unsaved == {layout.OBJECT_GRAPH_KEY} | seeds
+    for key in saved:
+        np.testing.assert_array_equal(
+            tf.train.load_variable(target, key), tf.train.load_variable(exported, key)
+        )
+    # TF2 reads it natively, with every variable (the seed state too).
+    loaded = tf.saved_model.load(path).model_variables
+    assert value_bytes(loaded) == value_bytes(model.variables)

@@ -32,13 +32,15 @@ _CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
 def save_options(mode_list) -> tf.saved_model.SaveOptions:
     """How `tf.saved_model.save` saves what `split_by_mode` then splits.
 
-    With several modes, no saver (each MetaGraph gets its own) and no
-    custom gradients (see `graph_compaction.strip_hints`); the serve mode
-    alone is saved as TF saves it, for TF2 to read natively.
+    Without TF's saver, a pair of functions traced over every variable
+    (each MetaGraph gets graph nodes of its own, `graph_savers`); with
+    several modes, without custom gradients (see
+    `graph_compaction.strip_hints`); the serve mode alone keeps them, and
+    its object graph, for TF2 to read it natively.
     """
-    several = len(mode_list) > 1
     return tf.saved_model.SaveOptions(
-        experimental_skip_saver=several, experimental_custom_gradients=not several
+        experimental_skip_saver=True,
+        experimental_custom_gradients=len(mode_list) == 1,
     )
 
 
@@ -54,10 +56,10 @@ def split_by_mode(
     """One MetaGraph per mode, each with only that mode's signatures.
 
     Args:
-      saved: what `tf.saved_model.save` wrote: one MetaGraph, with a saver
-        of its own when `mode_list` is the serve mode alone (that export
-        keeps its TF2 object graph and saver as written), without one when
-        there are several modes.
+      saved: what `tf.saved_model.save` wrote (`save_options`): one
+        MetaGraph, without a saver. The serve mode alone keeps its graph
+        and TF2 object graph as written, but for the variables no signature
+        uses (`_drop_unbound_variables`).
       mode_list: the modes to write, `modes.SERVE` first.
       checkpoint_shapes: checkpoint key -> shape of the variables written,
         against which every variable of the graph is checked.
@@ -78,7 +80,7 @@ def split_by_mode(
         saved_model_schema_version=saved.saved_model_schema_version
     )
     several = len(mode_list) > 1
-    bound = _bound_nodes(base) if several else {}
+    bound = _bound_nodes(base)
     keys = _variable_keys(base, bound)
     # What every MetaGraph starts from: with several, all but the graph and
     # the object graph, which `_pruned_graph` builds from `base` per mode.
@@ -106,9 +108,14 @@ def split_by_mode(
             graph_keys = _build_graph(
                 meta, base, direct.get(mode.signature_key), keys, bound
             )
-            _add_saver(meta, graph_keys, checkpoint_shapes, saves=mode is modes.TRAIN)
-            if mode.signature_key in direct:
-                direct_signatures.finish(meta)
+        else:
+            graph_keys = keys
+            _drop_unbound_variables(meta.graph_def, keys)
+        # A serve-only export saves, as TF's own saver did.
+        saves = mode is modes.TRAIN or not several
+        _add_saver(meta, graph_keys, checkpoint_shapes, saves=saves)
+        if mode.signature_key in direct:
+            direct_signatures.finish(meta)
     if several:
         graph_compaction.compact_train_graph(out)
     return out
@@ -270,6 +277,27 @@ def object_path(*names: str) -> str:
     object graph, as `_bound_nodes` keys it: each name escaped as TF's
     checkpoints do, and ending in "/"."""
     return "".join(n.replace(".", "..").replace("/", ".S") + "/" for n in names)
+
+
+def _drop_unbound_variables(graph_def, keys: dict) -> None:
+    """Removes from `graph_def` the variables no signature passes to a
+    function (not in `keys`: a dropout's seed state, say) and the nodes
+    that read them, which a saver could not restore: not knowing their
+    checkpoint keys. TF2 builds the variables of a serve-only export from
+    its object graph, not from these nodes."""
+    dropped = {v.name for v in _variables(graph_def) if v.name not in keys}
+    reading = dropped
+    while reading:
+        reading = {
+            node.name
+            for node in graph_def.node
+            if node.name not in dropped
+            and any(_tensor_node(i) in reading for i in node.input)
+        }
+        dropped |= reading
+    kept = [node for node in graph_def.node if node.name not in dropped]
+    del graph_def.node[:]
+    graph_def.node.extend(kept)
 
 
 def _variables(graph) -> list:
