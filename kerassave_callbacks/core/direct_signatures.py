@@ -135,10 +135,16 @@ def describe(key: str, method_name: str, concrete, variables: dict, resources: d
 def _variable(key: str, variable) -> Variable:
     return Variable(
         key=key,
-        name=variable.name.rsplit(":", 1)[0],
+        name=variable_name(variable),
         dtype=variable.dtype.as_datatype_enum,
         shape=variable.shape.as_proto(),
     )
+
+
+def variable_name(variable) -> str:
+    """The name of a `tf.Variable` in graphs and checkpoint object graphs:
+    its TF name without the output index (`dense/kernel:0` -> `dense/kernel`)."""
+    return variable.name.rsplit(":", 1)[0]
 
 
 def _dtype_and_shape(tensor) -> tuple:

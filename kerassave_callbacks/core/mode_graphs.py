@@ -393,7 +393,7 @@ def _with_groups(object_graph: bytes, groups: dict) -> bytes:
         for i, variable in enumerate(variables):
             _object_node(graph, listing, str(i)).attributes.add(
                 name="VARIABLE_VALUE",
-                full_name=variable.name.rsplit(":", 1)[0],
+                full_name=direct_signatures.variable_name(variable),
                 checkpoint_key=layout.variable_key(group, i),
             )
     return graph.SerializeToString()
