@@ -280,11 +280,11 @@ def object_path(*names: str) -> str:
 
 
 def _drop_unbound_variables(graph_def, keys: dict) -> None:
-    """Removes from `graph_def` the variables no signature passes to a
-    function (not in `keys`: a dropout's seed state, say) and the nodes
-    that read them, which a saver could not restore: not knowing their
-    checkpoint keys. TF2 builds the variables of a serve-only export from
-    its object graph, not from these nodes."""
+    """Removes from `graph_def` the variables that no signature passes to
+    a function (not in `keys`: a dropout's seed state, say), whose
+    checkpoint keys the graph does not tell, so no saver could restore
+    them; and the nodes that read them. TF2 builds the variables of a
+    serve-only export from its object graph, not from these nodes."""
     dropped = {v.name for v in _variables(graph_def) if v.name not in keys}
     reading = dropped
     while reading:

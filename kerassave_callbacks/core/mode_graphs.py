@@ -129,15 +129,12 @@ class ModeGraphs:
         as Keras' `model.export()` names it, for `keras.layers.TFSMLayer`
         (TF2 reads a one-MetaGraph export natively, attributes too).
 
-        Its concrete function, as the signatures get theirs (`_to_save`):
-        handed the `tf.function`, `tf.saved_model.save` traces the model
-        once more and saves both traces.
+        Handed the `tf.function` (`_as_saved`), `tf.saved_model.save` would
+        trace the model once more and save both traces.
         """
         if self.modes == (modes.SERVE,):
             predict = self.traced.predict
-            self.root.serve = (
-                predict if self._distributed else predict.get_concrete_function()
-            )
+            self.root.serve = self._as_saved(predict, predict.get_concrete_function())
 
     @property
     def names(self) -> dict:
@@ -356,17 +353,20 @@ class ModeGraphs:
         return getattr(self.root, layout.RESOURCES)
 
     def _to_save(self) -> dict:
-        """The signatures as `tf.saved_model.save` gets them.
+        """The signatures as `tf.saved_model.save` gets them (`_as_saved`)."""
+        return {
+            key: self._as_saved(function, self.traced.concrete[key])
+            for key, function in self.traced.functions.items()
+        }
 
-        Their concrete functions, already traced, so that saving does not
-        trace the model again (that doubled the first export's time); but
-        the `tf.function`s when the variables are distributed (e.g.
+    def _as_saved(self, function, concrete):
+        """`function` as `tf.saved_model.save` gets it: `concrete`, its
+        concrete function, already traced, so that saving does not trace
+        the model again (that doubled the first export's time); but the
+        `tf.function` when the variables are distributed (e.g.
         MirroredStrategy), since a concrete function that captured those
-        cannot be saved.
-        """
-        if self._distributed:
-            return dict(self.traced.functions)
-        return dict(self.traced.concrete)
+        cannot be saved."""
+        return function if self._distributed else concrete
 
     def _write_keras_assets(self, path: str) -> None:
         assets = posixpath.join(path, "assets")
