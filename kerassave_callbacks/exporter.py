@@ -334,8 +334,6 @@ class VersionedExporter:
             with _files.Staging(self.export_dir, self._clock()) as staged:
                 root = self.options.layout.root(staged.path)
                 graphs.write(root, values, as_text=self.options.as_text)
-                # Written: the gate's load holds the only copy of them now.
-                values.clear()
                 if gate is not None:
                     staged.start_flush()  # The disk writes while the gate reads.
                     _publishing.check(

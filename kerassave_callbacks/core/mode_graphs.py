@@ -172,6 +172,8 @@ class ModeGraphs:
 
         The graphs are serialized by `tf.saved_model.save` on the first call
         only; later calls write the cached graph bytes and the variables.
+        `values` is emptied once written: the copy is let go before the
+        publish gate loads the version (its session holds one of its own).
         """
         if not self.serialized:
             self._serialize_graphs(path)
@@ -192,6 +194,7 @@ class ModeGraphs:
             shape_and_slices=[""] * len(self._keys),
             tensors=values + [self._object_graph],
         )
+        values.clear()
         self._write_keras_assets(path)
         if self._warmup:
             warmup.write(path, self._warmup)
