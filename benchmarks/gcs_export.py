@@ -11,8 +11,9 @@ the medians of the steady exports (graphs cached; `keep=2`,
 without the publish gate, of a raw upload of the same files (each of the
 version's files written once with `tf.io.gfile`, to a new directory), and
 the ratios. On an object store an export writes the staged tree, then
-copies it object by object to its version (graph file last) and removes
-the staged tree; the raw upload writes each file once.
+moves it object by object to its version (graph file last: TF's GCS
+rename rewrites each object server-side, then deletes the staged one);
+the raw upload writes each file once.
 """
 
 from __future__ import annotations

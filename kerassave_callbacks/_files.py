@@ -219,8 +219,8 @@ def commit(
     The staged tree is checked first (`missing_files`, with `extra`); where
     renames are atomic, `final` is checked again after the rename and taken
     out of sight if something removed files in between. Elsewhere the files
-    are copied with the graph file last, so TF Serving sees nothing until
-    the copy is complete.
+    are moved one by one with the graph file last, so TF Serving sees
+    nothing until the move is complete.
 
     Raises:
       FileExistsError: `final` exists already (another writer took it).
@@ -244,20 +244,34 @@ def commit(
         return
     if _fs.exists(final):
         raise FileExistsError(errno.EEXIST, "version exists", final)
-    copy_graph_last(temp, final)
-    remove_tree(temp)
+    move_graph_last(temp, final)
+    remove_tree(temp)  # What is left: folder markers.
 
 
-def copy_graph_last(src: str, dst: str) -> None:
-    """Copies a SavedModel tree file by file, its graph file last."""
+def move_graph_last(src: str, dst: str) -> None:
+    """Moves a SavedModel tree file by file, its graph file last. On an
+    object store each move is one object copied where it is stored (GCS:
+    rewritten server-side, never downloaded), then deleted.
+
+    Raises:
+      FileExistsError: a file is at `dst` already (another writer took
+        it); what was moved is moved back, so `src` is whole again.
+    """
     files = _fs.files(src)
     # The graph file last: TF Serving loads nothing without it.
     files.sort(key=lambda f: posixpath.basename(f) in layout.GRAPH_FILES)
     if not _fs.facts(dst).one_listing:  # Else folders are name prefixes.
         for folder in sorted({posixpath.dirname(f"{dst}/{f}") for f in files}):
             _fs.makedirs(folder)
-    for rel in files:
-        _fs.copy(posixpath.join(src, rel), posixpath.join(dst, rel))
+    moved = []
+    try:
+        for rel in files:
+            _fs.rename(posixpath.join(src, rel), posixpath.join(dst, rel))
+            moved.append(rel)
+    except FileExistsError:
+        for rel in moved:
+            _fs.rename(posixpath.join(dst, rel), posixpath.join(src, rel))
+        raise
 
 
 class Staging:

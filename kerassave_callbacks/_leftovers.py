@@ -26,7 +26,7 @@ def leftovers(
     staged or retired version beside the versions, or a file written aside
     inside a version (`<file>.temp-...` in its `assets.extra/`, by
     `replace_file`); on object stores, an integer directory without a graph
-    file (a copy cut short) an hour after its version time. Never a
+    file (a move cut short) an hour after its version time. Never a
     symbolic link, nor anything else.
     """
     found = []

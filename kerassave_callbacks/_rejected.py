@@ -37,7 +37,7 @@ def reject(
         if _files.renames_atomically(kept):
             _fs.rename(staged.path, kept)
         else:
-            _files.copy_graph_last(staged.path, kept)
+            _files.move_graph_last(staged.path, kept)
             _files.remove_tree(staged.path)
         staged.final = kept
     for old in versions(export_dir)[: -keep or None]:

@@ -10,7 +10,7 @@ follows. Prints "listing" as it starts, "loaded VERSION" after each load,
 and one JSON line at the end: the versions loaded and the failures.
 
 On an object store (`gs://...`, read through `tf.io.gfile`), where a version
-is copied object by object, the directory of a version is listed before its
+is moved object by object, the directory of a version is listed before its
 graph file is there: TF Serving's load of it then fails for want of a
 SavedModel and is retried later, which the poller lists as `retried`. After
 every listing it also checks each version whose graph file is there for its

@@ -163,3 +163,25 @@ def test_parent_of_a_path_is_none_at_a_root(path, expected):
 )
 def test_each_file_system_facts_are_one_entry(path, facts):
     assert _fs.facts(path) == facts
+
+
+def test_a_move_that_meets_another_writers_file_puts_everything_back():
+    # On an object store (ram:// here) a version is moved file by file; if
+    # another writer took the version meanwhile, the staged tree must be
+    # whole again for the retry under the next number, and theirs untouched.
+    src, dst = "ram://move_back/temp-1", "ram://move_back/7"
+    ours = {
+        "export_info.json": b"{}",
+        "assets/vocab.txt": b"a\nb",
+        "variables/variables.index": b"ours",
+        "saved_model.pb": b"graph",
+    }
+    _files.write_tree(src, ours)
+    _files.write_tree(dst, {"variables/variables.index": b"theirs"})
+
+    with pytest.raises(FileExistsError):
+        _files.move_graph_last(src, dst)
+
+    assert {f: _fs.read_bytes(f"{src}/{f}") for f in _fs.files(src)} == ours
+    assert _fs.files(dst) == ["variables/variables.index"]
+    assert _fs.read_bytes(f"{dst}/variables/variables.index") == b"theirs"
