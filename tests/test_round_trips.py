@@ -505,3 +505,22 @@ def test_a_serving_only_export_restores_and_saves_in_a_tf1_session(make, tmp_pat
     # TF2 reads it natively, with every variable (the seed state too).
     loaded = tf.saved_model.load(path).model_variables
     assert value_bytes(loaded) == value_bytes(model.variables)
+
+
+def test_a_serving_only_export_differentiates_in_tf2_with_custom_gradients(tmp_path):
+    # swish has a custom gradient; a serve-only export keeps it, so TF2
+    # differentiates the loaded endpoint as the model.
+    model, x, y, _ = _dense_net(keras.layers.Dense(6, activation="swish"))
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    path = str(tmp_path / "serve")
+    export_saved_model(model, path, serving_only=True)
+    loaded = tf.saved_model.load(path)
+    tensor = tf.constant(x)
+    gradients = []
+    for forward in (lambda t: loaded.serve(t), lambda t: model(t)):
+        with tf.GradientTape() as tape:
+            tape.watch(tensor)
+            total = tf.reduce_sum(tf.nest.flatten(forward(tensor))[0])
+        gradients.append(tape.gradient(total, tensor))
+    assert gradients[0] is not None
+    assert_close(gradients[0], gradients[1])
