@@ -39,7 +39,7 @@ from tensorflow.core.framework import (
 )
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from kerassave_callbacks.core import graph_compaction
+from kerassave_callbacks.core import graph_compaction, graph_savers
 
 _CALL_OP = "StatefulPartitionedCall"
 # What a node name may not hold (TF: [A-Za-z0-9.][A-Za-z0-9_.\-/>]*).
@@ -174,8 +174,8 @@ def add(meta, signature: Signature, resource_nodes: dict[str, str]) -> dict:
             graph,
             names.new(f"{signature.key}_{name}"),
             "Placeholder",
-            dtype=_type(dtype),
-            shape=_shape(shape),
+            dtype=dtype,
+            shape=shape,
         )
         arguments.append(node.name)
         sig.inputs[name].CopyFrom(_info(f"{node.name}:0", dtype, shape))
@@ -190,14 +190,14 @@ def add(meta, signature: Signature, resource_nodes: dict[str, str]) -> dict:
         graph,
         names.new(_CALL_OP),
         _CALL_OP,
-        Tin=_types(types),
-        Tout=_types([d for _, d, _ in signature.outputs]),
+        Tin=types,
+        Tout=[d for _, d, _ in signature.outputs],
         f=attr_value_pb2.AttrValue(
             func=attr_value_pb2.NameAttrList(name=signature.function)
         ),
-        config=attr_value_pb2.AttrValue(s=b""),
-        config_proto=attr_value_pb2.AttrValue(s=b""),
-        executor_type=attr_value_pb2.AttrValue(s=b""),
+        config=b"",
+        config_proto=b"",
+        executor_type=b"",
     )
     call.input.extend(arguments)
     for i, (name, dtype, shape) in enumerate(signature.outputs):
@@ -217,10 +217,10 @@ def _captured_node(graph, names, captured, resource_nodes, variables) -> str:
                 graph,
                 name,
                 "VarHandleOp",
-                dtype=_type(captured.dtype),
-                shape=_shape(captured.shape),
-                shared_name=attr_value_pb2.AttrValue(s=name.encode()),
-                container=attr_value_pb2.AttrValue(s=b""),
+                dtype=captured.dtype,
+                shape=captured.shape,
+                shared_name=name.encode(),
+                container=b"",
             )
             variables[captured.key] = name
         return variables[captured.key]
@@ -228,8 +228,8 @@ def _captured_node(graph, names, captured, resource_nodes, variables) -> str:
         graph,
         names.new("Const"),
         "Const",
-        dtype=_type(captured.value.dtype),
-        value=attr_value_pb2.AttrValue(tensor=captured.value),
+        dtype=captured.value.dtype,
+        value=captured.value,
     ).name
 
 
@@ -256,24 +256,8 @@ class _Names:
 
 
 def _node(graph, name: str, op: str, **attrs) -> node_def_pb2.NodeDef:
-    node = graph.node.add(name=name, op=op)
-    for key, value in attrs.items():
-        node.attr[key].CopyFrom(value)
-    return node
-
-
-def _type(dtype: int) -> attr_value_pb2.AttrValue:
-    return attr_value_pb2.AttrValue(type=dtype)
-
-
-def _types(dtypes) -> attr_value_pb2.AttrValue:
-    return attr_value_pb2.AttrValue(
-        list=attr_value_pb2.AttrValue.ListValue(type=dtypes)
-    )
-
-
-def _shape(shape) -> attr_value_pb2.AttrValue:
-    return attr_value_pb2.AttrValue(shape=shape)
+    """Adds a node; its attrs as `graph_savers.attrs` takes them."""
+    return graph.node.add(name=name, op=op, attr=graph_savers.attrs(**attrs))
 
 
 def _info(name: str, dtype: int, shape) -> meta_graph_pb2.TensorInfo:

@@ -22,22 +22,26 @@ from tensorflow.core.protobuf import saver_pb2
 SAVER_SCOPE = "save"
 
 
-def _attr(**kwargs) -> dict:
+def attrs(**kwargs) -> dict:
     """NodeDef attrs by name, from a TensorProto, a TensorShapeProto, a list
-    of dtypes or a dtype."""
-    attrs = {}
+    of dtypes, bytes (a string attr), an AttrValue as it is, or a dtype."""
+    out = {}
     for name, value in kwargs.items():
-        if isinstance(value, tensor_pb2.TensorProto):
-            attrs[name] = attr_value_pb2.AttrValue(tensor=value)
+        if isinstance(value, attr_value_pb2.AttrValue):
+            out[name] = value
+        elif isinstance(value, tensor_pb2.TensorProto):
+            out[name] = attr_value_pb2.AttrValue(tensor=value)
         elif isinstance(value, tensor_shape_pb2.TensorShapeProto):
-            attrs[name] = attr_value_pb2.AttrValue(shape=value)
+            out[name] = attr_value_pb2.AttrValue(shape=value)
         elif isinstance(value, list):
-            attrs[name] = attr_value_pb2.AttrValue(
+            out[name] = attr_value_pb2.AttrValue(
                 list=attr_value_pb2.AttrValue.ListValue(type=value)
             )
+        elif isinstance(value, bytes):
+            out[name] = attr_value_pb2.AttrValue(s=value)
         else:
-            attrs[name] = attr_value_pb2.AttrValue(type=value)
-    return attrs
+            out[name] = attr_value_pb2.AttrValue(type=value)
+    return out
 
 
 def _strings(values: list[str]) -> tensor_pb2.TensorProto:
@@ -69,7 +73,7 @@ def _read_name(graph, variable, names: set) -> str:
                 name=read,
                 op="ReadVariableOp",
                 input=[variable.name],
-                attr=_attr(dtype=variable.attr["dtype"].type),
+                attr=attrs(dtype=variable.attr["dtype"].type),
             )
         )
     return read
@@ -112,17 +116,17 @@ def _saver_inputs(scope: str, keys: list[str]) -> list:
         node_def_pb2.NodeDef(
             name=f"{scope}/filename",
             op="Placeholder",
-            attr=_attr(dtype=string, shape=tensor_shape_pb2.TensorShapeProto()),
+            attr=attrs(dtype=string, shape=tensor_shape_pb2.TensorShapeProto()),
         ),
         node_def_pb2.NodeDef(
             name=f"{scope}/tensor_names",
             op="Const",
-            attr=_attr(dtype=string, value=_strings(keys)),
+            attr=attrs(dtype=string, value=_strings(keys)),
         ),
         node_def_pb2.NodeDef(
             name=f"{scope}/shape_and_slices",
             op="Const",
-            attr=_attr(dtype=string, value=_strings([""] * len(keys))),
+            attr=attrs(dtype=string, value=_strings([""] * len(keys))),
         ),
     ]
 
@@ -141,7 +145,7 @@ def _restore_nodes(scope: str, variables: list) -> list:
                     f"{scope}/tensor_names",
                     f"{scope}/shape_and_slices",
                 ],
-                attr=_attr(dtypes=[v.attr["dtype"].type for v in variables]),
+                attr=attrs(dtypes=[v.attr["dtype"].type for v in variables]),
             )
         )
     for i, variable in enumerate(variables):
@@ -150,7 +154,7 @@ def _restore_nodes(scope: str, variables: list) -> list:
                 name=f"{scope}/Assign_{i}",
                 op="AssignVariableOp",
                 input=[variable.name, f"{scope}/RestoreV2:{i}"],
-                attr=_attr(dtype=variable.attr["dtype"].type),
+                attr=attrs(dtype=variable.attr["dtype"].type),
             )
         )
     nodes.append(
@@ -172,13 +176,13 @@ def _save_nodes(scope: str, variables: list, reads: list[str]) -> list:
             op="SaveV2",
             input=[filename, f"{scope}/tensor_names", f"{scope}/shape_and_slices"]
             + reads,
-            attr=_attr(dtypes=[v.attr["dtype"].type for v in variables]),
+            attr=attrs(dtypes=[v.attr["dtype"].type for v in variables]),
         ),
         node_def_pb2.NodeDef(
             name=f"{scope}/control_dependency",
             op="Identity",
             input=[filename, f"^{scope}/SaveV2"],
-            attr=_attr(T=types_pb2.DT_STRING),
+            attr=attrs(T=types_pb2.DT_STRING),
         ),
     ]
 

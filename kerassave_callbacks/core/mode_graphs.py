@@ -78,6 +78,7 @@ class ModeGraphs:
         # Optimizer slots and compiled metrics were created while tracing:
         # collect what to save only now.
         self._collect_variables()
+        self._add_serve_endpoint()
 
     def _collect_variables(self) -> None:
         """The saved root, every variable with its checkpoint key, and where
@@ -89,7 +90,6 @@ class ModeGraphs:
         self._distributed = any(
             isinstance(v, tf.distribute.DistributedValues) for _, v in self._variables
         )
-        self._add_serve_endpoint()
         # Where each saved value is read from: the variable itself, or the
         # model's own when the graphs are a copy's (metrics: saved as zeros).
         self._sources = [v for _, v in self._variables]
