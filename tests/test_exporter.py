@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -156,6 +157,36 @@ def test_each_export_holds_the_current_weights(tmp_path):
     assert exporter._cache.graphs is graphs  # Traced once, reused.
     assert_close(serve_tf2(second, {"features": x})["logits"], model(x))
     assert not np.allclose(serve_tf2(first, {"features": x})["logits"], model(x))
+
+
+def test_a_first_export_keeps_full_collections_off_the_old_heap(tmp_path):
+    """Tracing and serializing run with the objects that were alive before
+    them frozen (full collections would walk the whole training process);
+    afterwards the collector is as it was, a process's own freeze too."""
+    frozen_during = []
+
+    def record(phase, info):
+        if phase == "start":
+            frozen_during.append(gc.get_freeze_count())
+
+    x, _ = classifier_data()
+    model = classifier()
+    gc.callbacks.append(record)
+    try:
+        path = VersionedExporter(str(tmp_path / "a"), clock=Clock()).export(model)
+    finally:
+        gc.callbacks.remove(record)
+    assert max(frozen_during) > 0
+    assert gc.get_freeze_count() == 0
+    assert gc.isenabled()
+    assert_close(serve_tf2(path, {"features": x})["logits"], model(x))
+
+    gc.freeze()  # A process that froze its objects itself (before a fork).
+    try:
+        VersionedExporter(str(tmp_path / "b"), clock=Clock()).export(classifier())
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 def test_recompiling_rebuilds_the_graphs(tmp_path):

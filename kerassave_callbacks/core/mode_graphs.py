@@ -18,6 +18,7 @@ from tensorflow.core.protobuf import saved_model_pb2, trackable_object_graph_pb2
 from kerassave_callbacks import _files, _fs, layout
 from kerassave_callbacks.core import (
     _fingerprint,
+    _heap,
     _tf_logs,
     direct_signatures,
     graph_split,
@@ -58,7 +59,7 @@ class ModeGraphs:
         )
         self._model_json = self.keras.to_json(model)
         self._layer_assets = self.keras.layer_assets(model)
-        with _tf_logs.quiet():
+        with _tf_logs.quiet(), _heap.frozen():
             self.traced = tracing.trace(
                 model,
                 self.keras,
@@ -176,7 +177,8 @@ class ModeGraphs:
         publish gate loads the version (its session holds one of its own).
         """
         if not self.serialized:
-            self._serialize_graphs(path)
+            with _heap.frozen():
+                self._serialize_graphs(path)
         else:
             _fs.makedirs(posixpath.join(path, "variables"))
             _files.write_tree(posixpath.join(path, "assets"), self._saved_assets)
