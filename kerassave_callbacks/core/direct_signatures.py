@@ -247,12 +247,7 @@ class _Names:
 
     def new(self, wanted: str) -> str:
         base = _NOT_IN_NAMES.sub("_", wanted).lstrip("_-/>") or "node"
-        name, i = base, 0
-        while name in self._taken:
-            i += 1
-            name = f"{base}_{i}"
-        self._taken.add(name)
-        return name
+        return graph_savers.unique_name(base, self._taken)
 
 
 def _node(graph, name: str, op: str, **attrs) -> node_def_pb2.NodeDef:

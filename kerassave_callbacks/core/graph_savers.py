@@ -54,12 +54,14 @@ def _strings(values: list[str]) -> tensor_pb2.TensorProto:
     )
 
 
-def _unique_scope(graph, scope: str) -> str:
-    taken = {node.name.split("/")[0] for node in graph.node}
-    name, i = scope, 0
+def unique_name(wanted: str, taken: set[str]) -> str:
+    """`wanted`, or the first of `wanted_1`, `wanted_2`... not in `taken`,
+    as TF makes names unique; added to `taken`."""
+    name, i = wanted, 0
     while name in taken:
         i += 1
-        name = f"{scope}_{i}"
+        name = f"{wanted}_{i}"
+    taken.add(name)
     return name
 
 
@@ -88,7 +90,7 @@ def add_saver(meta, variables: list, keys: dict[str, str], saves: bool) -> None:
     if asked to save.
     """
     graph = meta.graph_def
-    scope = _unique_scope(graph, SAVER_SCOPE)
+    scope = unique_name(SAVER_SCOPE, {node.name.split("/")[0] for node in graph.node})
     names = {node.name for node in graph.node}
     nodes = _saver_inputs(scope, [keys[v.name] for v in variables])
     nodes += _restore_nodes(scope, variables)
