@@ -16,14 +16,19 @@ signature), splitting into one MetaGraph per mode (with the savers and the
 train graph's compaction), writing the files, the fingerprint, the
 publish gate, commit and retention. Profiling slows Python-heavy phases (tracing)
 more than the rest: read the shares, not the seconds, against each other.
+The garbage collector's time in the unprofiled export is printed too (a
+profile charges it to whatever allocated last).
 """
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
+import gc
 import os
 import pstats
 import tempfile
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -72,10 +77,32 @@ def _cumulative(stats: pstats.Stats) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def _collections(seconds: dict):
+    """Adds to `seconds` (generation -> seconds) the time each garbage
+    collection within the block takes."""
+    started = []
+
+    def record(phase, info):
+        if phase == "start":
+            started.append(time.perf_counter())
+        else:
+            took = time.perf_counter() - started.pop()
+            seconds[info["generation"]] = seconds.get(info["generation"], 0.0) + took
+
+    gc.callbacks.append(record)
+    try:
+        yield
+    finally:
+        gc.callbacks.remove(record)
+
+
 def measure(name: str, work: str) -> None:
     model = _models.by_name(name)
     exporter = VersionedExporter(f"{work}/ours-{name}")
-    ours = _models.seconds(lambda: exporter.export(model))
+    collections: dict[int, float] = {}
+    with _collections(collections):
+        ours = _models.seconds(lambda: exporter.export(model))
     fresh = _models.by_name(name)
     keras_seconds = _models.seconds(
         lambda: fresh.export(f"{work}/keras-{name}", verbose=False)
@@ -90,6 +117,10 @@ def measure(name: str, work: str) -> None:
         f"{name}: {len(profiled.variables) + len(profiled.optimizer.variables)} "
         f"variables; first full export {ours:.2f} s, model.export() "
         f"{keras_seconds:.2f} s, ratio {ours / keras_seconds:.2f}"
+    )
+    print(
+        f"  garbage collection {sum(collections.values()):.2f} s of it, full "
+        f"collections {collections.get(2, 0.0):.2f} s"
     )
     rows = {label: seconds.get(key, 0.0) for label, key in _PHASES.items()}
     rows["write the files"] = seconds.get(_WRITE, 0.0) - seconds.get(_SERIALIZE, 0.0)
