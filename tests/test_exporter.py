@@ -181,6 +181,12 @@ def test_a_first_export_keeps_full_collections_off_the_old_heap(tmp_path):
     assert gc.isenabled()
     assert_close(serve_tf2(path, {"features": x})["logits"], model(x))
 
+    # The first save of an async export runs in the writer thread.
+    with VersionedExporter(str(tmp_path / "c"), async_export=True) as exporter:
+        record = exporter.export(classifier()).result()
+    assert gc.get_freeze_count() == 0
+    assert exporter.versions() == [record.version]
+
     gc.freeze()  # A process that froze its objects itself (before a fork).
     try:
         VersionedExporter(str(tmp_path / "b"), clock=Clock()).export(classifier())
