@@ -245,13 +245,13 @@ def commit(
     if _fs.exists(final):
         raise FileExistsError(errno.EEXIST, "version exists", final)
     move_graph_last(temp, final)
-    remove_tree(temp)  # What is left: folder markers.
 
 
 def move_graph_last(src: str, dst: str) -> None:
-    """Moves a SavedModel tree file by file, its graph file last. On an
-    object store each move is one object copied where it is stored (GCS:
-    rewritten server-side, never downloaded), then deleted.
+    """Moves a SavedModel tree file by file, its graph file last, then
+    removes what is left of `src` (folder markers). On an object store each
+    move is one object copied where it is stored (GCS: rewritten
+    server-side, never downloaded), then deleted.
 
     Raises:
       FileExistsError: a file is at `dst` already (another writer took
@@ -272,6 +272,7 @@ def move_graph_last(src: str, dst: str) -> None:
         for rel in moved:
             _fs.rename(posixpath.join(dst, rel), posixpath.join(src, rel))
         raise
+    remove_tree(src)
 
 
 class Staging:

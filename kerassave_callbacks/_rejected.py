@@ -38,7 +38,6 @@ def reject(
             _fs.rename(staged.path, kept)
         else:
             _files.move_graph_last(staged.path, kept)
-            _files.remove_tree(staged.path)
         staged.final = kept
     for old in versions(export_dir)[: -keep or None]:
         _files.remove_tree(posixpath.join(export_dir, layout.rejected_name(old)))

@@ -185,3 +185,9 @@ def test_a_move_that_meets_another_writers_file_puts_everything_back():
     assert {f: _fs.read_bytes(f"{src}/{f}") for f in _fs.files(src)} == ours
     assert _fs.files(dst) == ["variables/variables.index"]
     assert _fs.read_bytes(f"{dst}/variables/variables.index") == b"theirs"
+
+    # Once the way is clear the move completes and nothing of ours is left.
+    _files.remove_tree(dst)
+    _files.move_graph_last(src, dst)
+    assert {f: _fs.read_bytes(f"{dst}/{f}") for f in _fs.files(dst)} == ours
+    assert not _fs.exists(src)
